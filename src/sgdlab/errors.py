@@ -1,0 +1,35 @@
+"""The errors sgdlab raises for bad input, missing data and broken files.
+
+Every :class:`SgdlabError` carries a one-line message meant for a person; the CLI prints it as
+``error: <message>`` and exits with status 2. Hyperparameter checks inside optimizers raise
+plain :class:`ValueError`, as ``torch.optim`` does; the CLI reports those the same way.
+"""
+
+from __future__ import annotations
+
+
+class SgdlabError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+
+class ConfigError(SgdlabError, ValueError):
+    """A bad name, value or combination of settings."""
+
+
+class DataError(SgdlabError):
+    """A data set is missing, truncated, corrupt or fails its checksum."""
+
+
+class CheckpointError(SgdlabError):
+    """A checkpoint is missing, unreadable, or does not match the run it should resume."""
+
+
+class StoreError(SgdlabError):
+    """The results database cannot be opened or written."""
+
+
+class SolverError(SgdlabError):
+    """A convex solver is missing or failed in a way that is not infeasibility."""
+
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "SgdlabError", "SolverError", "StoreError"]
