@@ -28,8 +28,20 @@ class StoreError(SgdlabError):
     """The results database cannot be opened or written."""
 
 
+class DivergenceError(SgdlabError):
+    """Training produced a NaN or infinite loss."""
+
+
 class SolverError(SgdlabError):
     """A convex solver is missing or failed in a way that is not infeasibility."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "SgdlabError", "SolverError", "StoreError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DivergenceError",
+    "SgdlabError",
+    "SolverError",
+    "StoreError",
+]

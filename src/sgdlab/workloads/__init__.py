@@ -1,1 +1,20 @@
-"""workloads."""
+"""Data sets, partitioners, models, and workloads (data + model + loss + metric + target)."""
+
+from sgdlab.workloads.base import SparseRows, Workload
+from sgdlab.workloads.registry import (
+    WorkloadSpec,
+    get_workload,
+    workload_names,
+    workload_options,
+    workload_spec,
+)
+
+__all__ = [
+    "SparseRows",
+    "Workload",
+    "WorkloadSpec",
+    "get_workload",
+    "workload_names",
+    "workload_options",
+    "workload_spec",
+]

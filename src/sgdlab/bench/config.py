@@ -1,0 +1,82 @@
+"""The typed configuration of one training run, and its validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sgdlab.bench.store import DEFAULT_DB
+from sgdlab.errors import ConfigError
+
+SCHEDULES = ("constant", "diminishing")
+
+# Fields that change nothing about the trajectory: left out of the run's key, so a resumed run
+# may, say, write its checkpoints at another interval.
+_NOT_IN_KEY = ("out", "resume", "db", "progress", "checkpoint_every", "suite", "eval_every",
+               "log_every")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``optimizer_options`` and ``workload_options`` come from ``--set``."""
+
+    workload: str
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    steps: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    workload_options: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"
+    mu: float | None = None
+    L: float | None = None
+    alpha: float = 2.0
+    eval_every: int = 0
+    log_every: int = 0
+    checkpoint_every: int = 0
+    out: Path | None = None
+    resume: bool = False
+    db: Path = DEFAULT_DB
+    device: str = "cpu"
+    threads: int = 0
+    suite: str = ""
+    progress: bool | None = None
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 1)")
+        for name in ("eval_every", "log_every", "checkpoint_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 0)")
+        if not math.isfinite(self.lr) or self.lr < 0:
+            raise ConfigError(f"invalid lr: {self.lr}")
+        if self.seed < 0:
+            raise ConfigError(f"invalid seed: {self.seed} (must be >= 0)")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"invalid schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
+        if self.schedule == "constant" and (self.mu is not None or self.L is not None):
+            raise ConfigError("--mu and --L only apply with --schedule diminishing")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"invalid device {self.device!r}; use cpu or cuda[:N]")
+
+    def key(self) -> str:
+        """A short hash of everything that determines the trajectory."""
+        d = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_KEY}
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def out_dir(self) -> Path:
+        """``--out``, or ``sgdlab-out/<workload>-<optimizer>-s<seed>-<key>``."""
+        if self.out is not None:
+            return Path(self.out)
+        safe = self.optimizer.replace(":", "_")
+        return Path("sgdlab-out") / f"{self.workload}-{safe}-s{self.seed}-{self.key()}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

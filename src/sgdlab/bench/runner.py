@@ -1,0 +1,363 @@
+"""Train once: deterministic seeds, an honest clock, an event log, results in SQLite,
+checkpoints that resume bit for bit.
+
+The clock counts only the training steps (batch gathering, forward, backward, the optimizer
+and scheduler steps), synchronising the device before it is read; evaluation, logging and
+checkpointing are outside it. Batches come from a fresh seeded permutation each epoch, a pure
+function of (seed, epoch), so a resumed run draws the very batches the uninterrupted run
+would have drawn. A checkpoint holds the model, the optimizer, the scheduler, the RNG state,
+the clock and the event log's length; ``resume`` truncates the log to that length and forgets
+what the database recorded after that step, so the resumed run ends exactly as an
+uninterrupted one (same parameters, same final loss).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from sgdlab.bench.config import TrainConfig
+from sgdlab.bench.store import ResultStore
+from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from sgdlab.errors import CheckpointError, ConfigError, DivergenceError
+from sgdlab.optim import DiminishingLR, load_optimizer
+from sgdlab.workloads import Workload, get_workload
+
+CHECKPOINT = "checkpoint.pt"
+EVENTS = "events.jsonl"
+RESULT = "result.json"
+MODEL = "model.pt"
+
+
+@dataclass
+class RunResult:
+    """What one run reports (``sgdlab train --json`` prints :meth:`to_json`)."""
+
+    run_id: int
+    workload: str
+    optimizer: str
+    steps: int
+    final_loss: float
+    metric: str
+    metric_value: float
+    test_loss: float
+    train_seconds: float
+    time_to_target: float | None
+    step_to_target: int | None
+    out_dir: str
+    loop_seconds: float = 0.0
+    outside_clock_seconds: float = 0.0
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("evaluations")
+        return d
+
+
+class EpochSampler:
+    """Batch ``step`` of a run: slice ``step % per_epoch`` of epoch ``step // per_epoch``'s
+    permutation, drawn from a generator seeded by (seed, epoch). Incomplete batches are dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if batch_size > n:
+            raise ConfigError(f"invalid batch-size: {batch_size} exceeds the {n} training samples")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.per_epoch = n // batch_size
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, pos = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    from sgdlab import __version__
+
+    return {
+        "sgdlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "processor": platform.machine(),
+        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+class _EventLog:
+    """Append-only JSONL; its byte length is saved with each checkpoint."""
+
+    def __init__(self, path: Path, truncate_to: int | None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_to is not None and path.exists():
+            with path.open("r+b") as f:
+                f.truncate(truncate_to)
+        self._f: IO[str] = path.open("a", encoding="utf-8")
+
+    def write(self, event: str, **fields: Any) -> None:
+        self._f.write(json.dumps({"event": event, **fields}) + "\n")
+
+    def offset(self) -> int:
+        self._f.flush()
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+_warmed_up = False
+
+
+def _warm_up_torch() -> None:
+    """Pay torch's one-time lazy imports before the clock starts.
+
+    The first ``Optimizer.step`` of a process imports torch's compiler stack (over a second on
+    our machines); charged to the first run's clock it would make whichever optimizer runs
+    first look slow. A throwaway step on a scratch parameter draws no random number.
+    """
+    global _warmed_up
+    if not _warmed_up:
+        scratch = torch.nn.Parameter(torch.zeros(1))
+        scratch.grad = torch.zeros(1)
+        torch.optim.SGD([scratch], lr=0.0).step()
+        _warmed_up = True
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build(config: TrainConfig, workload: Workload, device: torch.device) -> tuple[
+    torch.nn.Module, torch.optim.Optimizer, DiminishingLR | None
+]:
+    model = workload.make_model(config.seed).to(device)
+    opt = load_optimizer(config.optimizer, model.parameters(), lr=config.lr, **config.optimizer_options)
+    sched = None
+    if config.schedule == "diminishing":
+        mu = config.mu if config.mu is not None else workload.mu
+        L = config.L if config.L is not None else workload.L
+        if mu is None or L is None:
+            raise ConfigError(
+                f"--schedule diminishing needs --mu and --L: workload {workload.name!r} is not convex"
+            )
+        sched = DiminishingLR(opt, mu=mu, L=L, alpha=config.alpha)
+    return model, opt, sched
+
+
+def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
+    """Run ``config`` to its last step (or resume it) and record it; see the module doc."""
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA device is available")
+    if workload is None:
+        workload = get_workload(config.workload, **config.workload_options)
+    torch.manual_seed(config.seed)
+    model, opt, sched = _build(config, workload, device)
+    sampler = EpochSampler(workload.num_train, config.batch_size, config.seed)
+    out = _resumable_run_dir(config.out_dir()) if config.resume else _new_run_dir(config.out_dir())
+    ckpt_path = out / CHECKPOINT
+
+    store = ResultStore(config.db)
+    start, train_seconds, log_offset, run_id = 0, 0.0, None, 0
+    reached: tuple[float, int] | None = None
+    if config.resume:
+        state = load_checkpoint(ckpt_path)
+        if state.get("key") != config.key():
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} belongs to another configuration; "
+                "resume with the arguments of the run that wrote it"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start, train_seconds, log_offset = state["step"], state["train_seconds"], state["log_offset"]
+        reached = tuple(state["reached"]) if state["reached"] else None  # type: ignore[assignment]
+        run_id = state["run_id"]
+        if store.has_run(run_id):
+            store.resume_run(run_id, start)
+        else:
+            run_id = 0
+    if not run_id:
+        run_id = store.start_run(
+            workload=config.workload, optimizer=config.optimizer, config=config.to_json(),
+            versions=versions(), machine=machine(config.device), suite=config.suite,
+            out_dir=str(out),
+        )
+
+    log = _EventLog(out / EVENTS, log_offset)
+    if config.resume:
+        log.write("resume", step=start, run_id=run_id)
+    else:
+        log.write("start", run_id=run_id, config=config.to_json(), versions=versions())
+    eval_every = config.eval_every or max(1, config.steps // 10)
+    log_every = config.log_every or max(1, config.steps // 200)
+    evaluations: list[dict[str, float]] = []
+    samples: list[tuple[int, float, float]] = []
+
+    x = y = torch.empty(0)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = workload.loss(model, x, y)
+        loss.backward()
+        return loss
+
+    def evaluate(step: int) -> None:
+        nonlocal reached
+        values = workload.evaluate(model, device)
+        row = {"step": step, "train_seconds": train_seconds, **values}
+        evaluations.append(row)
+        store.add_evaluation(run_id, step, train_seconds, values, workload.metric)
+        log.write("eval", **row)
+        if reached is None and values[workload.metric] >= workload.target:
+            reached = (train_seconds, step)
+
+    def checkpoint(step: int) -> None:
+        store.add_samples(run_id, samples)
+        samples.clear()
+        state = {
+            "key": config.key(), "step": step, "run_id": run_id, "train_seconds": train_seconds,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "rng": torch.get_rng_state(), "reached": list(reached) if reached else None,
+        }
+        log.write("checkpoint", step=step)
+        state["log_offset"] = log.offset()
+        save_checkpoint(state, ckpt_path)
+
+    model.train()
+    _warm_up_torch()
+    loop_start = time.perf_counter()
+    outside = 0.0  # evaluation and checkpoint time, for the harness-overhead benchmark
+    with _progress(config, start) as bar:
+        for step in range(start, config.steps):
+            t0 = time.perf_counter()
+            x, y = workload.batch(sampler.indices(step), device)
+            loss = opt.step(closure)
+            if sched is not None:
+                sched.step()
+            _sync(device)
+            train_seconds += time.perf_counter() - t0
+            done = step + 1
+            if done % log_every == 0 or done == config.steps:
+                value = float(torch.as_tensor(loss).detach()) if loss is not None else float("nan")
+                if not torch.isfinite(torch.tensor(value)):
+                    log.close()
+                    store.finish_run(run_id, status="diverged", steps_done=done)
+                    raise DivergenceError(
+                        f"training diverged: loss is {value} at step {done} "
+                        f"(optimizer {config.optimizer}, lr {config.lr}); try a smaller --lr"
+                    )
+                samples.append((done, train_seconds, value))
+                log.write("step", step=done, loss=value, train_seconds=train_seconds,
+                          lr=opt.param_groups[0]["lr"])
+                bar(done, value)
+            if done % eval_every == 0 or done == config.steps:
+                t1 = time.perf_counter()
+                evaluate(done)
+                outside += time.perf_counter() - t1
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+                t1 = time.perf_counter()
+                checkpoint(done)
+                outside += time.perf_counter() - t1
+    loop_seconds = time.perf_counter() - loop_start
+
+    store.add_samples(run_id, samples)
+    last = evaluations[-1] if evaluations else {"step": config.steps, **workload.evaluate(model, device)}
+    result = RunResult(
+        run_id=run_id, workload=config.workload, optimizer=config.optimizer, steps=config.steps,
+        final_loss=last["train_loss"], metric=workload.metric, metric_value=last[workload.metric],
+        test_loss=last["test_loss"], train_seconds=train_seconds,
+        time_to_target=reached[0] if reached else None,
+        step_to_target=reached[1] if reached else None, out_dir=str(out), evaluations=evaluations,
+        loop_seconds=loop_seconds, outside_clock_seconds=outside,
+    )
+    store.finish_run(
+        run_id, extra={"target": workload.target}, steps_done=config.steps, final_loss=result.final_loss, metric=result.metric,
+        metric_value=result.metric_value, test_loss=result.test_loss,
+        train_seconds=train_seconds, time_to_target=result.time_to_target,
+        step_to_target=result.step_to_target,
+    )
+    store.close()
+    log.write("end", **result.to_json())
+    log.close()
+    save_checkpoint({"model": model.state_dict(), "step": config.steps}, out / MODEL)
+    atomic_write_bytes(out / RESULT, json.dumps(result.to_json(), indent=1).encode())
+    return result
+
+
+def _new_run_dir(base: Path) -> Path:
+    """A fresh ``base/run-NNNN``: earlier runs' files are never touched."""
+    base.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[4:]) for p in base.glob("run-*") if p.name[4:].isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        path = base / f"run-{number:04d}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            number += 1
+
+
+def _resumable_run_dir(base: Path) -> Path:
+    """The newest ``base/run-NNNN`` that has a checkpoint and no result yet."""
+    runs = sorted(
+        (p for p in base.glob("run-*") if p.name[4:].isdigit()), key=lambda p: int(p.name[4:])
+    )
+    for path in reversed(runs):
+        if (path / CHECKPOINT).exists() and not (path / RESULT).exists():
+            return path
+    raise CheckpointError(f"nothing to resume under {base}: no unfinished run with a checkpoint")
+
+
+class _progress:
+    """A rich progress bar on an interactive stderr; nothing otherwise."""
+
+    def __init__(self, config: TrainConfig, start: int) -> None:
+        show = config.progress if config.progress is not None else sys.stderr.isatty()
+        self._bar: Any = None
+        if show:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn(f"{config.workload} · {config.optimizer}"), BarColumn(),
+                TextColumn("{task.completed}/{task.total} · loss {task.fields[loss]}"),
+                TimeRemainingColumn(), transient=True,
+            )
+            self._task = self._bar.add_task("train", total=config.steps, completed=start, loss="-")
+
+    def __enter__(self) -> Any:
+        if self._bar is None:
+            return lambda done, loss: None
+        self._bar.start()
+        return lambda done, loss: self._bar.update(self._task, completed=done, loss=f"{loss:.4f}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,58 @@
+"""Benchmark suites: named lists of runs, trained one after another, then scored and reported.
+
+``quick`` is the showcase behind ``make demo``: the convex, the MLP and the CNN workload, each
+with plain SGD, SGD with momentum and Adam (and SGD with the diminishing step on the convex
+one), short enough to finish in a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sgdlab.bench.config import TrainConfig
+from sgdlab.bench.report import build_report
+from sgdlab.bench.runner import train
+from sgdlab.bench.store import ResultStore
+from sgdlab.errors import ConfigError
+from sgdlab.workloads import Workload, get_workload
+
+
+def quick_suite() -> list[TrainConfig]:
+    runs = []
+    for opt, lr, extra in (("sgd", 0.1, {}), ("sgd", 0.05, {"momentum": 0.9}), ("adam", 1e-3, {})):
+        runs.append(TrainConfig("logreg-fmnist", opt, lr, 1500, 64, optimizer_options=extra))
+        runs.append(TrainConfig("mlp-mnist", opt, lr, 1500, 64, optimizer_options=extra))
+        runs.append(TrainConfig("cnn-fmnist", opt, lr, 600, 64, optimizer_options=extra))
+    return runs
+
+
+SUITES = {"quick": quick_suite}
+
+
+def run_suite(name: str, db: Path, out: Path, quiet: bool = False, seeds: int = 1) -> dict[str, Any]:
+    """Train every run of suite ``name`` (``seeds`` seeds each), then report on this invocation."""
+    if name not in SUITES:
+        raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
+    tag = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+    configs = [
+        replace(c, seed=s, db=db, suite=tag, out=out / "runs", progress=False if quiet else None)
+        for c in SUITES[name]()
+        for s in range(seeds)
+    ]
+    console = Console(stderr=True, quiet=quiet)
+    workloads: dict[str, Workload] = {}
+    for i, config in enumerate(configs, 1):
+        console.print(f"[{i}/{len(configs)}] {config.workload} · {config.optimizer} lr={config.lr}"
+                      f" {config.optimizer_options or ''} {config.schedule} · seed {config.seed}")
+        if config.workload not in workloads:
+            workloads[config.workload] = get_workload(config.workload)
+        train(config, workload=workloads[config.workload])
+    with ResultStore(db) as store:
+        summary = build_report(store, out, suite=tag, title=f"sgdlab bench {name}", quiet=quiet)
+    summary["suite"] = tag
+    return summary

@@ -1,0 +1,65 @@
+"""Checkpoints written atomically and read back without executing pickles.
+
+``save_checkpoint`` writes to a temporary file in the same folder, flushes and fsyncs it,
+renames it over the target and fsyncs the folder: a reader sees the old checkpoint or the new
+one, never half of one, whatever kills the writer. ``load_checkpoint`` reads with
+``torch.load(weights_only=True)``, which refuses any object other than tensors and plain
+containers, and turns every failure into one :class:`~sgdlab.errors.CheckpointError` line.
+
+This module sits beside ``errors``: every package may use it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sgdlab.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is never seen half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Serialise ``state`` (tensors and plain containers only) atomically to ``path``."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, refusing anything else."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable (corrupt or truncated): {reason}")
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not an sgdlab checkpoint (format {FORMAT_VERSION})")
+    return state

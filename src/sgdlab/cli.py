@@ -1,0 +1,178 @@
+"""The ``sgdlab`` command; the only place argv is parsed.
+
+Every command takes ``--help``. ``--json`` prints one JSON object as the last line of stdout.
+Bad input prints one line ``error: …`` on stderr and exits with status 2, leaving existing
+results untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+
+from sgdlab.errors import SgdlabError
+
+app = typer.Typer(
+    name="sgdlab",
+    help="Train with stochastic gradients, benchmark optimizers, and check convergence bounds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+DbOption = Annotated[Path, typer.Option("--db", help="Results database (SQLite).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+
+
+def _parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``key=value`` → optimizer hyperparameters; ``workload.key=value`` → workload options."""
+    opt: dict[str, Any] = {}
+    wl: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise typer.BadParameter(f"--set takes key=value, got {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        if key.startswith("workload."):
+            wl[key.removeprefix("workload.")] = raw
+        else:
+            opt[key] = value
+    return opt, wl
+
+
+@app.command()
+def train(
+    workload: Annotated[str, typer.Option(help="Workload name (see `sgdlab list`).")],
+    optimizer: Annotated[str, typer.Option(help="Optimizer name (see `sgdlab list`).")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.1,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the model, the batches and the RNG.")] = 0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value: an optimizer hyperparameter, or workload.key=value."),
+    ] = None,
+    schedule: Annotated[str, typer.Option(help="constant, or diminishing: lr = alpha/(mu(t+E)).")] = "constant",
+    mu: Annotated[float | None, typer.Option("--mu", help="Strong convexity (diminishing).")] = None,
+    L: Annotated[float | None, typer.Option("--L", help="Smoothness (diminishing).")] = None,
+    alpha: Annotated[float, typer.Option(help="alpha > 1 of the diminishing schedule.")] = 2.0,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: ten times).")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the newest unfinished run in --out.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Folder for logs and checkpoints.")] = None,
+    db: DbOption = Path("sgdlab-results/results.db"),
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
+    json_: JsonOption = False,
+) -> None:
+    """Train one workload with one optimizer and record the run."""
+    from sgdlab.bench.config import TrainConfig
+    from sgdlab.bench.runner import train as run_train
+
+    opt_options, wl_options = _parse_sets(set_ or [])
+    config = TrainConfig(
+        workload=workload, optimizer=optimizer, lr=lr, steps=steps, batch_size=batch_size,
+        seed=seed, optimizer_options=opt_options, workload_options=wl_options,
+        schedule=schedule, mu=mu, L=L, alpha=alpha, eval_every=eval_every,
+        checkpoint_every=checkpoint_every, out=out, resume=resume, db=db, device=device,
+        threads=threads, progress=None if not json_ else False,
+    )
+    result = run_train(config)
+    if json_:
+        _emit_json(result.to_json())
+    else:
+        from sgdlab.bench.report import print_result
+
+        print_result(result)
+
+
+@app.command("list")
+def list_(json_: JsonOption = False) -> None:
+    """List the workloads and optimizers."""
+    from sgdlab.bench.report import catalogue, print_catalogue
+
+    cat = catalogue()
+    if json_:
+        _emit_json(cat)
+    else:
+        print_catalogue(cat)
+
+
+@bench_app.command("quick")
+def bench_quick(
+    db: DbOption = Path("sgdlab-results/results.db"),
+    out: Annotated[Path, typer.Option(help="Folder for the plots and the HTML report.")] = Path(
+        "sgdlab-results/quick"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """A few minutes: each workload family with SGD, momentum, Adam; table, plots, report."""
+    from sgdlab.bench.suites import run_suite
+
+    summary = run_suite("quick", db=db, out=out, quiet=json_)
+    if json_:
+        _emit_json(summary)
+
+
+@app.command()
+def report(
+    db: DbOption = Path("sgdlab-results/results.db"),
+    out: Annotated[Path, typer.Option(help="Folder for the plots and the HTML report.")] = Path(
+        "sgdlab-results/report"
+    ),
+    suite: Annotated[str | None, typer.Option(help="Only runs of this suite.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Tabulate, plot and write an HTML report of the runs in a results database."""
+    from sgdlab.bench.report import build_report
+    from sgdlab.bench.store import ResultStore
+
+    with ResultStore(db, create=False) as store:
+        summary = build_report(store, out, suite=suite, title=f"sgdlab report: {db}", quiet=json_)
+    if json_:
+        _emit_json(summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning every user error into ``error: …`` and exit 2."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except Exit as exc:
+        return exc.exit_code
+    except Abort:
+        sys.stderr.write("error: aborted\n")
+        return 130
+    except TyperException as exc:
+        sys.stderr.write(f"error: {exc.format_message().splitlines()[0]}\n")
+        return 2
+    except (SgdlabError, ValueError) as exc:
+        if os.environ.get("SGDLAB_DEBUG"):
+            raise
+        sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
