@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+theory_app = typer.Typer(help="Convergence bounds: closed forms, recursions and LMIs.", no_args_is_help=True)
+app.add_typer(theory_app, name="theory")
 
 DbOption = Annotated[Path, typer.Option("--db", help="Results database (SQLite).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
@@ -149,6 +151,39 @@ def report(
         summary = build_report(store, out, suite=suite, title=f"sgdlab report: {db}", quiet=json_)
     if json_:
         _emit_json(summary)
+
+
+# --- theory ----------------------------------------------------------------------------------
+
+
+@theory_app.command("sgd-bound")
+def theory_sgd_bound(
+    mu: Annotated[float, typer.Option("--mu", help="Strong convexity of F.")],
+    L: Annotated[float, typer.Option("--L", help="Smoothness of every component f(.; xi).")],
+    N: Annotated[float, typer.Option("--N", help="N = 2 E||grad f(w*; xi)||^2.")],
+    w0_dist2: Annotated[float, typer.Option("--w0-dist2", help="||w_0 - w*||^2.")],
+    steps: Annotated[int, typer.Option(help="Steps to bound.")],
+    schedule: Annotated[str, typer.Option(help="diminishing or constant.")] = "diminishing",
+    alpha: Annotated[float, typer.Option(help="alpha > 1 (diminishing).")] = 2.0,
+    E: Annotated[float | None, typer.Option("--E", help="Shift E >= 2 alpha L D / mu.")] = None,
+    eta: Annotated[float | None, typer.Option(help="Constant step <= 1/(2 L D).")] = None,
+    D: Annotated[int, typer.Option("--D", help="Largest support (sparse updates).")] = 1,
+    plot: Annotated[Path | None, typer.Option(help="Write the bound curves to this PNG.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Bound E||w_t - w*||^2 for SGD without bounded gradients (Nguyen et al., ICML 2018)."""
+    from sgdlab.bench.theory_sgd import sgd_bound_report
+
+    rep = sgd_bound_report(mu=mu, L=L, N=N, w0_dist2=w0_dist2, steps=steps, schedule=schedule,
+                           alpha=alpha, E=E, eta=eta, D=D, plot=plot)
+    if json_:
+        _emit_json(rep)
+        return
+    from sgdlab.bench.report import print_mapping
+
+    print_mapping(f"SGD bound ({schedule} step)", {
+        k: v for k, v in rep.items() if not isinstance(v, dict | list)
+    } | {"final bound": rep["final"]["bound"], "final recursion": rep["final"]["recursion"]})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,16 @@ def print_result(result: Any) -> None:
     )
     _console.print(t)
     _console.print(f"logs and checkpoints: {result.out_dir}")
+
+
+def print_mapping(title: str, values: dict[str, Any]) -> None:
+    """A two-column table of names and values."""
+    t = Table(title=title)
+    t.add_column("")
+    t.add_column("value")
+    for k, v in values.items():
+        t.add_row(str(k), f"{v:.6g}" if isinstance(v, float) else str(v))
+    _console.print(t)
 
 
 def catalogue() -> dict[str, Any]:
@@ -102,7 +113,7 @@ def _score_json(s: GroupScore) -> dict[str, Any]:
 
 def build_report(
     store: ResultStore, out: Path, suite: str | None = None, title: str = "sgdlab report",
-    quiet: bool = False,
+    quiet: bool = False, sections: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Score the finished runs, print the table, draw the plots, write ``out/report.html``."""
     runs = store.runs(suite=suite)
@@ -110,7 +121,10 @@ def build_report(
     if not quiet:
         _console.print(_score_table(scores))
     images = plot_runs(store, runs, out) if runs else []
-    page = _html(title, scores, images)
+    if not quiet:
+        for section in sections:
+            _console.print(_section_table(section))
+    page = _html(title, scores, images, sections)
     report_path = out / "report.html"
     atomic_write_bytes(report_path, page.encode())
     if not quiet:
@@ -118,10 +132,49 @@ def build_report(
     return {
         "report": str(report_path), "plots": [str(p) for p in images], "runs": len(runs),
         "results": [_score_json(s) for s in scores],
+        "sections": [
+            {"title": sec.title, "text": sec.text, "rows": sec.rows,
+             "images": [str(p) for p in sec.images]}
+            for sec in sections
+        ],
     }
 
 
-def _html(title: str, scores: list[GroupScore], images: list[Path]) -> str:
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _section_table(section: Any) -> Table:
+    t = Table(title=section.title, caption=section.text or None)
+    columns = list(section.rows[0]) if section.rows else []
+    for col in columns:
+        t.add_column(col)
+    for row in section.rows:
+        t.add_row(*(_cell(row.get(c, "")) for c in columns))
+    return t
+
+
+def _section_html(section: Any) -> str:
+    columns = list(section.rows[0]) if section.rows else []
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+        for r in section.rows
+    )
+    table = f"<table><tr>{head}</tr>{body}</table>" if columns else ""
+    return (f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.text)}</p>{table}"
+            + "".join(_figure(p) for p in section.images))
+
+
+def _figure(p: Path) -> str:
+    return (f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+            f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.stem)}'
+            "</figcaption></figure>")
+
+
+def _html(
+    title: str, scores: list[GroupScore], images: list[Path], sections: Sequence[Any] = ()
+) -> str:
     head = ["workload", "optimizer", "runs", "final loss", "metric", "time to target s",
             "train s", "ms/step"]
     rows = "".join(
@@ -131,12 +184,7 @@ def _html(title: str, scores: list[GroupScore], images: list[Path]) -> str:
         )) + "</tr>"
         for s in scores
     )
-    figs = "".join(
-        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.stem)}'
-        "</figcaption></figure>"
-        for p in images
-    )
+    figs = "".join(_figure(p) for p in images) + "".join(_section_html(s) for s in sections)
     data = html.escape(json.dumps([_score_json(s) for s in scores]))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

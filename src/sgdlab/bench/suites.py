@@ -7,7 +7,9 @@ one), short enough to finish in a few minutes on two cores.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,42 @@ def quick_suite() -> list[TrainConfig]:
 SUITES = {"quick": quick_suite}
 
 
+@dataclass
+class Section:
+    """A showcase's part of a suite's report: a title, a line of text, a table, figures."""
+
+    title: str
+    text: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class ShowcaseContext:
+    """What a showcase gets: where to record and draw, and whether to keep quiet."""
+
+    db: Path
+    out: Path
+    tag: str
+    quiet: bool
+    console: Console
+
+
+Showcase = Callable[[ShowcaseContext], Section]
+
+# Each method adds its short showcase to `bench quick` (and so to `make demo`) here, as
+# "module:function" so that a suite imports only what it runs.
+SHOWCASES: dict[str, list[str]] = {
+    "quick": [],
+}
+
+
+def _load_showcase(ref: str) -> Showcase:
+    module, _, name = ref.partition(":")
+    fn: Showcase = getattr(importlib.import_module(module), name)
+    return fn
+
+
 def run_suite(name: str, db: Path, out: Path, quiet: bool = False, seeds: int = 1) -> dict[str, Any]:
     """Train every run of suite ``name`` (``seeds`` seeds each), then report on this invocation."""
     if name not in SUITES:
@@ -52,7 +90,13 @@ def run_suite(name: str, db: Path, out: Path, quiet: bool = False, seeds: int = 
         if config.workload not in workloads:
             workloads[config.workload] = get_workload(config.workload)
         train(config, workload=workloads[config.workload])
+    context = ShowcaseContext(db=db, out=out, tag=tag, quiet=quiet, console=console)
+    sections = []
+    for ref in SHOWCASES.get(name, []):
+        console.print(f"showcase: {ref}")
+        sections.append(_load_showcase(ref)(context))
     with ResultStore(db) as store:
-        summary = build_report(store, out, suite=tag, title=f"sgdlab bench {name}", quiet=quiet)
+        summary = build_report(store, out, suite=tag, title=f"sgdlab bench {name}", quiet=quiet,
+                               sections=sections)
     summary["suite"] = tag
     return summary
