@@ -103,7 +103,7 @@ def compute_optimum(w: Workload, grad_tol: float = 1e-9, max_rounds: int = 200) 
         if grad_norm <= grad_tol:
             break
     params = tuple(p.detach().numpy().copy() for p in model.parameters())
-    return Optimum(params=params, loss=float(loss), grad_norm=grad_norm)
+    return Optimum(params=params, loss=float(loss.detach()), grad_norm=grad_norm)
 
 
 def cached_optimum(w: Workload, cache_dir: Path | None = None) -> Optimum:
