@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import pickletools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,13 +15,13 @@ from sgdlab.errors import DataError
 from sgdlab.workloads._safe_pickle import safe_load
 
 
-def load(blob: bytes, encoding: str = "ASCII") -> object:
+def load(blob: bytes, encoding: str = "ASCII") -> Any:
     return safe_load(io.BytesIO(blob), source="test.pkl", encoding=encoding)
 
 
 @pytest.mark.parametrize("protocol", [3, 4])
 def test_numpy_arrays_and_containers_round_trip(protocol: int) -> None:
-    obj = {
+    obj: dict[Any, Any] = {
         b"data": np.arange(24, dtype=np.uint8).reshape(4, 6),
         "x": (np.linspace(0, 1, 5, dtype=np.float32), np.array([3, 1], dtype=np.int64)),
         "labels": [1, 2, 3],
