@@ -338,3 +338,14 @@ def test_array_dataset_checks_its_arrays() -> None:
         ArrayDataset("t", x, y[:2], x, y, num_classes=2)
     with pytest.raises(DataError, match="test labels outside 0..1"):
         ArrayDataset("t", x, y, x, y + 1, num_classes=2)
+
+
+def test_an_interrupted_build_without_manifest_is_rebuilt_quietly(tmp_path: Path) -> None:
+    first = load_dataset("digits", cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("digits-*")
+    (entry / "manifest.json").unlink()  # the manifest is written last: a crash before it
+    (entry / "x_train.npy").write_bytes(b"half-written")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same(first, load_dataset("digits", cache_dir=tmp_path))
+    assert (entry / "manifest.json").exists()
