@@ -48,7 +48,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
@@ -91,7 +91,7 @@ class ArrayDataset:
     x_test: Array
     y_test: np.ndarray
     num_classes: int
-    feature_shape: tuple[int, ...] = field(default=())
+    feature_shape: tuple[int, ...] = ()
     source: str = ""
     fingerprint: str = ""
 
