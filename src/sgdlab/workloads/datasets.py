@@ -35,6 +35,7 @@ source again, so a broken cache costs time, never a crash or a wrong array.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.metadata
@@ -42,13 +43,12 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import tempfile
 import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeAlias
@@ -91,7 +91,7 @@ class ArrayDataset:
     x_test: Array
     y_test: np.ndarray
     num_classes: int
-    feature_shape: tuple[int, ...] = field(default=())
+    feature_shape: tuple[int, ...] = ()
     source: str = ""
     fingerprint: str = ""
 
@@ -197,10 +197,12 @@ def _describe(a: np.ndarray) -> dict[str, Any]:
 
 def _read_cache(entry: Path) -> _Decoded | None:
     manifest_path = entry / "manifest.json"
-    if not manifest_path.exists():
+    try:
+        text = manifest_path.read_text()
+    except OSError:  # never built, a build that did not finish, or no cache folder at all
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(text)
         if manifest.get("format") != _CACHE_FORMAT:
             raise ValueError(f"format {manifest.get('format')!r}")
         parts = {p: _read_part(entry, manifest["parts"][p]) for p in _PARTS}
@@ -211,7 +213,10 @@ def _read_cache(entry: Path) -> _Decoded | None:
             RuntimeWarning,
             stacklevel=3,
         )
-        shutil.rmtree(entry, ignore_errors=True)
+        # Dropping the manifest is enough: every part is rewritten before a new one appears,
+        # and a concurrent writer of the same (deterministic) entry is left undisturbed.
+        with contextlib.suppress(OSError):
+            manifest_path.unlink(missing_ok=True)
         return None
 
 
