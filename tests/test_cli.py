@@ -17,19 +17,44 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 
 def test_help_on_every_command(capsys: pytest.CaptureFixture[str]) -> None:
-    for args in (["--help"], ["train", "--help"], ["list", "--help"], ["bench", "--help"],
-                 ["bench", "quick", "--help"], ["report", "--help"]):
+    for args in (
+        ["--help"],
+        ["train", "--help"],
+        ["list", "--help"],
+        ["bench", "--help"],
+        ["bench", "quick", "--help"],
+        ["report", "--help"],
+    ):
         code, out, _ = _run(args, capsys)
         assert code == 0 and "Usage" in out, args
 
 
 def test_train_json_is_the_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run([*TRAIN, "--db", str(tmp_path / "r.db"), "--out", str(tmp_path / "o"),
-                         "--set", "momentum=0.9", "--json"], capsys)
+    code, out, _ = _run(
+        [
+            *TRAIN,
+            "--db",
+            str(tmp_path / "r.db"),
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "momentum=0.9",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
-    for key in ("workload", "optimizer", "steps", "final_loss", "metric", "metric_value",
-                "train_seconds", "run_id"):
+    for key in (
+        "workload",
+        "optimizer",
+        "steps",
+        "final_loss",
+        "metric",
+        "metric_value",
+        "train_seconds",
+        "run_id",
+    ):
         assert key in result
     assert result["steps"] == 40 and result["workload"] == "logreg-breast-cancer"
 
@@ -39,8 +64,14 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     cat = json.loads(out.strip().splitlines()[-1])
     assert code == 0
     names = {w["name"] for w in cat["workloads"]}
-    assert {"logreg-fmnist", "logreg-breast-cancer", "sparse-logreg", "mlp-mnist", "cnn-fmnist",
-            "resnet18-cifar10"} <= names
+    assert {
+        "logreg-fmnist",
+        "logreg-breast-cancer",
+        "sparse-logreg",
+        "mlp-mnist",
+        "cnn-fmnist",
+        "resnet18-cifar10",
+    } <= names
     assert {"sgd", "adam", "adamw", "lbfgs"} <= {o["name"] for o in cat["optimizers"]}
 
 
@@ -56,10 +87,16 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
         ([*TRAIN, "--set", "bogus=1"], "error: optimizer 'sgd' takes no hyperparameter bogus"),
         ([*TRAIN, "--set", "momentum=-3"], "error: Invalid momentum value: -3"),
         ([*TRAIN, "--set", "workload.l2=x"], "error: invalid value 'x' for option l2"),
-        ([*TRAIN, "--set", "workload.zzz=1"], "error: workload 'logreg-breast-cancer' has no option zzz"),
+        (
+            [*TRAIN, "--set", "workload.zzz=1"],
+            "error: workload 'logreg-breast-cancer' has no option zzz",
+        ),
         ([*TRAIN, "--resume"], "error: nothing to resume under"),
         (["train", "--nope"], "error: No such option: --nope"),
-        (["report", "--db", "/nonexistent/x.db"], "error: no results database at /nonexistent/x.db"),
+        (
+            ["report", "--db", "/nonexistent/x.db"],
+            "error: no results database at /nonexistent/x.db",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

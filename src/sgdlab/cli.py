@@ -25,9 +25,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmark suites: train, score, plot and report.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
-theory_app = typer.Typer(help="Convergence bounds: closed forms, recursions and LMIs.", no_args_is_help=True)
+theory_app = typer.Typer(
+    help="Convergence bounds: closed forms, recursions and LMIs.", no_args_is_help=True
+)
 app.add_typer(theory_app, name="theory")
 
 DbOption = Annotated[Path, typer.Option("--db", help="Results database (SQLite).")]
@@ -70,15 +74,23 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the model, the batches and the RNG.")] = 0,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="key=value: an optimizer hyperparameter, or workload.key=value."),
+        typer.Option("--set", help="key=value: optimizer hyperparameter; workload.key=value."),
     ] = None,
-    schedule: Annotated[str, typer.Option(help="constant, or diminishing: lr = alpha/(mu(t+E)).")] = "constant",
-    mu: Annotated[float | None, typer.Option("--mu", help="Strong convexity (diminishing).")] = None,
+    schedule: Annotated[
+        str, typer.Option(help="constant, or diminishing: lr = alpha/(mu(t+E)).")
+    ] = "constant",
+    mu: Annotated[float | None, typer.Option("--mu", help="Strong convexity (diminishing).")] = (
+        None
+    ),
     L: Annotated[float | None, typer.Option("--L", help="Smoothness (diminishing).")] = None,
     alpha: Annotated[float, typer.Option(help="alpha > 1 of the diminishing schedule.")] = 2.0,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: ten times).")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the newest unfinished run in --out.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = (
+        0
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue the newest unfinished run in --out.")] = (
+        False
+    ),
     out: Annotated[Path | None, typer.Option(help="Folder for logs and checkpoints.")] = None,
     db: DbOption = Path("sgdlab-results/results.db"),
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",

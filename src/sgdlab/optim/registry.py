@@ -140,7 +140,9 @@ def _peer_spec(name: str) -> OptimizerSpec:
             raise
         except Exception as exc:
             # pytorch_optimizer raises its own exception types for bad values; ours say ValueError.
-            if isinstance(exc, ValueError) or not type(exc).__module__.startswith("pytorch_optimizer"):
+            if isinstance(exc, ValueError) or not type(exc).__module__.startswith(
+                "pytorch_optimizer"
+            ):
                 raise
             raise ValueError(f"Invalid hyperparameter for peer:{name}: {exc}") from exc
 

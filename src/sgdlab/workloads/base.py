@@ -45,7 +45,10 @@ class SparseRows:
         index = torch.stack([out_row, self.indices[pos]])
         # Built from valid CSR rows, so the invariants hold; checking them costs a pass.
         return torch.sparse_coo_tensor(
-            index, self.data[pos], (len(rows), self.shape[1]), is_coalesced=True,
+            index,
+            self.data[pos],
+            (len(rows), self.shape[1]),
+            is_coalesced=True,
             check_invariants=False,
         )
 
