@@ -19,6 +19,7 @@ column are dropped rather than forcing ``λ_e → ∞``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -35,9 +36,8 @@ _SOLVER_OPTIONS: dict[str, dict[str, float | int]] = {
     "clarabel": {},
     "scs": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200_000},
 }
-# Relative slack on ρ² in the second stage of "least ρ², then least H": the first stage's ρ² is
-# only solver-accurate, and H along the Pareto front moves like the square root of the slack.
-_STAGE2_SLACKS = (1e-9, 1e-8, 1e-7, 1e-6)
+# The least-ρ² question returns a certificate whose ρ² is within this (relative) of the least.
+_LEAST_RHO2_GAP = 1e-6
 # A returned certificate is re-checked in numpy: the largest eigenvalue of the LMI matrix,
 # relative to its largest entry, may exceed zero by this much (interior-point accuracy).
 CERTIFICATE_TOL = 1e-7
@@ -128,7 +128,8 @@ def solve_lmi(
 
     * ``U`` given: minimise ``ρ²U + H`` (the bound on ``E‖x⁺ − x*‖²`` when ``E‖x − x*‖² = U``);
     * ``rho2_max`` given: minimise ``H`` subject to ``ρ² ≤ rho2_max``;
-    * neither: the least ``ρ²``, then the least ``H`` at that ``ρ²`` (two solves).
+    * neither: the least ``ρ²`` (to ``1e-6``), then the least ``H`` there (two solves; ``H`` is
+      accurate to ~1e-4 relative, as the Pareto front of ``(ρ², H)`` is flat at its end).
 
     ``alpha=None`` makes the step size a variable (only with ``U``). A solver that fails is
     reported as infeasible (``feasible=False``, its status kept), never raised: near the
@@ -140,30 +141,24 @@ def solve_lmi(
     """
     if solver not in SOLVERS:
         raise ConfigError(f"Invalid solver: {solver!r} (choose from {sorted(SOLVERS)})")
-    if SOLVERS[solver] not in cp.installed_solvers():
+    if SOLVERS[solver] not in _installed_solvers():
         raise SolverError(f"solver {solver!r} is not installed")
-    n = 3 if with_error else 2
-    rho2 = cp.Variable(name="rho2")
-    lam = cp.Variable(3, nonneg=True, name="lambda")
-    a = cp.Variable(nonneg=True, name="alpha") if alpha is None else cp.Constant(alpha)
-    N = -rho2 * _unit(n, 0, 0) + lam[0] * mats[0][:n, :n] + lam[1] * mats[1][:n, :n]
-    if with_error:
-        N = N + lam[2] * mats[2]
-    v = cp.reshape(cp.hstack([cp.Constant(1.0)] + [-a] * (n - 1)), (n, 1), order="F")
-    big = cp.bmat([[N, v], [v.T, cp.Constant(-np.ones((1, 1)))]])
-    # cvxpy wants a visibly symmetric expression for an LMI; big is symmetric by construction.
-    constraints = [(big + big.T) / 2 << 0]
-    if not with_error:
-        constraints.append(lam[2] == 0)
-    H = s_g * lam[1] + s_e * lam[2]
+    t = _template(3 if with_error else 2, alpha is None)
+    n = t.n
+    t.M_sc.value, t.M_g.value = mats[0][:n, :n], mats[1][:n, :n]
+    t.M_e.value = mats[2][:n, :n]
+    t.s_g.value, t.s_e.value = s_g, s_e if with_error else 0.0
+    if alpha is not None:
+        assert isinstance(t.alpha, cp.Parameter)  # a Parameter whenever alpha is fixed
+        t.alpha.value = alpha
 
-    def attempt(objective: cp.Expression, extra: list[cp.Constraint]) -> LMISolution:
-        status = _solve(cp.Problem(cp.Minimize(objective), [*constraints, *extra]), solver)
+    def attempt(problem: cp.Problem) -> LMISolution:
+        status = _solve(problem, solver)
         if not _ok(status):
             return _infeasible(status, alpha)
-        lam_v = np.maximum(np.asarray(lam.value, dtype=float), 0.0)
+        lam_v = np.maximum(np.asarray(t.lam.value, dtype=float), 0.0)
         multipliers = (float(lam_v[0]), float(lam_v[1]), float(lam_v[2]))
-        alpha_v, rho2_v = _value(a), _value(rho2)
+        alpha_v, rho2_v = _value(t.alpha), _value(t.rho2)
         residual = certificate_residual(mats, alpha_v, rho2_v, multipliers, with_error=with_error)
         if residual > CERTIFICATE_TOL:
             return _infeasible(f"uncertified ({status}, residual {residual:.1e})", alpha, residual)
@@ -171,21 +166,71 @@ def solve_lmi(
         return LMISolution(rho2_v, H_v, alpha_v, multipliers, status, True, residual)
 
     if U is not None:
-        return attempt(rho2 * U + H, [])
+        t.U.value = U
+        return attempt(t.tangent)
+    if alpha is None:
+        raise ConfigError("Invalid alpha: None (a variable step size needs U)")
     if rho2_max is not None:
-        return attempt(H, [rho2 <= rho2_max])
-    first = attempt(rho2, [])
+        t.cap.value = rho2_max
+        return attempt(t.capped)
+    first = attempt(t.least)
     if not first.feasible:
         return first
-    # At the least ρ² the LMI has no interior, so H is minimised with ρ² a hair above it; the
-    # smallest slack the solver handles wins (H moves like its square root along the front).
-    for slack in _STAGE2_SLACKS:
-        cap = first.rho2 + slack * max(1.0, abs(first.rho2))
-        second = attempt(H, [rho2 <= cap])
-        if second.feasible:
-            return replace(second, status=f"{second.status} (rho2 slack {slack:.0e})")
+    # At the least ρ² the LMI has no interior, and capping ρ² a hair above it makes the solver
+    # break down (Clarabel even panics). Instead take the tangent at a large U: its ρ² exceeds
+    # the least by at most H/U ≤ _LEAST_RHO2_GAP·H*/H₁, and its H tends to the least H.
+    t.U.value = max(first.H, 1e-12) / _LEAST_RHO2_GAP
+    second = attempt(t.tangent)
+    if second.feasible and second.rho2 <= first.rho2 + 2 * _LEAST_RHO2_GAP * max(1.0, first.rho2):
+        return second
     # Stage 1's own multipliers still certify a bound; say that H was not minimised.
-    return replace(first, status=f"{first.status}; H not minimised")
+    return replace(first, status=f"{first.status}; H not minimised ({second.status})")
+
+
+class _Template:
+    """The LMI with every number a cvxpy Parameter, so that cvxpy compiles it once.
+
+    Re-solving a compiled (DPP) problem skips canonicalisation, most of the time of a solve
+    this small. The cached problems hold state between calls: not for use across threads.
+    """
+
+    def __init__(self, n: int, alpha_is_variable: bool) -> None:
+        self.n = n
+        self.rho2 = cp.Variable(name="rho2")
+        self.lam = cp.Variable(3, nonneg=True, name="lambda")
+        self.alpha: cp.Variable | cp.Parameter = (
+            cp.Variable(nonneg=True, name="alpha")
+            if alpha_is_variable
+            else cp.Parameter(nonneg=True, name="alpha")
+        )
+        self.M_sc, self.M_g, self.M_e = (cp.Parameter((n, n), symmetric=True) for _ in range(3))
+        self.s_g, self.s_e = cp.Parameter(nonneg=True), cp.Parameter(nonneg=True)
+        self.U, self.cap = cp.Parameter(nonneg=True), cp.Parameter()
+        N = -self.rho2 * _unit(n, 0, 0) + self.lam[0] * self.M_sc + self.lam[1] * self.M_g
+        if n == 3:
+            N = N + self.lam[2] * self.M_e
+        one = cp.Constant(np.ones((1, 1)))
+        v = cp.reshape(cp.hstack([cp.Constant(1.0)] + [-self.alpha] * (n - 1)), (n, 1), order="F")
+        big = cp.bmat([[N, v], [v.T, -one]])
+        # cvxpy wants a visibly symmetric expression for an LMI; big is symmetric by construction.
+        lmi = [(big + big.T) / 2 << 0]
+        if n == 2:
+            lmi.append(self.lam[2] == 0)
+        H = self.s_g * self.lam[1] + self.s_e * self.lam[2]
+        self.tangent = cp.Problem(cp.Minimize(self.rho2 * self.U + H), lmi)
+        self.capped = cp.Problem(cp.Minimize(H), [*lmi, self.rho2 <= self.cap])
+        self.least = cp.Problem(cp.Minimize(self.rho2), lmi)
+
+
+@functools.cache
+def _installed_solvers() -> frozenset[str]:
+    # cvxpy probes every solver's import on each call: a few ms, as long as the solve itself.
+    return frozenset(cp.installed_solvers())
+
+
+@functools.cache
+def _template(n: int, alpha_is_variable: bool) -> _Template:
+    return _Template(n, alpha_is_variable)
 
 
 def _unit(n: int, i: int, j: int) -> np.ndarray:
@@ -208,10 +253,23 @@ def _solve(problem: cp.Problem, solver: str) -> str:
             # cvxpy warns on inaccurate solutions; the status is returned and every
             # certificate is re-checked, so the warning would only repeat that.
             warnings.simplefilter("ignore", UserWarning)
-            problem.solve(solver=SOLVERS[solver], **_SOLVER_OPTIONS[solver])
+            # warm_start=False: a warm start reuses (and after a panic, reuses a broken) solver.
+            problem.solve(solver=SOLVERS[solver], warm_start=False, **_SOLVER_OPTIONS[solver])
     except cp.error.SolverError as exc:
-        return f"solver_failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        return f"solver_failed ({_first_line(exc)})"
+    except BaseException as exc:
+        # Clarabel is Rust: a numerical breakdown (an eigendecomposition of a NaN iterate, near
+        # the feasibility boundary) surfaces as pyo3's PanicException, a BaseException. It is a
+        # solver failure like any other; everything else (KeyboardInterrupt) propagates.
+        if type(exc).__name__ != "PanicException":
+            raise
+        return f"solver_failed (panic: {_first_line(exc)})"
     return str(problem.status)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _infeasible(status: str, alpha: float | None, residual: float = math.nan) -> LMISolution:
