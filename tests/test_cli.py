@@ -59,6 +59,73 @@ def test_train_json_is_the_last_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert result["steps"] == 40 and result["workload"] == "logreg-breast-cancer"
 
 
+def test_theory_commands_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = _run(
+        [
+            "theory",
+            "sgd-bound",
+            "--mu",
+            "1",
+            "--L",
+            "2",
+            "--N",
+            "1",
+            "--w0-dist2",
+            "4",
+            "--steps",
+            "100",
+            "--json",
+        ],
+        capsys,
+    )
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and rep["E"] == 8.0 and rep["final"]["recursion"] <= rep["final"]["bound"]
+    code, out, _ = _run(
+        [
+            "theory",
+            "biased-sgd",
+            "--case",
+            "smooth",
+            "--L",
+            "2",
+            "--m",
+            "1",
+            "--alpha",
+            "0.1",
+            "--sigma2",
+            "1",
+            "--json",
+        ],
+        capsys,
+    )
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and rep["rho2"] == pytest.approx(1 - 2 * 0.1 + 2 * 4 * 0.01, rel=1e-6)
+    code, out, _ = _run(
+        [
+            "theory",
+            "schedule",
+            "--case",
+            "smooth",
+            "--L",
+            "2",
+            "--m",
+            "1",
+            "--U0",
+            "5",
+            "--steps",
+            "50",
+            "--sigma2",
+            "1",
+            "--plot",
+            str(tmp_path / "s.png"),
+            "--json",
+        ],
+        capsys,
+    )
+    rep = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and rep["final_bound"] < 5 and (tmp_path / "s.png").stat().st_size > 0
+
+
 def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(["list", "--json"], capsys)
     cat = json.loads(out.strip().splitlines()[-1])
