@@ -178,12 +178,14 @@ class Proximal(Optimizer):
             self._reset_anchors()
         lams = [self._lam_t(group) for group in self.param_groups]
         lrs = [float(group["lr"]) for group in self.param_groups]
-        # At k == 0 every anchor equals its parameter: the term is exactly zero, so skip it.
-        prox_on = k > 0 and any(lam != 0.0 for lam in lams)
+        prox_on = any(lam != 0.0 for lam in lams)
         scale = 1.0 / (k + 1) if self.inner_decay == "harmonic" else 1.0
         saved_lrs = self._scale_lrs(scale)
         try:
-            if self.coupled and prox_on:
+            # At k == 0 every anchor equals its parameter, so one gradient's coupled term is
+            # exactly zero; not so for a closure evaluated again after the iterate has moved
+            # (LBFGS), nor for the decoupled pull, which acts after the inner step.
+            if self.coupled and prox_on and (k > 0 or closure is not None):
                 loss = self._coupled_inner_step(lams, closure)
             else:
                 loss = self.inner.step(closure) if closure is not None else self.inner.step()
@@ -305,9 +307,9 @@ class Proximal(Optimizer):
     def _reset_anchors(self) -> None:
         stale: list[Tensor] = []
         fresh: list[Tensor] = []
+        # Every parameter, with a gradient or not: under step(closure) the gradients do not
+        # exist yet when the window starts.
         for p in self._params():
-            if p.grad is None:
-                continue
             state = self.state[p]
             if "anchor" in state:
                 stale.append(state["anchor"])
@@ -325,8 +327,8 @@ class Proximal(Optimizer):
     def _anchored(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         """The group's parameters that have a gradient, and their anchors.
 
-        A parameter first seen mid-window (no gradient at the window's start) is anchored
-        where it stands: its proximal term is zero until the next window.
+        A parameter first seen mid-window (added by ``add_param_group``) is anchored where it
+        stands: its proximal term is zero until the next window.
         """
         params: list[Tensor] = []
         anchors: list[Tensor] = []
