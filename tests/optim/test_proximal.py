@@ -294,13 +294,14 @@ def test_coupled_step_leaves_the_callers_gradients_alone() -> None:
         assert p.grad is not None and torch.equal(p.grad, g)
 
 
-def test_closure_returns_the_loss_and_follows_the_same_path() -> None:
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_closure_returns_the_loss_and_follows_the_same_path(set_to_none: bool) -> None:
     with_closure, without = _params(), _params()
     opt = Proximal(torch.optim.SGD(with_closure, lr=0.2, momentum=0.5), lam=0.3, window=3)
     reference = Proximal(torch.optim.SGD(without, lr=0.2, momentum=0.5), lam=0.3, window=3)
     for t in range(7):
         def closure(rows: np.ndarray = BATCHES[t]) -> torch.Tensor:
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=set_to_none)  # False: zeroes the tensors in place
             loss = _loss(with_closure, rows)
             loss.backward()
             return loss
@@ -312,7 +313,8 @@ def test_closure_returns_the_loss_and_follows_the_same_path() -> None:
         assert torch.equal(p, q)
 
 
-def test_lbfgs_inner_solves_each_proximal_problem() -> None:
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_lbfgs_inner_solves_each_proximal_problem(set_to_none: bool) -> None:
     """Window 1 and an inner solver that converges: the proximal point method, exactly.
 
     For f = 1/2 theta'H theta - r'theta + const, the window's solution is
@@ -328,7 +330,7 @@ def test_lbfgs_inner_solves_each_proximal_problem() -> None:
     theta = THETA0.copy()
     for _ in range(3):
         def closure() -> torch.Tensor:
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=set_to_none)
             loss = _loss(params, rows)
             loss.backward()
             return loss

@@ -89,13 +89,18 @@ class Proximal(Optimizer):
             optimizer sees (``True``), or take the proximal step after the inner step.
         lam_schedule: ``"constant"`` (:math:`\lambda_t = \lambda`) or ``"inverse_lr"``
             (:math:`\lambda_t = \lambda/\eta`).
-        foreach: use the multi-tensor ``torch._foreach_*`` kernels for the proximal term
-            (default ``True``); ``False`` runs the per-tensor loop that specifies them.
+        foreach: use the multi-tensor ``torch._foreach_*`` kernels for the proximal term;
+            ``False`` runs the per-tensor loop that specifies them. ``None`` (default) chooses
+            as ``torch.optim`` does: foreach when the parameters are not on the CPU, where the
+            loop (few large tensors, no temporaries) measures faster.
 
     Preconditions, as for any optimizer: gradients are in ``p.grad`` when :meth:`step` is
     called (``loss.backward(); opt.step()``), or ``step(closure)`` computes them. Coupled mode
     hands the inner optimizer temporary gradient tensors and puts the caller's gradients back
-    afterwards, so ``p.grad`` never carries the proximal term outside :meth:`step`. With a
+    afterwards, so ``p.grad`` never carries the proximal term outside :meth:`step`; the
+    temporaries are one scratch buffer per parameter, reused every step (allocating them anew
+    costs more than the arithmetic on a CPU), so the inner optimizer must not keep a reference
+    to ``p.grad`` past its step (``torch.optim``'s optimizers copy what they keep). With a
     closure, the inner optimizer sees the proximal objective :math:`F_w` (loss and gradient,
     as a line search needs), and :meth:`step` returns the closure's own first loss.
 
@@ -148,7 +153,9 @@ class Proximal(Optimizer):
         self.inner_decay = inner_decay
         self.coupled = coupled
         self.lam_schedule = lam_schedule
-        self.foreach = True if foreach is None else foreach
+        self.foreach = foreach
+        # Scratch for the coupled gradients: not state (rebuilt each step), never checkpointed.
+        self._scratch: dict[Tensor, Tensor] = {}
         # Optimizer.__init__ sets up hooks and our own ``state``; handed the inner's groups, it
         # calls add_param_group on each, which adopts them (see add_param_group) instead of
         # copying. The list itself is then shared, so groups added later show up on both.
@@ -266,6 +273,7 @@ class Proximal(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.param_groups = self.inner.param_groups
+        self._scratch = {}
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in self._config().items())
@@ -318,7 +326,7 @@ class Proximal(Optimizer):
                 state["anchor"] = p.detach().clone(memory_format=torch.preserve_format)
         if not stale:
             return
-        if self.foreach:
+        if self._use_foreach():
             torch._foreach_copy_(stale, fresh)
         else:
             for anchor, p in zip(stale, fresh, strict=True):
@@ -343,6 +351,11 @@ class Proximal(Optimizer):
             anchors.append(state["anchor"])
         return params, anchors
 
+    def _use_foreach(self) -> bool:
+        if self.foreach is not None:
+            return self.foreach
+        return self.param_groups[0]["params"][0].device.type != "cpu"
+
     def _coupled_inner_step(self, lams: list[float], closure: Callable[[], Any] | None) -> Any:
         swapped: list[tuple[Tensor, Tensor]] = []
         if closure is None:
@@ -354,6 +367,9 @@ class Proximal(Optimizer):
         first_loss: list[Any] = []
 
         def proximal_closure() -> Any:
+            # The caller's closure zeroes and fills its own gradient tensors, not our scratch.
+            _put_back(swapped)
+            swapped.clear()
             loss = closure()
             with torch.no_grad():
                 swapped[:] = self._add_proximal_gradient(lams)
@@ -378,12 +394,20 @@ class Proximal(Optimizer):
             grads = [p.grad for p in params]
             if any(g.is_sparse for g in grads if g is not None):
                 raise RuntimeError("Proximal(coupled=True) does not support sparse gradients")
-            new_grads = _proximal_gradients(params, grads, anchors, 2.0 * lam, self.foreach)
-            for p, g, new in zip(params, grads, new_grads, strict=True):
+            bufs = [self._scratch_like(p, g) for p, g in zip(params, grads, strict=True)]
+            _proximal_gradients(params, grads, anchors, bufs, 2.0 * lam, self._use_foreach())
+            for p, g, buf in zip(params, grads, bufs, strict=True):
                 assert g is not None  # _anchored keeps only parameters with a gradient
                 swapped.append((p, g))
-                p.grad = new
+                p.grad = buf
         return swapped
+
+    def _scratch_like(self, p: Tensor, g: Tensor | None) -> Tensor:
+        assert g is not None
+        buf = self._scratch.get(p)
+        if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or buf.device != g.device:
+            buf = self._scratch[p] = torch.empty_like(g, memory_format=torch.preserve_format)
+        return buf
 
     def _penalty(self, lams: list[float]) -> float:
         total = 0.0
@@ -401,7 +425,7 @@ class Proximal(Optimizer):
             if lam == 0.0:
                 continue
             params, anchors = self._anchored(group)
-            _pull_toward_anchors(params, anchors, eta * 2.0 * lam, self.foreach)
+            _pull_toward_anchors(params, anchors, eta * 2.0 * lam, self._use_foreach())
 
     def _scale_lrs(self, scale: float) -> list[tuple[dict[str, Any], Any, Any]]:
         if scale == 1.0:
@@ -488,27 +512,42 @@ BUILTIN_INNER: dict[str, InnerFactory] = {
 
 
 def _proximal_gradients(
-    params: list[Tensor], grads: list[Any], anchors: list[Tensor], coef: float, foreach: bool
-) -> list[Tensor]:
-    """Return new tensors ``g + coef * (p - anchor)``, leaving ``g`` untouched."""
+    params: list[Tensor],
+    grads: list[Any],
+    anchors: list[Tensor],
+    out: list[Tensor],
+    coef: float,
+    foreach: bool,
+) -> None:
+    """Write ``g + coef * (p - anchor)`` into ``out``, leaving ``g`` untouched."""
     if not params:
-        return []
+        return
     if foreach:
-        return list(torch._foreach_add(grads, torch._foreach_sub(params, anchors), alpha=coef))
-    return [g.add(p.sub(a), alpha=coef) for p, g, a in zip(params, grads, anchors, strict=True)]
+        # foreach kernels have no out=: build the term in place in ``out``.
+        torch._foreach_copy_(out, params)
+        torch._foreach_sub_(out, anchors)
+        torch._foreach_mul_(out, coef)
+        torch._foreach_add_(out, grads)
+        return
+    for p, g, a, buf in zip(params, grads, anchors, out, strict=True):
+        torch.sub(p, a, out=buf)
+        torch.add(g, buf, alpha=coef, out=buf)
 
 
 def _pull_toward_anchors(
     params: list[Tensor], anchors: list[Tensor], pull: float, foreach: bool
 ) -> None:
-    """In place ``p <- p - pull * (p - anchor)``."""
+    """In place ``p <- p - pull * (p - anchor)``, that is ``p <- lerp(p, anchor, pull)``.
+
+    One read of ``p`` and ``anchor`` and one write, with no temporary.
+    """
     if not params:
         return
     if foreach:
-        torch._foreach_add_(params, torch._foreach_sub(params, anchors), alpha=-pull)
+        torch._foreach_lerp_(params, anchors, pull)
         return
     for p, a in zip(params, anchors, strict=True):
-        p.add_(p.sub(a), alpha=-pull)
+        p.lerp_(a, pull)
 
 
 def _put_back(swapped: list[tuple[Tensor, Tensor]]) -> None:
