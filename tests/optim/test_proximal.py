@@ -253,7 +253,7 @@ def test_foreach_matches_the_per_tensor_loop(coupled: bool) -> None:
         head = torch.nn.Parameter(torch.randn(4, generator=gen, dtype=torch.float64))
         inner = torch.optim.SGD([{"params": weights + [unused]}, {"params": [head]}],
                                 lr=0.05, momentum=0.9)
-        opt = Proximal(inner, lam=0.5, window=4, coupled=coupled, lam_schedule="inverse_lr",
+        opt = Proximal(inner, lam=0.3, window=4, coupled=coupled, lam_schedule="inverse_lr",
                        foreach=foreach)
         opt.param_groups[1]["prox_lam"] = 0.02  # a group may carry its own weight
         x = torch.randn(16, 5, generator=gen, dtype=torch.float64)
@@ -416,6 +416,42 @@ def _sgd() -> torch.optim.Optimizer:
 def test_bad_hyperparameters_raise(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         Proximal(_sgd(), **kwargs)
+
+
+def test_overshooting_pull_warns() -> None:
+    with pytest.warns(UserWarning, match=r"lr \* 2 \* lam_t = 1.2 at its largest, overshoots"):
+        Proximal(torch.optim.SGD(_params(), lr=0.3), lam=2.0, coupled=False)
+    with pytest.warns(UserWarning, match=r"= 1 at its largest"):
+        Proximal(torch.optim.SGD(_params(), lr=0.3), lam=0.5, lam_schedule="inverse_lr",
+                 inner_decay="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Proximal(torch.optim.SGD(_params(), lr=0.3), lam=2.0, window=1)  # the term never acts
+        Proximal(torch.optim.Adam(_params(), lr=0.3), lam=2.0)  # Adam rescales the term
+
+
+def test_parameter_added_mid_window_is_anchored_where_it_stands() -> None:
+    params = _params()
+    opt = Proximal(torch.optim.SGD(params[:1], lr=0.1), lam=0.5, window=4, inner_decay="none")
+    late = torch.nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    anchor = late.detach().clone()
+    for t in range(6):
+        if t == 2:
+            opt.add_param_group({"params": [late]})
+        if t in (2, 4):  # first step of `late`, first step of the second window
+            anchor = late.detach().clone()
+        opt.zero_grad()
+        late.grad = None  # not yet in the optimizer at t < 2
+        (_loss(params, BATCHES[t]) + (late**2).sum()).backward()
+        before = late.detach().clone()
+        opt.step()
+        if t < 2:
+            assert torch.equal(late.detach(), before)
+            continue
+        # SGD on |late|^2 plus the pull toward where `late` stood at its anchoring
+        expected = before - 0.1 * (2 * before + 2 * 0.5 * (before - anchor))
+        torch.testing.assert_close(late.detach(), expected, rtol=1e-15, atol=1e-17)
+        assert torch.equal(opt.state[late]["anchor"], anchor)
 
 
 def test_bad_inputs_raise() -> None:

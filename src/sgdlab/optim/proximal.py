@@ -54,6 +54,7 @@ exactly.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from itertools import chain
@@ -161,6 +162,7 @@ class Proximal(Optimizer):
         # copying. The list itself is then shared, so groups added later show up on both.
         super().__init__(inner.param_groups, {**inner.defaults, "prox_lam": lam})
         self.param_groups = inner.param_groups
+        self._warn_if_overshooting()
 
     # -- the Optimizer contract -------------------------------------------------------------
 
@@ -284,6 +286,24 @@ class Proximal(Optimizer):
 
     # -- the method ----------------------------------------------------------------------
 
+    def _warn_if_overshooting(self) -> None:
+        # The pull toward the anchor is eta_k 2 lam_t (theta - anchor), for SGD (coupled) and
+        # any inner optimizer (decoupled); a factor >= 1 jumps past the anchor. Adaptive inner
+        # optimizers rescale the coupled term, so they are not judged. The largest factor acts
+        # at k = 0 (decoupled) or k = 1 (coupled: the term is zero at k = 0).
+        if self.coupled and (self.window == 1 or not isinstance(self.inner, torch.optim.SGD)):
+            return
+        decay = 0.5 if self.coupled and self.inner_decay == "harmonic" else 1.0
+        for group in self.param_groups:
+            pull = decay * float(group["lr"]) * 2.0 * self._lam_t(group)
+            if pull >= 1.0:
+                warnings.warn(
+                    f"Proximal: the pull toward the anchor, lr * 2 * lam_t = {pull:g} at its "
+                    "largest, overshoots the anchor; lower lam or lr",
+                    stacklevel=3,
+                )
+                return
+
     def _global_state(self) -> dict[str, Any]:
         # Window position and step count belong to the optimizer, not to one tensor; keeping
         # them in ``self.state`` under the first parameter (as torch.optim.LBFGS does) is what
@@ -336,7 +356,7 @@ class Proximal(Optimizer):
         """The group's parameters that have a gradient, and their anchors.
 
         A parameter first seen mid-window (added by ``add_param_group``) is anchored where it
-        stands: its proximal term is zero until the next window.
+        stands then: for the rest of that window it is pulled back toward that point.
         """
         params: list[Tensor] = []
         anchors: list[Tensor] = []
