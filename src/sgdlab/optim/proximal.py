@@ -28,7 +28,7 @@ with :math:`\eta` the group's learning rate as an outer scheduler sets it
     \theta_{t+1} = \theta_t - \eta_k \bigl(g_t + 2\lambda_t (\theta_t - \tilde\theta_w)\bigr),
 
 where :math:`g_t` is the stochastic gradient. At :math:`k = 0` the anchor *is* the iterate, so
-the proximal term vanishes and the first step of every window is a plain inner step.
+the coupled term vanishes and the first step of every window is a plain inner step.
 
 Two ways to combine the term with the inner optimizer :math:`\mathcal{A}`:
 
@@ -262,27 +262,13 @@ class Proximal(Optimizer):
             post_hook(self)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            **super().__getstate__(),
-            "inner": self.inner,
-            "window": self.window,
-            "inner_decay": self.inner_decay,
-            "coupled": self.coupled,
-            "lam_schedule": self.lam_schedule,
-            "foreach": self.foreach,
-        }
+        keep = ("inner", "window", "inner_decay", "coupled", "lam_schedule", "foreach")
+        return {**super().__getstate__(), **{key: getattr(self, key) for key in keep}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.param_groups = self.inner.param_groups
         self._scratch = {}
-
-    def __repr__(self) -> str:
-        settings = ", ".join(f"{key}={value!r}" for key, value in self._config().items())
-        inner = repr(self.inner).replace("\n", "\n    ")
-        return (
-            f"{type(self).__name__}({settings}, lam={self.defaults['prox_lam']!r},\n    {inner}\n)"
-        )
 
     # -- the method ----------------------------------------------------------------------
 
@@ -411,19 +397,17 @@ class Proximal(Optimizer):
             if lam == 0.0:
                 continue
             params, anchors = self._anchored(group)
-            grads = [p.grad for p in params]
-            if any(g.is_sparse for g in grads if g is not None):
+            grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]  # not None
+            if any(g.is_sparse for g in grads):
                 raise RuntimeError("Proximal(coupled=True) does not support sparse gradients")
             bufs = [self._scratch_like(p, g) for p, g in zip(params, grads, strict=True)]
             _proximal_gradients(params, grads, anchors, bufs, 2.0 * lam, self._use_foreach())
             for p, g, buf in zip(params, grads, bufs, strict=True):
-                assert g is not None  # _anchored keeps only parameters with a gradient
                 swapped.append((p, g))
                 p.grad = buf
         return swapped
 
-    def _scratch_like(self, p: Tensor, g: Tensor | None) -> Tensor:
-        assert g is not None
+    def _scratch_like(self, p: Tensor, g: Tensor) -> Tensor:
         buf = self._scratch.get(p)
         if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or buf.device != g.device:
             buf = self._scratch[p] = torch.empty_like(g, memory_format=torch.preserve_format)
@@ -435,9 +419,8 @@ class Proximal(Optimizer):
             if lam == 0.0:
                 continue
             params, anchors = self._anchored(group)
-            total += lam * sum(
-                float((p - a).pow(2).sum()) for p, a in zip(params, anchors, strict=True)
-            )
+            squares = [(p - a).square().sum() for p, a in zip(params, anchors, strict=True)]
+            total += lam * float(sum(squares))
         return total
 
     def _proximal_step(self, lams: list[float], step_sizes: list[float]) -> None:
@@ -450,12 +433,9 @@ class Proximal(Optimizer):
     def _scale_lrs(self, scale: float) -> list[tuple[dict[str, Any], Any, Any]]:
         if scale == 1.0:
             return []
-        saved = []
-        for group in self.param_groups:
-            lr = group["lr"]
-            scaled = lr * scale
+        saved = [(group, group["lr"], group["lr"] * scale) for group in self.param_groups]
+        for group, _, scaled in saved:
             group["lr"] = scaled
-            saved.append((group, lr, scaled))
         return saved
 
     @staticmethod
@@ -504,15 +484,8 @@ def make_proximal(
         factory = inner
     else:
         raise ConfigError(f"Invalid inner: {inner!r} (a name or a factory)")
-    return Proximal(
-        factory(params, **inner_hparams),
-        lam=lam,
-        window=window,
-        inner_decay=inner_decay,
-        coupled=coupled,
-        lam_schedule=lam_schedule,
-        foreach=foreach,
-    )
+    return Proximal(factory(params, **inner_hparams), lam=lam, window=window, coupled=coupled,
+                    inner_decay=inner_decay, lam_schedule=lam_schedule, foreach=foreach)
 
 
 def _sgd_with_momentum(params: Iterable[Any], **hparams: Any) -> Optimizer:
@@ -531,14 +504,8 @@ BUILTIN_INNER: dict[str, InnerFactory] = {
 # -- kernels: the per-tensor loop is the specification; foreach must match it ----------------
 
 
-def _proximal_gradients(
-    params: list[Tensor],
-    grads: list[Any],
-    anchors: list[Tensor],
-    out: list[Tensor],
-    coef: float,
-    foreach: bool,
-) -> None:
+def _proximal_gradients(params: list[Tensor], grads: list[Tensor], anchors: list[Tensor],
+                        out: list[Tensor], coef: float, foreach: bool) -> None:
     """Write ``g + coef * (p - anchor)`` into ``out``, leaving ``g`` untouched."""
     if not params:
         return
@@ -554,9 +521,8 @@ def _proximal_gradients(
         torch.add(g, buf, alpha=coef, out=buf)
 
 
-def _pull_toward_anchors(
-    params: list[Tensor], anchors: list[Tensor], pull: float, foreach: bool
-) -> None:
+def _pull_toward_anchors(params: list[Tensor], anchors: list[Tensor], pull: float,
+                         foreach: bool) -> None:
     """In place ``p <- p - pull * (p - anchor)``, that is ``p <- lerp(p, anchor, pull)``.
 
     One read of ``p`` and ``anchor`` and one write, with no temporary.
@@ -582,9 +548,7 @@ def _cast_like(value: Any, param: Tensor) -> Any:
 
 
 def _check_lam(lam: Any) -> None:
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam):
-        raise ValueError(f"Invalid lam: {lam}")
-    if lam < 0:
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam < math.inf:
         raise ValueError(f"Invalid lam: {lam}")
 
 
