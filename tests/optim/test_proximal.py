@@ -231,6 +231,30 @@ def test_checkpoint_mid_window_resumes_exactly(name: str, coupled: bool, stop: i
         assert torch.equal(p, q)
 
 
+def test_checkpoint_with_an_lr_scheduler_resumes_exactly() -> None:
+    def build(params: list[torch.nn.Parameter]) -> tuple[Proximal, Any]:
+        opt = Proximal(torch.optim.SGD(params, lr=0.3, momentum=0.9), lam=0.2, window=4,
+                       lam_schedule="inverse_lr")
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+
+    straight = _params()
+    opt, scheduler = build(straight)
+    _train(opt, straight, range(10), scheduler)
+
+    first = _params()
+    opt, scheduler = build(first)
+    _train(opt, first, range(5), scheduler)
+    saved = _roundtrip({"opt": opt.state_dict(), "sched": scheduler.state_dict()})
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
+    opt, scheduler = build(resumed)
+    opt.load_state_dict(saved["opt"])  # after the scheduler is built, as torch documents
+    scheduler.load_state_dict(saved["sched"])
+    _train(opt, resumed, range(5, 10), scheduler)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.3 * 0.5**3)
+    for p, q in zip(resumed, straight, strict=True):
+        assert torch.equal(p, q)
+
+
 def test_state_dict_loads_only_into_a_matching_wrapper() -> None:
     params = _params()
     opt = Proximal(torch.optim.SGD(params, lr=0.1), lam=0.1, window=4)
@@ -456,7 +480,7 @@ def test_parameter_added_mid_window_is_anchored_where_it_stands() -> None:
 
 def test_bad_inputs_raise() -> None:
     with pytest.raises(TypeError, match=r"Invalid inner: expected a torch.optim.Optimizer"):
-        Proximal(_params(), lam=0.1)  # type: ignore[arg-type]
+        Proximal(_params(), lam=0.1)
     opt = Proximal(_sgd(), lam=0.1)
     with pytest.raises(ValueError, match=r"Invalid lam: -2"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "prox_lam": -2})
