@@ -58,6 +58,24 @@ CASES = [
         {"lr": -0.5},
         r"Invalid learning rate",
     ),
+    Case(
+        "prox-sgd",
+        {"lr": 0.2, "lam": 0.01, "window": 3},
+        {"lr": 0.1, "lam": -1.0},
+        r"Invalid lam: -1",
+    ),
+    Case(
+        "prox-adam",
+        {"lr": 0.05, "lam": 0.01, "window": 4},
+        {"lr": 0.1, "window": 0},
+        r"Invalid window: 0",
+    ),
+    Case(
+        "prox:adamw",
+        {"lr": 0.05, "lam": 0.01, "coupled": False},
+        {"lr": 0.1, "inner_decay": "x"},
+        r"Invalid inner_decay: 'x'",
+    ),
     Case("peer:lion", {"lr": 0.01}, {"lr": -1.0}, r"lr|learning", (_no_peers,)),
 ]
 

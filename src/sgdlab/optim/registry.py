@@ -97,7 +97,12 @@ def load_optimizer(name: str, params: Iterable[Any], **hparams: Any) -> torch.op
     """Build the optimizer registered as ``name`` over ``params`` with ``hparams``."""
     spec = get_spec(name)
     _check_hparams(spec, hparams)
-    return spec.factory(params, **hparams)
+    try:
+        return spec.factory(params, **hparams)
+    except TypeError as exc:  # a factory taking **kwargs passes unknown names on
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ConfigError(f"optimizer {spec.name!r}: {exc}") from None
 
 
 def accepted_hparams(spec: OptimizerSpec) -> list[str] | None:
