@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,7 @@ class Workload:
     train_eval_size: int | None = 10_000
     options: dict[str, Any] = field(default_factory=dict)
     optimum_fn: Callable[[Workload], Any] | None = None
+    cache_dir: Path | None = None  # where derived data (the optimum w*) is cached
 
     @property
     def num_train(self) -> int:

@@ -111,7 +111,7 @@ def compute_optimum(w: Workload, grad_tol: float = 1e-9, max_rounds: int = 200) 
 
 def cached_optimum(w: Workload, cache_dir: Path | None = None) -> Optimum:
     """:func:`compute_optimum`, computed once per data set and λ and kept on disk."""
-    folder = cache_dir or default_cache_dir()
+    folder = cache_dir or w.cache_dir or default_cache_dir()
     path = folder / f"optimum-{w.name}-{_fingerprint(w)}.npz"
     if path.exists():
         try:

@@ -83,7 +83,9 @@ def get_workload(name: str, cache_dir: Path | None = None, **options: Any) -> Wo
             f"workload {name!r} has no option {', '.join(unknown)}; options: {accepted}"
         )
     typed = {k: _coerce(name, k, v, defaults[k]) for k, v in options.items()}
-    return spec.builder(cache_dir=cache_dir, **typed)
+    workload = spec.builder(cache_dir=cache_dir, **typed)
+    workload.cache_dir = cache_dir
+    return workload
 
 
 def _coerce(workload: str, key: str, value: Any, default: Any) -> Any:
