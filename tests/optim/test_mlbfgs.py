@@ -21,7 +21,7 @@ from torch import Tensor
 
 from sgdlab.errors import CheckpointError
 from sgdlab.optim._blocks import build_blocks, module_blocks
-from sgdlab.optim._curvature import damp_pair
+from sgdlab.optim._curvature import add_pair, damp_pair, new_block_state
 from sgdlab.optim.mlbfgs import MLBFGS, DirectionExchange, MLBFGSConfig, assign_blocks
 
 F64 = torch.float64
@@ -346,18 +346,36 @@ def test_nonfinite_direction_falls_back_to_the_gradient() -> None:
     assert opt.diagnostics()["nonfinite_resets"] == 1
 
 
-@pytest.mark.parametrize("steps", [1, 6])  # warm-up and curvature phase
+@pytest.mark.parametrize("steps", [1, 5])  # warm-up; curvature phase, not a pair step
 def test_nonfinite_gradient_does_not_move_its_block(steps: int) -> None:
     model, opt = _curvature_run(steps, momentum=0.0)
     params = list(model.parameters())
     backward(model, batches(7, 1)[0])
     params[0].grad[1, 1] = math.nan  # type: ignore[index]
     before = [p.detach().clone() for p in params]
+    history = opt.diagnostics()["history"]
     opt.step()
     assert torch.equal(params[0], before[0])
     assert not torch.equal(params[2], before[2])
     assert all(torch.isfinite(p).all() for p in params)
-    assert opt.diagnostics()["nonfinite_grads"] == 1
+    diag = opt.diagnostics()
+    assert diag["nonfinite_grads"] == 1
+    assert diag["nonfinite_resets"] == 0 and diag["history"] == history  # not the pairs' fault
+
+
+def test_pair_history_is_a_fifo_and_refuses_bad_pairs() -> None:
+    block = new_block_state([0])
+    band = (0.1, 10.0, 0.0)
+    pairs = [(torch.tensor([1.0, 0.0]), torch.tensor([2.0, 0.0])) for _ in range(3)]
+    pairs[2] = (torch.tensor([0.0, 1.0]), torch.tensor([0.0, 4.0]))
+    for s, y in pairs:
+        assert add_pair(block, s, y, band, history_size=2, pair_momentum=0.0) == "accepted"
+    assert len(block["s"]) == 2 and torch.equal(block["s"][-1], pairs[2][0])
+    assert block["rho"] == [0.5, 0.25] and block["gamma"] == 0.25
+    assert add_pair(block, torch.zeros(2), torch.ones(2), band, 2, 0.0) == "rejected"
+    nan = torch.tensor([math.nan, 0.0])
+    assert add_pair(block, torch.ones(2), nan, band, 2, 0.0) == "nonfinite"
+    assert block["s"] == [] and block["nonfinite_resets"] == 1 and block["rejected"] == 1
 
 
 def test_direction_is_clipped_to_max_norm() -> None:

@@ -1,7 +1,8 @@
-"""Kernels of mL-BFGS on one block: the damping of a curvature pair and the two-loop recursion.
+"""One block of mL-BFGS: its history of curvature pairs, their damping, the two-loop recursion.
 
-Plain functions on flat tensors, so that they can be checked alone; see
-:mod:`sgdlab.optim.mlbfgs` for how the optimizer uses them.
+Plain functions on flat tensors and on the block's state dict (what the optimizer keeps under
+the block's first parameter), so that they can be checked alone; see
+:mod:`sgdlab.optim.mlbfgs` for the method and how the optimizer uses them.
 
 Example:
     >>> s, y = torch.tensor([1.0, 0.0]), torch.tensor([4.0, 0.0])  # curvature 4 along s
@@ -13,10 +14,80 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
+
+# Events counted per block, readable through MLBFGS.diagnostics().
+COUNTERS = ("accepted", "damped", "rejected", "nonfinite_resets", "nonfinite_grads")
+
+
+def new_block_state(params: list[int]) -> dict[str, Any]:
+    """An empty history for the block of parameters ``params`` (indices, for checkpoints)."""
+    return {
+        "params": list(params),
+        "s": [],
+        "y": [],
+        "rho": [],
+        "gamma": 1.0,
+        "s_avg": None,
+        "y_avg": None,
+        **dict.fromkeys(COUNTERS, 0),
+    }
+
+
+def reset_history(block: dict[str, Any]) -> None:
+    """Forget the pairs (after a NaN or Inf), and count it."""
+    block["s"], block["y"], block["rho"] = [], [], []
+    block["s_avg"] = block["y_avg"] = None
+    block["gamma"] = 1.0
+    block["nonfinite_resets"] += 1
+
+
+def add_pair(
+    block: dict[str, Any],
+    s: Tensor,
+    y: Tensor,
+    damping: tuple[float, float, float],
+    history_size: int,
+    pair_momentum: float,
+) -> str:
+    """Smooth, damp and keep the pair ``(s, y)``; says ``accepted``, ``rejected`` or
+    ``nonfinite`` (the history is then reset). ``s`` and ``y`` may be changed in place.
+
+    Pair momentum: :math:`s \\leftarrow \\mu_p s_{prev} + (1-\\mu_p) s`, the same for
+    :math:`y`, with the previous *undamped* smoothed pair. A kept pair enters the FIFO history
+    with :math:`\\rho = 1/s^\\top y` and sets :math:`\\gamma = s^\\top y / y^\\top y`.
+    """
+    if pair_momentum > 0.0:
+        if block["s_avg"] is not None:
+            s = s.mul_(1.0 - pair_momentum).add_(block["s_avg"], alpha=pair_momentum)
+            y = y.mul_(1.0 - pair_momentum).add_(block["y_avg"], alpha=pair_momentum)
+        block["s_avg"], block["y_avg"] = s.clone(), y.clone()
+    ss, yy = float(torch.dot(s, s)), float(torch.dot(y, y))
+    if not (math.isfinite(ss) and math.isfinite(yy)):
+        reset_history(block)
+        return "nonfinite"
+    if ss == 0.0:
+        block["rejected"] += 1
+        return "rejected"
+    y, phi = damp_pair(s, y, damping)
+    sy, yy = float(torch.dot(s, y)), float(torch.dot(y, y))
+    if not (0.0 < sy < math.inf and 0.0 < yy < math.inf):
+        block["rejected"] += 1
+        return "rejected"
+    if len(block["s"]) == history_size:
+        for key in ("s", "y", "rho"):
+            block[key].pop(0)
+    block["s"].append(s)
+    block["y"].append(y)
+    block["rho"].append(1.0 / sy)
+    block["gamma"] = sy / yy
+    block["accepted"] += 1
+    block["damped"] += int(phi < 1.0)
+    return "accepted"
 
 
 def check_damping(damping: Any) -> tuple[float, float, float]:
