@@ -160,8 +160,15 @@ class DirectionExchange(Protocol):
     the one its owner sent.
     """
 
-    rank: int
-    world_size: int
+    @property
+    def rank(self) -> int:
+        """This process's rank, in ``range(world_size)``."""
+        ...
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks that share the blocks."""
+        ...
 
     def gather_directions(self, local: dict[int, Tensor], owners: list[int]) -> dict[int, Tensor]:
         """All blocks' flat directions, from each owner's ``local`` contribution."""
