@@ -348,7 +348,11 @@ class MLBFGS(torch.optim.Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a checkpoint; its blocks must be the ones this optimizer was built with."""
+        """Load a checkpoint; its blocks must be the ones this optimizer was built with.
+
+        A rank keeps only the blocks it owns; one it owns that the checkpoint lacks (saved by
+        ranks that shared the blocks otherwise) starts afresh from an empty history.
+        """
         super().load_state_dict(state_dict)
         for b, block in enumerate(self._blocks):
             state = self.state[self._params[block[0]]].get(_BLOCK_KEY)
@@ -357,8 +361,11 @@ class MLBFGS(torch.optim.Optimizer):
                     f"mL-BFGS checkpoint has block {list(state['params'])} where this "
                     f"optimizer has block {block}: build it with the same blocks policy"
                 )
-            if state is not None and b not in self._owned:
-                del self.state[self._params[block[0]]][_BLOCK_KEY]  # another rank's block
+            if b not in self._owned:  # another rank's block: keep none of its curvature state
+                self.state[self._params[block[0]]].pop(_BLOCK_KEY, None)
+                for i in block:
+                    self.state[self._params[i]].pop("param_avg", None)
+                    self.state[self._params[i]].pop("grad_avg", None)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -374,7 +381,8 @@ class MLBFGS(torch.optim.Optimizer):
         grads = [_grad_of(p) for p in self._params]
 
         for b in self._owned:
-            if t == 1:
+            if "param_snapshot" not in self._block_state(b):
+                # The first step, or a checkpoint from ranks that shared blocks otherwise.
                 self._seed_block(b, grads)
             else:
                 self._average(b, grads, group0["beta_param"], group0["beta_grad"])
