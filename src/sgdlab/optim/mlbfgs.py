@@ -50,10 +50,11 @@ of the caller's loss (weight decay *not* included):
    It is not in :math:`g`, so not in :math:`y`, not preconditioned, not clipped and not in the
    heavy-ball buffer; the curvature pairs see the loss alone.
 
-**Safety.** A pair or a direction with a NaN or Inf resets its block's history (and, for a
-pair, re-seeds the block's averages from the current values); a block whose gradient is
-itself not finite moves by zero this step. Each event is counted in :meth:`MLBFGS.diagnostics`
-and nothing non-finite reaches the parameters through the curvature machinery.
+**Safety.** A pair with a NaN or Inf resets its block's history and re-seeds the block's
+averages from the current values; a non-finite direction from a finite gradient resets the
+history and the block follows its gradient this step; a block whose gradient is itself not
+finite gets a zero direction (its history is kept; the heavy ball coasts). Each event is
+counted in :meth:`MLBFGS.diagnostics`, and nothing non-finite reaches the parameters.
 
 **Sharding.** With an ``exchange`` (see :class:`DirectionExchange`), blocks are given owners by
 :func:`assign_blocks`; rank ``r`` keeps the averages, snapshots and history *only* of its own
@@ -326,13 +327,14 @@ class MLBFGS(torch.optim.Optimizer):
         return list(self._owners)
 
     def diagnostics(self) -> dict[str, Any]:
-        """Counters and the last direction norm, summed over the blocks this rank owns.
+        """Counters summed over the blocks this rank owns, and the global step figures.
 
-        ``pairs_accepted`` (damped ones included), ``pairs_damped``, ``pairs_rejected``,
-        ``nonfinite_resets`` (non-finite pair or direction), ``nonfinite_grads`` (blocks moved
-        by zero), ``history`` (pairs held per owned block), ``direction_norm`` (the last
-        :math:`\\lVert Hg\\rVert` before clipping, over all blocks; NaN before the first pair)
-        and ``clipped_steps``.
+        ``step``; ``pairs_accepted`` (damped ones included), ``pairs_damped``,
+        ``pairs_rejected``; ``nonfinite_resets`` (histories dropped for a non-finite pair or
+        direction), ``nonfinite_grads`` (block-steps skipped for a non-finite gradient);
+        ``history`` (pairs held, per owned block); ``direction_norm`` (the last
+        :math:`\\lVert Hg\\rVert` before clipping, over all blocks; NaN before the first pair);
+        ``clipped_steps``; ``blocks`` (how many) and ``owned_blocks``.
         """
         out: dict[str, Any] = dict(self._global())
         totals = dict.fromkeys(COUNTERS, 0)
