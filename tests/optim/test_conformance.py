@@ -59,6 +59,18 @@ CASES = [
         r"Invalid learning rate",
     ),
     Case(
+        "mlbfgs",
+        {"lr": 0.1, "update_freq": 3},
+        {"lr": 0.1, "history_size": 0},
+        r"Invalid history_size: 0",
+    ),
+    Case(
+        "mlbfgs",
+        {"lr": 0.1, "update_freq": 2, "weight_decay": 1e-3, "blocks": "size:3"},
+        {"lr": -0.1},
+        r"Invalid lr: -0.1",
+    ),
+    Case(
         "prox-sgd",
         {"lr": 0.2, "lam": 0.01, "window": 3},
         {"lr": 0.1, "lam": -1.0},

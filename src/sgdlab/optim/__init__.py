@@ -5,6 +5,8 @@ from typing import Any
 
 import torch
 
+from sgdlab.optim._blocks import assign_blocks, module_blocks
+from sgdlab.optim.mlbfgs import MLBFGS, DirectionExchange, MLBFGSConfig
 from sgdlab.optim.proximal import Proximal, make_proximal
 from sgdlab.optim.registry import (
     OptimizerSpec,
@@ -29,6 +31,9 @@ def _prox_factory(inner: Any) -> Any:
 
 
 register_optimizer(
+    "mlbfgs", MLBFGS, "mL-BFGS: momentum L-BFGS, block-wise Hessian, sharded two-loop"
+)
+register_optimizer(
     "prox-sgd", _prox_factory("sgd"), "proximal windows around SGD with momentum (TRSGD)"
 )
 register_optimizer("prox-adam", _prox_factory("adam"), "proximal windows around Adam (TRAdam)")
@@ -43,8 +48,13 @@ register_prefix(
 )
 
 __all__ = [
+    "MLBFGS",
     "PROX_DEFAULTS",
     "DiminishingLR",
+    "DirectionExchange",
+    "MLBFGSConfig",
+    "assign_blocks",
+    "module_blocks",
     "OptimizerSpec",
     "Proximal",
     "load_optimizer",
