@@ -266,6 +266,68 @@ def theory_schedule(
     })
 
 
+# --- testbed (slow network of namespaces; root only) ----------------------------------------
+
+testbed_app = typer.Typer(help="A slow network on this machine: namespaces, veth, tc tbf (root).",
+                          no_args_is_help=True)
+app.add_typer(testbed_app, name="testbed")
+TestbedName = Annotated[str, typer.Option("--name", help="Testbed name (namespaces sgdl-NAME-*).")]
+StateDir = Annotated[Path, typer.Option("--state-dir", help="Folder of the state file.")]
+
+
+@testbed_app.command("up")
+def testbed_up(
+    hosts: Annotated[int, typer.Option("--hosts", help="Number of hosts (namespaces).")],
+    rate: Annotated[str, typer.Option(help="Link rate, tc bit units: 200mbit, 1gbit; none.")] = (
+        "200mbit"
+    ),
+    burst: Annotated[int | None, typer.Option(help="tbf bucket, bytes (default: 1 ms, >= 32 KiB).")]
+    = None,
+    latency_ms: Annotated[float, typer.Option(help="tbf queue bound, ms.")] = 25.0,
+    egress_only: Annotated[bool, typer.Option(help="Shape only what hosts send.")] = False,
+    delay_ms: Annotated[float, typer.Option(help="One-way delay, ms (needs netem).")] = 0.0,
+    name: TestbedName = "tb",
+    state_dir: StateDir = Path("/run"),
+    json_: JsonOption = False,
+) -> None:
+    """Build K hosts on one bridge, every link rate-limited; stays up until `testbed down`."""
+    from sgdlab.bench import testbed as tbc
+
+    status = tbc.testbed_up(hosts, rate, name=name, burst=burst, latency_ms=latency_ms,
+                            limit_ingress=not egress_only, delay_ms=delay_ms, state_dir=state_dir)
+    if json_:
+        _emit_json(status)
+    else:
+        tbc.print_status(status)
+
+
+@testbed_app.command("down")
+def testbed_down(name: TestbedName = "tb", state_dir: StateDir = Path("/run"),
+                 json_: JsonOption = False) -> None:
+    """Remove the testbed: its namespaces (and the processes inside) and its state file."""
+    from sgdlab.bench import testbed as tbc
+
+    result = tbc.testbed_down(name, state_dir=state_dir)
+    if json_:
+        _emit_json(result)
+    else:
+        sys.stdout.write(f"removed {len(result['removed'])} namespaces: "
+                         f"{' '.join(result['removed']) or '-'}\n")
+
+
+@testbed_app.command("status")
+def testbed_status(name: TestbedName = "tb", state_dir: StateDir = Path("/run"),
+                   json_: JsonOption = False) -> None:
+    """Hosts, addresses, link shape and each host's egress counters."""
+    from sgdlab.bench import testbed as tbc
+
+    status = tbc.testbed_status(name, state_dir=state_dir)
+    if json_:
+        _emit_json(status)
+    else:
+        tbc.print_status(status)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every user error into ``error: …`` and exit 2."""
     try:

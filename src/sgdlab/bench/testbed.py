@@ -1,0 +1,197 @@
+"""``sgdlab testbed up | down | status`` and the probes that check a testbed's links.
+
+The testbed itself is :mod:`sgdlab.distributed.testbed`; here are the thin CLI functions and
+two measurements run *inside* its namespaces:
+
+- :func:`measure_throughput`: a plain TCP stream of N bytes from host ``a`` to host ``b``,
+  timed at the receiver from its first byte to the sender's close. Through tbf at rate r
+  with bucket b it cannot beat ``(8 (N - b)) / (r * 1448 / 1514)`` seconds (module doc of the
+  testbed); an unshaped veth runs at several Gbit/s, so a missing shaper cannot hide.
+- :func:`run_gloo_probe`: one rank per host (``ip netns exec``, ``GLOO_SOCKET_IFNAME``,
+  ``MASTER_ADDR`` = host 0), each checking and timing gloo all_reduces. With two ranks gloo's
+  ring sends each rank's half out and receives the reduced half back, so every link carries
+  ``2 (n - 1) / n * B = B`` bytes of an all_reduce of B bytes each way, at the same time: the
+  time should be near ``8 B / goodput``.
+
+Both bound their time and size, and end every process they start, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sgdlab.distributed.testbed import (
+    DEFAULT_NAME,
+    DEFAULT_STATE_DIR,
+    Testbed,
+    TestbedError,
+    tcp_goodput,
+    teardown,
+)
+from sgdlab.errors import ConfigError
+
+PROBE_PORT = 5201
+MAX_PROBE_BYTES = 1 << 30
+
+_RECEIVER = """
+import json, socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(float(sys.argv[3]))
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(float(sys.argv[3]))
+n, first = 0, None
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    if first is None:
+        first = time.perf_counter()
+    n += len(b)
+last = time.perf_counter()
+print(json.dumps({"bytes": n, "seconds": last - first if first else 0.0}), flush=True)
+"""
+
+_SENDER = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+left, chunk = int(sys.argv[3]), b"\\0" * (1 << 20)
+while left > 0:
+    c.sendall(chunk[:left]); left -= min(left, len(chunk))
+c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
+"""
+
+
+def testbed_up(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | None = None,
+               latency_ms: float = 25.0, limit_ingress: bool = True, delay_ms: float = 0.0,
+               state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
+    """``sgdlab testbed up``: build it and leave it up; returns its status."""
+    tb = Testbed.up(hosts, rate, name=name, burst=burst, latency_ms=latency_ms,
+                    limit_ingress=limit_ingress, delay_ms=delay_ms, state_dir=state_dir)
+    return tb.status()
+
+
+def testbed_down(
+    name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
+) -> dict[str, Any]:
+    """``sgdlab testbed down``: remove it (and any leftovers bearing its names)."""
+    return {"name": name, "removed": teardown(name, state_dir=state_dir)}
+
+
+def testbed_status(
+    name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
+) -> dict[str, Any]:
+    """``sgdlab testbed status``: the state file, which namespaces exist, egress counters."""
+    return Testbed.load(name, state_dir=state_dir).status()
+
+
+def print_status(status: dict[str, Any]) -> None:
+    """A table of the hosts of a testbed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    shape = status["shape"]
+    rate = "unshaped" if shape["rate_bps"] is None else f"{shape['rate_bps'] / 1e6:g} Mbit/s"
+    t = Table(title=f"testbed {status['name']}: {rate}, burst {shape['burst_bytes']} B, "
+                    f"latency {shape['latency_ms']:g} ms, {status['subnet']}")
+    for col in ("host", "namespace", "interface", "address", "present", "sent bytes", "drops"):
+        t.add_column(col)
+    for h in status["hosts"]:
+        t.add_row(str(h["index"]), h["namespace"], h["interface"], h["address"],
+                  str(h["present"]), str(h.get("bytes", "-")), str(h.get("drops", "-")))
+    Console().print(t)
+
+
+def measure_throughput(tb: Testbed, src: int, dst: int, nbytes: int, *,
+                       timeout_s: float = 30.0) -> dict[str, float]:
+    """Send ``nbytes`` over TCP from host ``src`` to host ``dst``; goodput at the receiver.
+
+    Returns ``bytes``, ``seconds`` and ``bps`` (payload bit/s), and ``expected_bps``, the
+    TCP goodput of the set rate (:func:`~sgdlab.distributed.testbed.tcp_goodput`).
+    """
+    if src == dst:
+        raise ConfigError(f"Invalid hosts: src {src} and dst {dst} must differ")
+    if not 1 <= nbytes <= MAX_PROBE_BYTES:
+        raise ConfigError(f"Invalid nbytes: {nbytes} (1 to {MAX_PROBE_BYTES})")
+    addr = tb.host(dst).address
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        recv = tb.spawn(dst, [sys.executable, "-c", _RECEIVER, addr, str(PROBE_PORT),
+                              str(timeout_s)], stdout=subprocess.PIPE, text=True)
+        procs.append(recv)
+        assert recv.stdout is not None
+        if recv.stdout.readline().strip() != "listening":
+            raise TestbedError(f"throughput probe: the receiver on host {dst} did not start")
+        send = tb.spawn(src, [sys.executable, "-c", _SENDER, addr, str(PROBE_PORT), str(nbytes),
+                              str(timeout_s)], stderr=subprocess.PIPE, text=True)
+        procs.append(send)
+        out, _ = recv.communicate(timeout=timeout_s)
+        _, err = send.communicate(timeout=timeout_s)
+        if recv.returncode or send.returncode:
+            raise TestbedError(f"throughput probe {src}->{dst} failed: "
+                               f"{(err or '').strip().splitlines()[-1:] or recv.returncode}")
+    except subprocess.TimeoutExpired:
+        raise TestbedError(f"throughput probe {src}->{dst}: no result in {timeout_s:g} s") from None
+    finally:
+        _end(procs)
+    res = json.loads(out)
+    rate = tb.shape.rate_bps
+    return {"bytes": res["bytes"], "seconds": res["seconds"],
+            "bps": 8 * res["bytes"] / res["seconds"] if res["seconds"] > 0 else float("inf"),
+            "expected_bps": tcp_goodput(rate) if rate is not None else float("nan")}
+
+
+def run_gloo_probe(tb: Testbed, sizes_bytes: list[int], *, repeats: int = 3,
+                   hosts: int | None = None, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """One gloo rank on each of the first ``hosts`` hosts, all_reduces of ``sizes_bytes``.
+
+    Returns each rank's :func:`~sgdlab.distributed.testbed.gloo_probe` result. A rank that
+    fails or hangs past ``timeout_s`` ends them all and raises :class:`TestbedError` with its
+    last words.
+    """
+    n = len(tb.hosts) if hosts is None else hosts
+    if not 2 <= n <= len(tb.hosts):
+        raise ConfigError(f"Invalid hosts: {n} (2 to {len(tb.hosts)})")
+    if not sizes_bytes or any(not 4 <= s <= MAX_PROBE_BYTES for s in sizes_bytes):
+        raise ConfigError(f"Invalid sizes_bytes: {sizes_bytes} (4 to {MAX_PROBE_BYTES} each)")
+    argv = [sys.executable, "-m", "sgdlab.distributed.testbed", *map(str, sizes_bytes)]
+    procs = [tb.spawn(i, argv, env={**tb.rank_env(i, world_size=n),
+                                    "SGDLAB_PROBE_REPEATS": str(repeats)},
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(n)]
+    deadline = time.monotonic() + timeout_s
+    results = []
+    try:
+        for i, p in enumerate(procs):
+            try:
+                out, err = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise TestbedError(f"gloo probe: rank {i} hung for {timeout_s:g} s") from None
+            if p.returncode != 0:
+                last = (err.strip().splitlines() or ["no output"])[-1]
+                raise TestbedError(f"gloo probe: rank {i} exited {p.returncode}: {last}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        _end(procs)
+    return results
+
+
+def summarize(seconds: list[float]) -> dict[str, float]:
+    """Median and [min, max] of some timings.
+
+    >>> summarize([3.0, 1.0, 2.0])
+    {'median': 2.0, 'min': 1.0, 'max': 3.0}
+    """
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds)}
+
+
+def _end(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
