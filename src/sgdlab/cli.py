@@ -293,7 +293,7 @@ def testbed_up(
     """Build K hosts on one bridge, every link rate-limited; stays up until `testbed down`."""
     from sgdlab.bench import testbed as tbc
 
-    status = tbc.testbed_up(hosts, rate, name=name, burst=burst, latency_ms=latency_ms,
+    status = tbc.up_testbed(hosts, rate, name=name, burst=burst, latency_ms=latency_ms,
                             limit_ingress=not egress_only, delay_ms=delay_ms, state_dir=state_dir)
     if json_:
         _emit_json(status)
@@ -307,7 +307,7 @@ def testbed_down(name: TestbedName = "tb", state_dir: StateDir = Path("/run"),
     """Remove the testbed: its namespaces (and the processes inside) and its state file."""
     from sgdlab.bench import testbed as tbc
 
-    result = tbc.testbed_down(name, state_dir=state_dir)
+    result = tbc.down_testbed(name, state_dir=state_dir)
     if json_:
         _emit_json(result)
     else:
@@ -321,7 +321,7 @@ def testbed_status(name: TestbedName = "tb", state_dir: StateDir = Path("/run"),
     """Hosts, addresses, link shape and each host's egress counters."""
     from sgdlab.bench import testbed as tbc
 
-    status = tbc.testbed_status(name, state_dir=state_dir)
+    status = tbc.status_of_testbed(name, state_dir=state_dir)
     if json_:
         _emit_json(status)
     else:

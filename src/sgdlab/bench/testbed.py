@@ -67,7 +67,7 @@ c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
 """
 
 
-def testbed_up(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | None = None,
+def up_testbed(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | None = None,
                latency_ms: float = 25.0, limit_ingress: bool = True, delay_ms: float = 0.0,
                state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
     """``sgdlab testbed up``: build it and leave it up; returns its status."""
@@ -76,14 +76,14 @@ def testbed_up(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | 
     return tb.status()
 
 
-def testbed_down(
+def down_testbed(
     name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
 ) -> dict[str, Any]:
     """``sgdlab testbed down``: remove it (and any leftovers bearing its names)."""
     return {"name": name, "removed": teardown(name, state_dir=state_dir)}
 
 
-def testbed_status(
+def status_of_testbed(
     name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
 ) -> dict[str, Any]:
     """``sgdlab testbed status``: the state file, which namespaces exist, egress counters."""

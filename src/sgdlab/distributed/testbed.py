@@ -168,7 +168,7 @@ def plan_hosts(name: str, hosts: int, subnet: str = DEFAULT_SUBNET) -> tuple[str
     ('sgdl-tb-sw', Host(index=1, namespace='sgdl-tb-h1', interface='sgdl0', address='10.77.0.2'))
     """
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ConfigError(f"Invalid testbed name: {name!r} (1-10 of a-z, 0-9)")
+        raise ConfigError(f"Invalid name: {name!r} (1-10 of a-z, 0-9)")
     try:
         net = ipaddress.IPv4Network(subnet)
     except ValueError as exc:
