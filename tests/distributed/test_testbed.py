@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from sgdlab.distributed.testbed import (
 )
 from sgdlab.errors import ConfigError
 
-F = TypeVar("F")
+F = TypeVar("F", bound=Callable[..., Any])
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 _ROOT_MARKS = (
@@ -69,7 +69,7 @@ def test_parse_rate(text: str | int | None, bps: int | None) -> None:
                                  True, 3.5, "", "mbit"])
 def test_parse_rate_refuses(bad: object) -> None:
     with pytest.raises(ConfigError, match="Invalid rate"):
-        parse_rate(bad)  # type: ignore[arg-type]
+        parse_rate(bad)
 
 
 def test_burst_holds_a_frame_and_a_millisecond() -> None:
@@ -156,7 +156,7 @@ def test_wrap_command_and_rank_env() -> None:
     (lambda tb: tb.rank_env(0, rank=3), "Invalid rank"),
     (lambda tb: tb.rank_env(0, master_port=0), "Invalid master_port"),
 ])
-def test_bad_calls_raise(call, match: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_calls_raise(call: Callable[[Testbed], object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         call(_offline_testbed())
 
@@ -260,7 +260,7 @@ def test_rate_holds(make_testbed: MakeTestbed, rate: str, nbytes: int) -> None:
     tb = make_testbed("rate", rate=rate)
     res = measure_throughput(tb, 0, 1, nbytes, timeout_s=20)
     assert res["bytes"] == nbytes
-    goodput = tcp_goodput(parse_rate(rate))  # type: ignore[arg-type]
+    goodput = tcp_goodput(parse_rate(rate))
     assert res["bps"] == pytest.approx(goodput, rel=0.10), res
     sent = tb.egress_stats(0)["bytes"]  # tbf counts frames: payload * 1514/1448 plus handshakes
     assert nbytes * 1514 / 1448 <= sent <= nbytes * 1514 / 1448 * 1.03 + 10_000
