@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 import sgdlab.distributed.testbed as tbm
-from sgdlab.bench.testbed import measure_throughput, run_gloo_probe
+from sgdlab.bench.testbed import measure_throughput, run_gloo_probe, status_report
 from sgdlab.cli import main
 from sgdlab.distributed.testbed import (
     Host,
@@ -245,7 +245,7 @@ def test_up_builds_isolated_hosts_and_leaves_root_alone(make_testbed: MakeTestbe
         assert [r["dst"] for r in json.loads(out)] == ["10.77.0.0/24"]  # no way out
     loaded = Testbed.load(tb.name, state_dir=tmp_path)
     assert loaded.hosts == tb.hosts and loaded.shape == tb.shape
-    status = tb.status()
+    status = status_report(tb)
     assert status["switch_present"] and all(h["present"] for h in status["hosts"])
     with pytest.raises(TestbedError, match="already up"):
         Testbed.up(2, "50mbit", name=tb.name, state_dir=tmp_path)
@@ -304,19 +304,35 @@ def test_failure_in_the_middle_of_up_removes_what_was_built(
 
     def failing_second_tbf(cmd: Any, *, check: bool = True) -> Any:
         seen.append(list(cmd))
-        if "tbf" in cmd and sum("tbf" in c for c in seen) == 2:
-            return subprocess.CompletedProcess(cmd, 2, "", "RTNETLINK answers: injected")
+        if "tbf" in cmd and sum("tbf" in c for c in seen) == 2:  # a real failure of tc
+            cmd = [*cmd[:cmd.index("dev") + 1], "nosuchdev0", *cmd[cmd.index("dev") + 2:]]
         return real(cmd, check=check)
 
     monkeypatch.setattr(tbm, "_run", failing_second_tbf)
     name = f"half{os.getpid() % 100000}"
     try:
-        with pytest.raises(TestbedError, match="injected"):
+        with pytest.raises(TestbedError, match="nosuchdev0.* failed: "):
             Testbed.up(2, "50mbit", name=name, state_dir=tmp_path)
         assert any(c[:3] == ["ip", "netns", "add"] for c in seen)  # it had built something
         assert not _namespaces(name) and not list(tmp_path.iterdir())
     finally:
         monkeypatch.undo()
+        teardown(name, state_dir=tmp_path)
+
+
+@needs_root
+def test_delay_needs_netem_and_fails_cleanly_without(tmp_path: Path) -> None:
+    name = f"dly{os.getpid() % 100000}"
+    try:
+        tb = Testbed.up(2, "50mbit", name=name, state_dir=tmp_path, delay_ms=20.0)
+    except TestbedError as exc:  # this kernel: no sch_netem
+        assert "netem" in str(exc)
+        assert not _namespaces(name) and not list(tmp_path.iterdir())
+    else:  # a kernel with netem: the switch ports carry the delay, over the rate limit
+        out = subprocess.run(["tc", "-n", tb.switch, "qdisc", "show"], capture_output=True,
+                             text=True, check=True).stdout
+        assert out.count("netem") == 2 and "delay 20ms" in out and out.count("tbf") == 2
+    finally:
         teardown(name, state_dir=tmp_path)
 
 

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from sgdlab.distributed.testbed import (
     DEFAULT_STATE_DIR,
     Testbed,
     TestbedError,
+    existing_namespaces,
     tcp_goodput,
     teardown,
 )
@@ -73,7 +75,7 @@ def up_testbed(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | 
     """``sgdlab testbed up``: build it and leave it up; returns its status."""
     tb = Testbed.up(hosts, rate, name=name, burst=burst, latency_ms=latency_ms,
                     limit_ingress=limit_ingress, delay_ms=delay_ms, state_dir=state_dir)
-    return tb.status()
+    return status_report(tb)
 
 
 def down_testbed(
@@ -87,7 +89,21 @@ def status_of_testbed(
     name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
 ) -> dict[str, Any]:
     """``sgdlab testbed status``: the state file, which namespaces exist, egress counters."""
-    return Testbed.load(name, state_dir=state_dir).status()
+    return status_report(Testbed.load(name, state_dir=state_dir))
+
+
+def status_report(tb: Testbed) -> dict[str, Any]:
+    """What the state file says, which namespaces exist, and each host's egress counters."""
+    present = existing_namespaces()
+    hosts = []
+    for h in tb.hosts:
+        row: dict[str, Any] = asdict(h) | {"present": h.namespace in present}
+        if row["present"] and tb.shape.rate_bps is not None:
+            row |= tb.egress_stats(h.index)
+        hosts.append(row)
+    return {"name": tb.name, "switch": tb.switch, "switch_present": tb.switch in present,
+            "subnet": tb.subnet, "state_file": str(tb.state_file), "shape": asdict(tb.shape),
+            "hosts": hosts}
 
 
 def print_status(status: dict[str, Any]) -> None:

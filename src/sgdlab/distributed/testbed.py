@@ -111,6 +111,205 @@ class LinkShape:
                 "latency", f"{self.latency_ms:g}ms"]
 
 
+class Testbed:
+    """A built testbed: its hosts, its link shape and its state file.
+
+    Build one with :meth:`up` (as a context manager it tears down on exit, on an error and on
+    SIGINT/SIGTERM/SIGHUP), or find the one ``sgdlab testbed up`` left with :meth:`load`.
+    Run rank ``r`` on host ``i`` as ``subprocess.Popen(tb.wrap_command(i, argv),
+    env={**os.environ, **tb.rank_env(i, rank=r, world_size=n)})``; gloo then talks over the
+    host's shaped interface to ``MASTER_ADDR``, the address of host 0.
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, name: str, switch: str, hosts: Sequence[Host], shape: LinkShape,
+                 subnet: str, state_file: Path) -> None:
+        self.name, self.switch, self.shape = name, switch, shape
+        self.subnet, self.state_file = subnet, Path(state_file)
+        self._hosts = tuple(hosts)
+
+    # --- building and finding -------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls,
+        hosts: int,
+        rate: str | int | None = "200mbit",
+        *,
+        name: str = DEFAULT_NAME,
+        subnet: str = DEFAULT_SUBNET,
+        burst: int | None = None,
+        latency_ms: float = 25.0,
+        limit_ingress: bool = True,
+        delay_ms: float = 0.0,
+        state_dir: Path = DEFAULT_STATE_DIR,
+    ) -> Testbed:
+        """Build ``hosts`` namespaces on one bridge, each link shaped to ``rate`` (bit/s).
+
+        ``burst`` (bytes) and ``latency_ms`` are tbf's bucket and queue bound (module doc);
+        ``delay_ms`` needs netem. On any failure or signal, what was built is removed again.
+        """
+        rate_bps = parse_rate(rate)
+        if burst is None:
+            burst = default_burst(rate_bps)
+        if isinstance(burst, bool) or not isinstance(burst, int) or not 1514 <= burst <= 2**30:
+            raise ConfigError(f"Invalid burst: {burst} (bytes, at least one 1514-byte frame)")
+        if not 0.1 <= latency_ms <= 10_000:
+            raise ConfigError(f"Invalid latency_ms: {latency_ms} (0.1 to 10000)")
+        if not 0 <= delay_ms <= 10_000:
+            raise ConfigError(f"Invalid delay_ms: {delay_ms} (0 to 10000)")
+        switch, planned = plan_hosts(name, hosts, subnet)
+        shape = LinkShape(rate_bps, burst, float(latency_ms), bool(limit_ingress), float(delay_ms))
+        require_root_and_iproute2()
+        path = state_path(name, state_dir)
+        if path.exists():
+            raise TestbedError(f"testbed {name!r} is already up ({path}); "
+                               f"run `sgdlab testbed down --name {name}` first")
+        clash = sorted(ns for ns in existing_namespaces() if _ours(name).fullmatch(ns))
+        if clash:
+            raise TestbedError(f"namespaces of testbed {name!r} exist without a state file "
+                               f"({', '.join(clash)}); run `sgdlab testbed down --name {name}`")
+        tb = cls(name, switch, planned, shape, subnet, path)
+        net = ipaddress.IPv4Network(subnet)
+        with _signals_raise():
+            claimed = False
+            try:
+                # The state comes first: whatever happens next, `down` knows what to remove.
+                _write_state(path, tb._state(complete=False), claim=True)
+                claimed = True
+                for cmd in build_commands(switch, planned, shape, net.prefixlen):
+                    try:
+                        _run(cmd)
+                    except TestbedError as exc:
+                        if "netem" not in cmd:
+                            raise
+                        raise TestbedError(f"delay_ms needs the netem qdisc, which this kernel "
+                                           f"lacks; tbf shapes rate only ({exc})") from None
+                _write_state(path, tb._state(complete=True))
+            except BaseException:
+                if claimed:
+                    tb.down()
+                raise
+        return tb
+
+    @classmethod
+    def load(cls, name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR) -> Testbed:
+        """The testbed ``name`` as its state file records it (built by ``up`` elsewhere)."""
+        path = state_path(name, state_dir)
+        try:
+            state = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise TestbedError(f"no testbed {name!r} is up (no {path}); "
+                               "start one with `sgdlab testbed up`") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TestbedError(f"unreadable testbed state {path}: {exc}") from None
+        if state.get("version") != STATE_VERSION or not state.get("complete"):
+            raise TestbedError(f"testbed state {path} is incomplete or from another version; "
+                               f"run `sgdlab testbed down --name {name}`")
+        return cls(state["name"], state["switch"], [Host(**h) for h in state["hosts"]],
+                   LinkShape(**state["shape"]), state["subnet"], path)
+
+    def down(self) -> list[str]:
+        """Remove this testbed (idempotent); returns the namespaces it deleted."""
+        return teardown(self.name, state_dir=self.state_file.parent)
+
+    def __enter__(self) -> Testbed:
+        self._guard = _signals_raise()
+        self._guard.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.down()
+        finally:
+            self._guard.__exit__(None, None, None)
+
+    # --- running ranks on it --------------------------------------------------------------
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        return self._hosts
+
+    def host(self, i: int) -> Host:
+        """Host ``i`` (0-based): namespace, interface, address."""
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self._hosts):
+            raise ConfigError(f"Invalid host: {i} (0 to {len(self._hosts) - 1})")
+        return self._hosts[i]
+
+    def wrap_command(self, i: int, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside host ``i``'s namespace: ``ip netns exec <ns> argv...``."""
+        if isinstance(argv, str) or not argv:
+            raise ConfigError(f"Invalid argv: {argv!r} (a non-empty list of strings)")
+        return ["ip", "netns", "exec", self.host(i).namespace, *map(str, argv)]
+
+    def rank_env(self, i: int, *, rank: int | None = None, world_size: int | None = None,
+                 master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
+        """Environment of a rank on host ``i`` (rank ``i`` of one per host unless told).
+
+        ``GLOO_SOCKET_IFNAME`` pins gloo to the shaped interface, ``MASTER_ADDR`` is host 0's
+        address; with ``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE`` it suits ``init_method="env://"``.
+        """
+        host = self.host(i)
+        rank = i if rank is None else rank
+        world_size = len(self._hosts) if world_size is None else world_size
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"Invalid rank: {rank} with world_size {world_size}")
+        if not 1 <= master_port <= 65535:
+            raise ConfigError(f"Invalid master_port: {master_port}")
+        return {"GLOO_SOCKET_IFNAME": host.interface, "TP_SOCKET_IFNAME": host.interface,
+                "MASTER_ADDR": self._hosts[0].address, "MASTER_PORT": str(master_port),
+                "RANK": str(rank), "WORLD_SIZE": str(world_size)}
+
+    def spawn(self, i: int, argv: Sequence[str], *, env: dict[str, str] | None = None,
+              **popen: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in host ``i``; ``env`` is added to this process's environment."""
+        return subprocess.Popen(self.wrap_command(i, argv), env={**os.environ, **(env or {})},
+                                **popen)
+
+    # --- looking at it --------------------------------------------------------------------
+
+    def egress_stats(self, i: int) -> dict[str, int]:
+        """Counters of host ``i``'s egress qdisc: bytes and packets sent, drops, overlimits."""
+        h = self.host(i)
+        out = _run(["tc", "-n", h.namespace, "-j", "-s", "qdisc", "show", "dev", h.interface])
+        root = next(q for q in json.loads(out.stdout) if q.get("root"))
+        return {k: int(root.get(k, 0)) for k in ("bytes", "packets", "drops", "overlimits")}
+
+    def _state(self, *, complete: bool) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "complete": complete, "name": self.name,
+                "switch": self.switch, "namespaces": [self.switch, *(h.namespace for h in
+                                                                    self._hosts)],
+                "hosts": [asdict(h) for h in self._hosts], "shape": asdict(self.shape),
+                "subnet": self.subnet, "created_by_pid": os.getpid(), "created": time.time()}
+
+    def __repr__(self) -> str:
+        rate = "unshaped" if self.shape.rate_bps is None else f"{self.shape.rate_bps}bit"
+        return f"Testbed(name={self.name!r}, hosts={len(self._hosts)}, rate={rate})"
+
+
+def teardown(name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
+    """Remove testbed ``name``: its namespaces (all named ``sgdl-<name>-sw|h<i>``, so also what a
+    crash in the middle of ``up`` left), after ending the processes inside, then its state file.
+    Idempotent; INT/TERM/HUP wait until it is done, then arrive. Returns what it deleted."""
+    require_root_and_iproute2()
+    path = state_path(name, state_dir)
+    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        # Hosts before the switch: each host's veth pair dies with it, the bridge last.
+        ours = sorted((ns for ns in existing_namespaces() if _ours(name).fullmatch(ns)),
+                      key=lambda ns: (ns.endswith("-sw"), ns))
+        _end_processes(ours)
+        for ns in ours:
+            _run(["ip", "netns", "del", ns])
+        path.unlink(missing_ok=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return ours
+
+
 def parse_rate(rate: str | int | None) -> int | None:
     """A link rate in bit/s from ``"200mbit"``, ``"1gbit"``, ``"50000kbit"`` or an int.
 
@@ -278,15 +477,23 @@ def existing_namespaces() -> set[str]:
     return {entry["name"] for entry in json.loads(out)} if out else set()
 
 
-def _write_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomically: a temp file, fsync, rename; a crash leaves the old state or the new."""
+def _write_state(path: Path, state: dict[str, Any], *, claim: bool = False) -> None:
+    """Durably (fsync). ``claim``: create it, failing if it exists, so that of two ``up`` of one
+    name one wins; otherwise atomically replace it (temp file, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    target = path if claim else path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if claim else os.O_TRUNC),
+                     0o644)
+    except FileExistsError:
+        raise TestbedError(f"testbed {state['name']!r} is already up ({path}); "
+                           f"run `sgdlab testbed down --name {state['name']}` first") from None
+    with os.fdopen(fd, "w") as f:
         json.dump(state, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if not claim:
+        os.replace(target, path)
 
 
 @contextlib.contextmanager
@@ -316,263 +523,37 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Teardown runs to its end: INT/TERM/HUP wait until it is done, then arrive as usual."""
-    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _end_processes(namespaces: Sequence[str], grace_s: float = 3.0) -> list[int]:
+def _end_processes(namespaces: Sequence[str], grace_s: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after ``grace_s``, to every process left inside our namespaces."""
-    me = os.getpid()
-    pids: set[int] = set()
-    for ns in namespaces:
-        out = _run(["ip", "netns", "pids", ns], check=False).stdout
-        pids |= {int(p) for p in out.split() if p.isdigit() and int(p) != me}
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = set()
-        for pid in pids:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        deadline = time.monotonic() + wait_s
+        for pid in _pids_in(namespaces):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-                alive.add(pid)
-        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 1.0)
-        while alive and time.monotonic() < deadline:
-            alive = {p for p in alive if Path(f"/proc/{p}").exists() and not _zombie(p)}
+        while _pids_in(namespaces) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not alive:
-            break
-    return sorted(pids)
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
+def _pids_in(namespaces: Sequence[str]) -> set[int]:
+    """Processes whose network namespace is one of ours (as ``ip netns pids``; zombies have
+    none), except this one."""
+    inodes = set()
+    for ns in namespaces:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/run/netns/{ns}")
+            inodes.add((st.st_dev, st.st_ino))
+    pids = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{entry.name}/ns/net")
+                if (st.st_dev, st.st_ino) in inodes:
+                    pids.add(int(entry.name))
+    return pids
 
 
 def _ours(name: str) -> re.Pattern[str]:
     return re.compile(rf"{PREFIX}-{re.escape(name)}-(sw|h[0-9]+)")
-
-
-class Testbed:
-    """A built testbed: its hosts, its link shape and its state file.
-
-    Build one with :meth:`up` (as a context manager it tears down on exit, on an error and on
-    SIGINT/SIGTERM/SIGHUP), or find the one ``sgdlab testbed up`` left with :meth:`load`.
-    Run rank ``r`` on host ``i`` as ``subprocess.Popen(tb.wrap_command(i, argv),
-    env={**os.environ, **tb.rank_env(i, rank=r, world_size=n)})``; gloo then talks over the
-    host's shaped interface to ``MASTER_ADDR``, the address of host 0.
-    """
-
-    __test__ = False  # not a pytest test class, despite the name
-
-    def __init__(self, name: str, switch: str, hosts: Sequence[Host], shape: LinkShape,
-                 subnet: str, state_file: Path) -> None:
-        self.name, self.switch, self.shape = name, switch, shape
-        self.subnet, self.state_file = subnet, Path(state_file)
-        self._hosts = tuple(hosts)
-
-    # --- building and finding -------------------------------------------------------------
-
-    @classmethod
-    def up(
-        cls,
-        hosts: int,
-        rate: str | int | None = "200mbit",
-        *,
-        name: str = DEFAULT_NAME,
-        subnet: str = DEFAULT_SUBNET,
-        burst: int | None = None,
-        latency_ms: float = 25.0,
-        limit_ingress: bool = True,
-        delay_ms: float = 0.0,
-        state_dir: Path = DEFAULT_STATE_DIR,
-    ) -> Testbed:
-        """Build ``hosts`` namespaces on one bridge, each link shaped to ``rate`` (bit/s).
-
-        ``burst`` (bytes) and ``latency_ms`` are tbf's bucket and queue bound (module doc);
-        ``delay_ms`` needs netem. On any failure or signal, what was built is removed again.
-        """
-        rate_bps = parse_rate(rate)
-        if burst is None:
-            burst = default_burst(rate_bps)
-        if isinstance(burst, bool) or not isinstance(burst, int) or not 1514 <= burst <= 2**30:
-            raise ConfigError(f"Invalid burst: {burst} (bytes, at least one 1514-byte frame)")
-        if not 0.1 <= latency_ms <= 10_000:
-            raise ConfigError(f"Invalid latency_ms: {latency_ms} (0.1 to 10000)")
-        if not 0 <= delay_ms <= 10_000:
-            raise ConfigError(f"Invalid delay_ms: {delay_ms} (0 to 10000)")
-        switch, planned = plan_hosts(name, hosts, subnet)
-        shape = LinkShape(rate_bps, burst, float(latency_ms), bool(limit_ingress), float(delay_ms))
-        require_root_and_iproute2()
-        path = state_path(name, state_dir)
-        if path.exists():
-            raise TestbedError(f"testbed {name!r} is already up ({path}); "
-                               f"run `sgdlab testbed down --name {name}` first")
-        clash = sorted(ns for ns in existing_namespaces() if _ours(name).fullmatch(ns))
-        if clash:
-            raise TestbedError(f"namespaces of testbed {name!r} exist without a state file "
-                               f"({', '.join(clash)}); run `sgdlab testbed down --name {name}`")
-        tb = cls(name, switch, planned, shape, subnet, path)
-        net = ipaddress.IPv4Network(subnet)
-        with _signals_raise():
-            # The state comes first: whatever happens next, `down` knows what to remove.
-            _write_state(path, tb._state(complete=False))
-            try:
-                for cmd in build_commands(switch, planned, shape, net.prefixlen):
-                    proc = _run(cmd, check=False)
-                    if proc.returncode != 0 and "netem" in cmd:
-                        raise TestbedError(
-                            f"delay_ms needs the netem qdisc, which this kernel lacks "
-                            f"({proc.stderr.strip() or 'unknown qdisc'}); tbf shapes rate only")
-                    if proc.returncode != 0:
-                        why = (proc.stderr.strip() or f"exit {proc.returncode}").splitlines()[0]
-                        raise TestbedError(f"`{' '.join(cmd)}` failed: {why}")
-                _write_state(path, tb._state(complete=True))
-            except BaseException:
-                tb.down()
-                raise
-        return tb
-
-    @classmethod
-    def load(cls, name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR) -> Testbed:
-        """The testbed ``name`` as its state file records it (built by ``up`` elsewhere)."""
-        path = state_path(name, state_dir)
-        try:
-            state = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise TestbedError(f"no testbed {name!r} is up (no {path}); "
-                               "start one with `sgdlab testbed up`") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TestbedError(f"unreadable testbed state {path}: {exc}") from None
-        if state.get("version") != STATE_VERSION or not state.get("complete"):
-            raise TestbedError(f"testbed state {path} is incomplete or from another version; "
-                               f"run `sgdlab testbed down --name {name}`")
-        return cls(state["name"], state["switch"], [Host(**h) for h in state["hosts"]],
-                   LinkShape(**state["shape"]), state["subnet"], path)
-
-    def down(self) -> list[str]:
-        """Remove this testbed (idempotent); returns the namespaces it deleted."""
-        return teardown(self.name, state_dir=self.state_file.parent)
-
-    def __enter__(self) -> Testbed:
-        self._guard = _signals_raise()
-        self._guard.__enter__()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            self.down()
-        finally:
-            self._guard.__exit__(None, None, None)
-
-    # --- running ranks on it --------------------------------------------------------------
-
-    @property
-    def hosts(self) -> tuple[Host, ...]:
-        return self._hosts
-
-    def host(self, i: int) -> Host:
-        """Host ``i`` (0-based): namespace, interface, address."""
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self._hosts):
-            raise ConfigError(f"Invalid host: {i} (0 to {len(self._hosts) - 1})")
-        return self._hosts[i]
-
-    def wrap_command(self, i: int, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside host ``i``'s namespace: ``ip netns exec <ns> argv...``."""
-        if isinstance(argv, str) or not argv:
-            raise ConfigError(f"Invalid argv: {argv!r} (a non-empty list of strings)")
-        return ["ip", "netns", "exec", self.host(i).namespace, *map(str, argv)]
-
-    def rank_env(self, i: int, *, rank: int | None = None, world_size: int | None = None,
-                 master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
-        """Environment of a rank on host ``i`` (rank ``i`` of one per host unless told).
-
-        ``GLOO_SOCKET_IFNAME`` pins gloo to the shaped interface, ``MASTER_ADDR`` is host 0's
-        address; with ``MASTER_PORT``, ``RANK`` and ``WORLD_SIZE`` it suits ``init_method="env://"``.
-        """
-        host = self.host(i)
-        rank = i if rank is None else rank
-        world_size = len(self._hosts) if world_size is None else world_size
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"Invalid rank: {rank} with world_size {world_size}")
-        if not 1 <= master_port <= 65535:
-            raise ConfigError(f"Invalid master_port: {master_port}")
-        return {
-            "GLOO_SOCKET_IFNAME": host.interface,
-            "TP_SOCKET_IFNAME": host.interface,
-            "MASTER_ADDR": self._hosts[0].address,
-            "MASTER_PORT": str(master_port),
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world_size),
-        }
-
-    def spawn(self, i: int, argv: Sequence[str], *, env: dict[str, str] | None = None,
-              **popen: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` in host ``i``; ``env`` is added to this process's environment."""
-        return subprocess.Popen(self.wrap_command(i, argv), env={**os.environ, **(env or {})},
-                                **popen)
-
-    # --- looking at it --------------------------------------------------------------------
-
-    def egress_stats(self, i: int) -> dict[str, int]:
-        """Counters of host ``i``'s egress qdisc: bytes and packets sent, drops, overlimits."""
-        h = self.host(i)
-        out = _run(["tc", "-n", h.namespace, "-j", "-s", "qdisc", "show", "dev", h.interface])
-        root = next(q for q in json.loads(out.stdout) if q.get("root"))
-        return {k: int(root.get(k, 0)) for k in ("bytes", "packets", "drops", "overlimits")}
-
-    def status(self) -> dict[str, Any]:
-        """What the state file says, which namespaces exist, and each host's egress counters."""
-        present = existing_namespaces()
-        hosts = []
-        for h in self._hosts:
-            row: dict[str, Any] = asdict(h) | {"present": h.namespace in present}
-            if row["present"] and self.shape.rate_bps is not None:
-                row |= self.egress_stats(h.index)
-            hosts.append(row)
-        return {"name": self.name, "switch": self.switch, "switch_present": self.switch in present,
-                "subnet": self.subnet, "state_file": str(self.state_file),
-                "shape": asdict(self.shape), "hosts": hosts}
-
-    def _state(self, *, complete: bool) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "complete": complete, "name": self.name,
-                "switch": self.switch, "namespaces": [self.switch, *(h.namespace for h in
-                                                                    self._hosts)],
-                "hosts": [asdict(h) for h in self._hosts], "shape": asdict(self.shape),
-                "subnet": self.subnet, "created_by_pid": os.getpid(), "created": time.time()}
-
-    def __repr__(self) -> str:
-        rate = "unshaped" if self.shape.rate_bps is None else f"{self.shape.rate_bps}bit"
-        return f"Testbed(name={self.name!r}, hosts={len(self._hosts)}, rate={rate})"
-
-
-def teardown(name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
-    """Remove testbed ``name``: the namespaces its state file records and any namespace that
-    bears its names (left by a crash), after ending the processes inside; then the state file.
-    Idempotent; signals wait until it is done. Returns the namespaces deleted."""
-    require_root_and_iproute2()
-    path = state_path(name, state_dir)
-    recorded: list[str] = []
-    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-        recorded = list(json.loads(path.read_text())["namespaces"])
-    with _signals_blocked():
-        present = existing_namespaces()
-        ours = [ns for ns in present if _ours(name).fullmatch(ns) or ns in recorded]
-        # Hosts before the switch: each host's veth pair dies with it, the bridge last.
-        ours.sort(key=lambda ns: (ns.endswith("-sw"), ns))
-        _end_processes(ours)
-        for ns in ours:
-            _run(["ip", "netns", "del", ns])
-        path.unlink(missing_ok=True)
-    return ours
 
 
 def gloo_probe(sizes_bytes: Sequence[int], repeats: int = 3) -> dict[str, Any]:
@@ -617,20 +598,9 @@ def _probe_main(argv: Sequence[str]) -> None:
 
 
 __all__ = [
-    "DEFAULT_NAME",
-    "DEFAULT_SUBNET",
-    "Host",
-    "LinkShape",
-    "Testbed",
-    "TestbedError",
-    "build_commands",
-    "default_burst",
-    "gloo_probe",
-    "parse_rate",
-    "plan_hosts",
-    "state_path",
-    "tcp_goodput",
-    "teardown",
+    "DEFAULT_NAME", "DEFAULT_SUBNET", "Host", "LinkShape", "Testbed", "TestbedError",
+    "build_commands", "default_burst", "gloo_probe", "parse_rate", "plan_hosts", "state_path",
+    "tcp_goodput", "teardown",
 ]
 
 
