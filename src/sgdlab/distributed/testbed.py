@@ -561,7 +561,7 @@ def gloo_probe(sizes_bytes: Sequence[int], repeats: int = 3) -> dict[str, Any]:
 
     Joins the group from the environment (:meth:`Testbed.rank_env`), checks that an
     all_reduce of ``rank + 1`` sums to ``n (n + 1) / 2``, then times ``repeats`` all_reduces of
-    each size (float32; one untimed first, each started after a barrier). Returns seconds.
+    each size (float32; one untimed round first; sizes interleaved; each after a barrier).
     """
     import datetime
 
@@ -572,18 +572,19 @@ def gloo_probe(sizes_bytes: Sequence[int], repeats: int = 3) -> dict[str, Any]:
     dist.init_process_group("gloo", init_method="env://",
                             timeout=datetime.timedelta(seconds=60))
     rank, n = dist.get_rank(), dist.get_world_size()
-    expected, ok, seconds = n * (n + 1) / 2, True, {}
-    for size in [16, *sizes_bytes]:
-        x = torch.empty(max(1, size // 4))
-        times = []
-        for _ in range(repeats + 1):
+    sizes = [16, *sizes_bytes]
+    expected, ok = n * (n + 1) / 2, True
+    tensors = {s: torch.empty(max(1, s // 4)) for s in sizes}
+    seconds: dict[str, list[float]] = {str(s): [] for s in sizes}
+    for r in range(repeats + 1):  # sizes interleaved, so noise hits them alike
+        for size, x in tensors.items():
             x.fill_(rank + 1)
             dist.barrier()
             t0 = time.perf_counter()
             dist.all_reduce(x)
-            times.append(time.perf_counter() - t0)
+            if r > 0:
+                seconds[str(size)].append(time.perf_counter() - t0)
             ok = ok and bool((x == expected).all())
-        seconds[str(size)] = times[1:]
     return {"rank": rank, "world_size": n, "sum_ok": ok, "seconds": seconds}
 
 
