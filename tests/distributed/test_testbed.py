@@ -149,6 +149,18 @@ def test_wrap_command_and_rank_env() -> None:
     assert tb.host(1) == Host(1, "sgdl-tb-h1", "sgdl0", "10.77.0.2")
 
 
+def test_launch_options_round_robin_on_host_0() -> None:
+    tb = _offline_testbed()
+    opts = tb.launch_options(5)
+    assert opts["addr"] == "10.77.0.1" and opts["port"] == 29500
+    assert opts["wrap"](4, ["python"]) == ["ip", "netns", "exec", "sgdl-tb-h1", "python"]
+    assert [e["RANK"] for e in opts["env_per_rank"]] == ["0", "1", "2", "3", "4"]
+    assert {e["WORLD_SIZE"] for e in opts["env_per_rank"]} == {"5"}
+    assert {e["MASTER_ADDR"] for e in opts["env_per_rank"]} == {"10.77.0.1"}
+    with pytest.raises(ConfigError, match="Invalid world_size"):
+        tb.launch_options(0)
+
+
 @pytest.mark.parametrize(("call", "match"), [
     (lambda tb: tb.host(3), "Invalid host"), (lambda tb: tb.host(-1), "Invalid host"),
     (lambda tb: tb.wrap_command(0, "python x"), "Invalid argv"),

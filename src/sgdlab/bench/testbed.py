@@ -19,6 +19,7 @@ Both bound their time and size, and end every process they start, also on failur
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -176,9 +177,11 @@ def run_gloo_probe(tb: Testbed, sizes_bytes: list[int], *, repeats: int = 3,
     if not sizes_bytes or any(not 4 <= s <= MAX_PROBE_BYTES for s in sizes_bytes):
         raise ConfigError(f"Invalid sizes_bytes: {sizes_bytes} (4 to {MAX_PROBE_BYTES} each)")
     argv = [sys.executable, "-m", "sgdlab.distributed.testbed", *map(str, sizes_bytes)]
-    procs = [tb.spawn(i, argv, env={**tb.rank_env(i, world_size=n),
-                                    "SGDLAB_PROBE_REPEATS": str(repeats)},
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    opts = tb.launch_options(n)  # what `sgdlab dist --testbed` hands its launcher
+    procs = [subprocess.Popen(opts["wrap"](i, argv), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **opts["env_per_rank"][i],
+                                   "SGDLAB_PROBE_REPEATS": str(repeats)})
              for i in range(n)]
     deadline = time.monotonic() + timeout_s
     results = []

@@ -262,6 +262,23 @@ class Testbed:
                 "MASTER_ADDR": self._hosts[0].address, "MASTER_PORT": str(master_port),
                 "RANK": str(rank), "WORLD_SIZE": str(world_size)}
 
+    def launch_options(self, world_size: int, *,
+                       master_port: int = DEFAULT_MASTER_PORT) -> dict[str, Any]:
+        """Keywords of :func:`sgdlab.distributed.launch.launch` that run rank ``r`` on host
+        ``r % K`` (round robin: with more ranks than hosts, ranks share their host's link):
+        ``wrap`` (argv -> ``ip netns exec``), ``env_per_rank``, ``addr`` and ``port`` of the
+        rendezvous on host 0 (a fixed port: host 0's namespace is ours, nothing else listens)."""
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ConfigError(f"Invalid world_size: {world_size}")
+        k = len(self._hosts)
+        return {
+            "wrap": lambda rank, argv: self.wrap_command(rank % k, argv),
+            "env_per_rank": [self.rank_env(r % k, rank=r, world_size=world_size,
+                                           master_port=master_port) for r in range(world_size)],
+            "addr": self._hosts[0].address,
+            "port": master_port,
+        }
+
     def spawn(self, i: int, argv: Sequence[str], *, env: dict[str, str] | None = None,
               **popen: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` in host ``i``; ``env`` is added to this process's environment."""
@@ -556,6 +573,13 @@ def _ours(name: str) -> re.Pattern[str]:
     return re.compile(rf"{PREFIX}-{re.escape(name)}-(sw|h[0-9]+)")
 
 
+def launch_options(world_size: int, *, name: str = DEFAULT_NAME,
+                   state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
+    """``sgdlab dist --testbed``: :meth:`Testbed.launch_options` of the testbed that
+    ``sgdlab testbed up`` left up (a one-line error if there is none)."""
+    return Testbed.load(name, state_dir=state_dir).launch_options(world_size)
+
+
 def gloo_probe(sizes_bytes: Sequence[int], repeats: int = 3) -> dict[str, Any]:
     """One rank of a gloo all_reduce probe: ``python -m sgdlab.distributed.testbed SIZE...``.
 
@@ -600,8 +624,8 @@ def _probe_main(argv: Sequence[str]) -> None:
 
 __all__ = [
     "DEFAULT_NAME", "DEFAULT_SUBNET", "Host", "LinkShape", "Testbed", "TestbedError",
-    "build_commands", "default_burst", "gloo_probe", "parse_rate", "plan_hosts", "state_path",
-    "tcp_goodput", "teardown",
+    "build_commands", "default_burst", "gloo_probe", "launch_options", "parse_rate",
+    "plan_hosts", "state_path", "tcp_goodput", "teardown",
 ]
 
 
