@@ -413,3 +413,22 @@ def test_cli_up_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert main(["testbed", "status", *base]) == 2
     finally:
         teardown(name, state_dir=tmp_path)
+
+
+@needs_root
+@pytest.mark.slow
+def test_showcase_section(tmp_path: Path) -> None:
+    from sgdlab.bench.testbed import showcase_testbed
+
+    section = showcase_testbed(None)
+    assert [r["measure"] for r in section.rows] == ["TCP goodput, Mbit/s", "all_reduce 4 MiB, s"]
+    assert 0.9 < section.rows[0]["ratio"] < 1.1 and 0.9 < section.rows[1]["ratio"] < 1.6
+    assert "correct" in section.text and not _namespaces(f"demo{os.getpid() % 100000}")
+
+
+def test_showcase_says_why_not_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sgdlab.bench.testbed import showcase_testbed
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    section = showcase_testbed(None)
+    assert section.rows == [] and section.text.startswith("skipped: the testbed needs root")

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sgdlab.distributed.testbed import (
     DEFAULT_NAME,
@@ -38,6 +38,9 @@ from sgdlab.distributed.testbed import (
     teardown,
 )
 from sgdlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sgdlab.bench.suites import Section, ShowcaseContext
 
 PROBE_PORT = 5201
 MAX_PROBE_BYTES = 1 << 30
@@ -214,3 +217,31 @@ def _end(procs: list[subprocess.Popen[str]]) -> None:
         if p.poll() is None:
             p.kill()
         p.wait(timeout=10)
+
+
+def showcase_testbed(ctx: ShowcaseContext | None) -> Section:
+    """``bench quick`` section: on a 2-host testbed at 200mbit, TCP goodput and a 4 MiB gloo
+    all_reduce against their references (about 10 s); as non-root, a line saying why not."""
+    from sgdlab.bench.suites import Section  # noqa: F811  (at run time: suites is heavy)
+
+    title = "Slow-network testbed: 2 namespaces at 200mbit (tc tbf)"
+    try:
+        with Testbed.up(2, "200mbit", name=f"demo{os.getpid() % 100000}") as tb:
+            ref = tcp_goodput(200_000_000)
+            tcp = [measure_throughput(tb, 0, 1, int(ref / 8 * 0.5))["bps"] for _ in range(3)]
+            size = 4 << 20
+            ranks = run_gloo_probe(tb, [size], repeats=3, timeout_s=120)
+    except TestbedError as exc:
+        return Section(title, text=f"skipped: {exc}")
+    seconds = [max(t) for t in zip(*(r["seconds"][str(size)] for r in ranks), strict=True)]
+    ar_ref = 8 * size / ref
+    rows = [
+        {"measure": "TCP goodput, Mbit/s", "reference": ref / 1e6,
+         "median": statistics.median(tcp) / 1e6, "ratio": statistics.median(tcp) / ref},
+        {"measure": "all_reduce 4 MiB, s", "reference": ar_ref,
+         "median": statistics.median(seconds), "ratio": statistics.median(seconds) / ar_ref},
+    ]
+    ok = all(r["sum_ok"] for r in ranks)
+    return Section(title, rows=rows, text=(
+        "Reference: tbf's TCP goodput r*1448/1514, and 8B/goodput for a 2-rank all_reduce of "
+        f"B bytes; medians of 3. all_reduce sums {'correct' if ok else 'WRONG'}."))
