@@ -80,7 +80,17 @@ def run_suite(
         raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     tag = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     configs = [
-        replace(c, seed=s, db=db, suite=tag, out=out / "runs", progress=False if quiet else None)
+        replace(
+            c,
+            seed=s,
+            db=db,
+            suite=tag,
+            out=out / "runs",
+            progress=False if quiet else None,
+            # One torch thread: these models are small, and on a shared machine a second
+            # OpenMP thread that has to wait for a core makes every step many times slower.
+            threads=c.threads or 1,
+        )
         for c in SUITES[name]()
         for s in range(seeds)
     ]
