@@ -27,9 +27,12 @@ from sgdlab.workloads import Workload, get_workload
 def quick_suite() -> list[TrainConfig]:
     runs = []
     for opt, lr, extra in (("sgd", 0.1, {}), ("sgd", 0.05, {"momentum": 0.9}), ("adam", 1e-3, {})):
-        runs.append(TrainConfig("logreg-fmnist", opt, lr, 1500, 64, optimizer_options=extra))
-        runs.append(TrainConfig("mlp-mnist", opt, lr, 1500, 64, optimizer_options=extra))
-        runs.append(TrainConfig("cnn-fmnist", opt, lr, 600, 64, optimizer_options=extra))
+        for workload, steps in (("logreg-fmnist", 1000), ("mlp-mnist", 1200), ("cnn-fmnist", 400)):
+            runs.append(
+                TrainConfig(
+                    workload, opt, lr, steps, 64, optimizer_options=extra, eval_every=steps // 5
+                )
+            )
     return runs
 
 
