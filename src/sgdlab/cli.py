@@ -186,6 +186,79 @@ def theory_sgd_bound(
     } | {"final bound": rep["final"]["bound"], "final recursion": rep["final"]["recursion"]})
 
 
+# --- dist (S2: Overlap Local-SGD and the distributed baselines) ------------------------------
+
+
+@app.command()
+def dist(
+    algo: Annotated[str, typer.Option(help="sync, local, overlap, easgd or cocod.")],
+    world_size: Annotated[int, typer.Option(help="Ranks to spawn on this host.")] = 2,
+    workload: Annotated[str, typer.Option(help="Workload (see `sgdlab list`).")] = "cnn-fmnist",
+    optimizer: Annotated[str, typer.Option(help="Inner optimizer of every rank.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Learning rate of the inner optimizer.")] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="Samples per step, per rank.")] = 32,
+    tau: Annotated[int, typer.Option(help="Local steps per communication round.")] = 2,
+    alpha: Annotated[float, typer.Option(help="Pull-back or elastic weight.")] = 0.6,
+    anchor_momentum: Annotated[float, typer.Option(help="Anchor momentum beta (overlap).")] = 0.0,
+    steps: Annotated[int, typer.Option(help="Local steps per rank.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the model, partition and batches.")] = 0,
+    partition: Annotated[str, typer.Option(help="iid or dirichlet:<alpha>.")] = "iid",
+    bandwidth_mbps: Annotated[float, typer.Option(help="Injected link rate (0: none).")] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="Injected latency per collective.")] = 0.0,
+    straggler_prob: Annotated[float, typer.Option(help="Chance a step is slowed.")] = 0.0,
+    straggler_slowdown: Annotated[float, typer.Option(help="How many times slower.")] = 1.0,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: five times).")] = 0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value: an inner hyperparameter, or workload.key=value."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before a hung run is stopped.")] = 600.0,
+    testbed: Annotated[bool, typer.Option(help="Run each rank in its testbed namespace.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Train on W local ranks (gloo) with a distributed algorithm; under torchrun, one rank."""
+    from sgdlab.bench import dist as bench_dist
+
+    opt_options, wl_options = _parse_sets(set_ or [])
+    config = bench_dist.DistConfig(
+        algo=algo, world_size=world_size, workload=workload, optimizer=optimizer, lr=lr,
+        batch_size=batch_size, tau=tau, alpha=alpha, anchor_momentum=anchor_momentum,
+        steps=steps, seed=seed, partition=partition, bandwidth_mbps=bandwidth_mbps,
+        latency_ms=latency_ms, straggler_prob=straggler_prob,
+        straggler_slowdown=straggler_slowdown, eval_every=eval_every,
+        optimizer_options=opt_options, workload_options=wl_options,
+    )
+    if bench_dist.under_torchrun():
+        bench_dist.torchrun_main(config, json_)
+        return
+    options = bench_dist.testbed_launch_options(world_size) if testbed else None
+    result = bench_dist.run_dist(config, launch_options=options, timeout_s=timeout)
+    if json_:
+        _emit_json(bench_dist.result_json(result))
+    else:
+        from sgdlab.bench.report import print_mapping
+
+        print_mapping(f"sgdlab dist · {algo} · W={world_size}", {
+            k: result[k] for k in bench_dist.JSON_KEYS
+        } | {"time_to_target": result["time_to_target"]})
+
+
+@bench_app.command("overlap")
+def bench_overlap(
+    out: Annotated[Path, typer.Option(help="Folder for the figures and the table.")] = Path(
+        "sgdlab-results/overlap"
+    ),
+    grid: Annotated[str, typer.Option(help="small (about 10 minutes here) or full.")] = "small",
+    json_: JsonOption = False,
+) -> None:
+    """Overlap Local-SGD against sync, Local SGD, EASGD and CoCoD-SGD under injected delay."""
+    from sgdlab.bench.dist import overlap_benchmark
+
+    summary = overlap_benchmark(out, grid=grid, quiet=json_)
+    if json_:
+        _emit_json(summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every user error into ``error: …`` and exit 2."""
     try:
