@@ -78,7 +78,7 @@ def conformance(rank: int, world_size: int, payload: Any) -> dict[str, Any]:
     for name in HPARAMS:
         model, opt = _make(name, comm)
         start = _flat(model)
-        before = float(loss_of(model, x, y))
+        before = float(loss_of(model, x, y).detach())
         saved = None
         after_round = None
         for step in range(steps):
@@ -107,7 +107,7 @@ def conformance(rank: int, world_size: int, payload: Any) -> dict[str, Any]:
         reloaded = _flat(model2)
         opt.synchronize()
         out[name] = {
-            "start": start, "before": before, "after": float(loss_of(model, x, y)),
+            "start": start, "before": before, "after": float(loss_of(model, x, y).detach()),
             "after_round": after_round, "continued": continued, "reloaded": reloaded,
             "synchronized": _flat(model),
             "anchor": _anchor(opt),
@@ -176,3 +176,13 @@ def fail_on_rank_1(rank: int, world_size: int, payload: Any) -> None:
 def hang_on_rank_1(rank: int, world_size: int, payload: Any) -> None:
     if rank == 1:
         time.sleep(3600)
+
+
+def w2_suite(rank: int, world_size: int, payload: Any) -> dict[str, Any]:
+    """Every two-rank program in one launch (start-up is the expensive part of a test)."""
+    return {
+        "conformance": conformance(rank, world_size, payload["conformance"]),
+        "sync_trajectory": sync_trajectory(rank, world_size, payload["sync_trajectory"]),
+        "hidden": hidden(rank, world_size, payload["hidden"]),
+        "gather_blocks": gather_blocks(rank, world_size, None),
+    }

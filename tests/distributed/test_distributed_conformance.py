@@ -24,12 +24,29 @@ from sgdlab.distributed.comm import assign_blocks
 pytestmark = pytest.mark.timeout(180)
 
 
+CONFORMANCE = {"steps": 8, "save_at": 3}
+SYNC_STEPS = 5
+# An all-reduce "costs" 40 ms; a round computes 4 x 20 ms = 80 ms, so it fits under them.
+HIDDEN = {"latency_ms": 40.0, "tau": 4, "compute_ms": 20.0, "steps": 24}
+
+
+@pytest.fixture(scope="module")
+def two_ranks(run_ranks: Any) -> list[dict[str, Any]]:
+    """One launch of two ranks runs every two-rank program (see rank_programs.w2_suite)."""
+    payload = {"conformance": CONFORMANCE, "sync_trajectory": {"steps": SYNC_STEPS},
+               "hidden": HIDDEN}
+    result: list[dict[str, Any]] = run_ranks(2, "w2_suite", payload)
+    return result
+
+
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"W{w}")
 def conformance(
     request: pytest.FixtureRequest, run_ranks: Any
 ) -> tuple[int, list[dict[str, Any]]]:
     world = request.param
-    return world, run_ranks(world, "conformance", {"steps": 8, "save_at": 3})
+    if world == 2:
+        return world, [r["conformance"] for r in request.getfixturevalue("two_ranks")]
+    return world, run_ranks(world, "conformance", CONFORMANCE)
 
 
 @pytest.mark.parametrize("name", list(HPARAMS))
@@ -51,9 +68,9 @@ def test_every_algorithm_conforms(conformance: tuple[int, list[dict[str, Any]]],
         assert torch.equal(r["continued"], r["reloaded"]), "state_dict did not round-trip"
 
 
-def test_sync_sgd_matches_one_process_on_the_union_of_batches(run_ranks: Any) -> None:
-    world, steps, lr = 2, 5, 0.3
-    ranks = run_ranks(world, "sync_trajectory", {"steps": steps})
+def test_sync_sgd_matches_one_process_on_the_union_of_batches(two_ranks: Any) -> None:
+    world, steps, lr = 2, SYNC_STEPS, 0.3
+    ranks = [r["sync_trajectory"] for r in two_ranks]
     x, y = synthetic_data()
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 1).double()
@@ -69,24 +86,23 @@ def test_sync_sgd_matches_one_process_on_the_union_of_batches(run_ranks: Any) ->
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_overlap_hides_an_injected_delay_shorter_than_its_local_steps(run_ranks: Any) -> None:
-    # An all-reduce "costs" 40 ms; a round computes 4 x 20 ms = 80 ms, so it fits under them.
-    payload = {"latency_ms": 40.0, "tau": 4, "compute_ms": 20.0, "steps": 24}
-    ranks = run_ranks(2, "hidden", payload)
+def test_overlap_hides_an_injected_delay_shorter_than_its_local_steps(two_ranks: Any) -> None:
+    ranks = [r["hidden"] for r in two_ranks]
     for stats in ranks:
         assert stats["overlap"]["hidden_fraction"] >= 0.8, stats["overlap"]
         assert stats["cocod"]["hidden_fraction"] >= 0.8, stats["cocod"]
         # Blocking Local SGD waits for every byte: nothing hidden, each round pays the delay.
         assert stats["local"]["hidden_fraction"] < 0.2, stats["local"]
-        assert stats["local"]["wait_seconds"] >= 0.9 * 6 * 0.040
+        rounds = HIDDEN["steps"] // HIDDEN["tau"]
+        assert stats["local"]["wait_seconds"] >= 0.9 * rounds * HIDDEN["latency_ms"] / 1e3
         for s in stats.values():
             assert s["wall_seconds"] == pytest.approx(s["compute_seconds"] + s["wait_seconds"])
         assert stats["overlap"]["wall_seconds"] < stats["local"]["wall_seconds"]
 
 
-def test_all_gather_blocks_takes_each_block_from_its_owner(run_ranks: Any) -> None:
+def test_all_gather_blocks_takes_each_block_from_its_owner(two_ranks: Any) -> None:
     world = 2
-    ranks = run_ranks(world, "gather_blocks")
+    ranks = [r["gather_blocks"] for r in two_ranks]
     for got in ranks:
         for i in range(5):
             owner = i % world

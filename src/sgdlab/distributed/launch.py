@@ -140,7 +140,7 @@ def _watch(
                 )
             time.sleep(0.05)
         if failed is not None:
-            rank, code = failed
+            rank, code = _first_failure(workdir, failed)
             # The first rank to fail is the cause; the others usually fail because it did.
             raise RankFailure(
                 f"rank {rank} failed with exit code {code}{_last_line(workdir, rank)}"
@@ -151,6 +151,17 @@ def _watch(
                 p.kill()
         for p in procs:
             p.wait()
+
+
+def _first_failure(workdir: Path, seen: tuple[int, int]) -> tuple[int, int]:
+    """The rank whose error came first (each failing rank stamps the time), and its code."""
+    stamps = []
+    for path in workdir.glob("failed-*"):
+        try:
+            stamps.append((float(path.read_text()), int(path.name.split("-")[1])))
+        except ValueError:
+            continue
+    return (min(stamps)[1], 1) if stamps else seen
 
 
 def _last_line(workdir: Path, rank: int) -> str:
@@ -200,6 +211,7 @@ def _rank_main(spec_path: str, rank: int) -> None:
         tmp.write_bytes(pickle.dumps(result))
         os.replace(tmp, out)
     except BaseException as exc:  # noqa: B036 - report anything, then exit with a code
+        Path(spec_path).with_name(f"failed-{rank}").write_text(repr(time.time()))
         traceback.print_exc()
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n".splitlines()[0] + "\n")
         code = 1
