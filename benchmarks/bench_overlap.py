@@ -1,0 +1,68 @@
+"""Overlap Local-SGD against SyncSGD, Local SGD, EASGD and CoCoD-SGD under an injected slow link.
+
+Run (about ten minutes on two cores; the lock keeps two benchmarks from overlapping)::
+
+    flock /tmp/sgdlab-bench.lock env PYTHONPATH=src python benchmarks/bench_overlap.py --grid small
+
+The same as ``sgdlab bench overlap --grid small --out benchmarks/results/overlap``, plus the
+markdown summary written to ``benchmarks/results/overlap.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from sgdlab.bench.dist import GRIDS, overlap_benchmark
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)\n"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", default="small", choices=sorted(GRIDS))
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "overlap")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    t0 = time.time()
+    summary = overlap_benchmark(args.out, grid=args.grid)
+    minutes = (time.time() - t0) / 60
+    load_after = os.getloadavg()
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    cal = summary["calibration"]
+    md = [
+        f"Grid `{args.grid}`: {GRIDS[args.grid]}\n",
+        f"Ran {minutes:.1f} min; load average before {load_before[0]:.2f}, after "
+        f"{load_after[0]:.2f} (`uptime`: {uptime}).\n",
+        f"Calibration: {cal['step_seconds'] * 1e3:.1f} ms per local step (compute only, 2 ranks),"
+        f" model {cal['model_bytes'] / 1e6:.3f} MB.\n",
+        "## Per configuration (median [min, max] over runs)\n",
+        _table(summary["table"]),
+        "## Goals (per-seed ratios, median [min, max])\n",
+        "`vs_compute`: Overlap's time per step / compute-only (goal ≤ 1.15); `sync_speedup`, "
+        "`local_speedup`: their time per step / Overlap's (goals ≥ 1.6, ≥ 1.3); "
+        "`straggle_*`: time per step with stragglers (p=0.1, s=3) / without.\n",
+        _table(summary["goals"]),
+        "## Figures\n",
+        *[f"![{Path(p).stem}]({Path(p).relative_to(ROOT / 'results')})\n"
+          for p in summary["images"]],
+    ]
+    (ROOT / "results" / "overlap-summary.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
