@@ -231,7 +231,7 @@ def dist(
     if bench_dist.under_torchrun():
         bench_dist.torchrun_main(config, json_)
         return
-    options = bench_dist.testbed_launch_options(world_size) if testbed else None
+    options = bench_dist.netns_launch_options(world_size) if testbed else None
     result = bench_dist.run_dist(config, launch_options=options, timeout_s=timeout)
     if json_:
         _emit_json(bench_dist.result_json(result))

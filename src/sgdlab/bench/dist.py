@@ -30,7 +30,7 @@ JSON_KEYS = (
 )
 
 
-def testbed_launch_options(world_size: int) -> dict[str, Any]:
+def netns_launch_options(world_size: int) -> dict[str, Any]:
     """``launch`` keywords from the testbed module, or a one-line error if there is none."""
     try:
         module = importlib.import_module("sgdlab.distributed.testbed")
@@ -115,16 +115,16 @@ def summarize(results: list[dict[str, Any]], target: float | None = None) -> lis
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in results:
         key = (r["workload"], r["world_size"], r["partition"], r["algo"], r["tau"],
-               r["straggler_prob"])
+               round(r["bandwidth_mbps"], 1), r["straggler_prob"])
         groups.setdefault(key, []).append(r)
     rows = []
-    for (wl, w, part, algo, tau, p), rs in groups.items():
+    for (wl, w, part, algo, tau, mbps, p), rs in groups.items():
         sps = [r["seconds_per_step"] * 1e3 for r in rs]
         times = [time_to(r, target if target is not None else r["target"]) for r in rs]
         ttt = [t for t in times if t is not None]
         rows.append({
             "workload": wl, "W": w, "partition": part, "algo": algo, "tau": tau,
-            "straggler_p": p, "runs": len(rs),
+            "link_mbps": mbps, "straggler_p": p, "runs": len(rs),
             "ms_per_step": _fmt(sps),
             "hidden": f"{statistics.median(r['hidden_fraction'] for r in rs):.2f}",
             "wait_ms_per_step": _fmt([r["wait_seconds"] / r["steps"] * 1e3 for r in rs]),
@@ -311,23 +311,25 @@ def benchmark_configs(
 
 def goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's goals, per (partition, τ), as medians over seeds of per-seed ratios."""
-    def per_step(algo: str, tau: int, part: str, seed: int, p: float = 0.0) -> float | None:
+    def per_step(algo: str, mbps: float, part: str, seed: int, p: float = 0.0) -> float | None:
+        # Runs are matched by their link: sync runs at tau 1 on every tau's link.
         for r in results:
-            if (r["algo"], r["tau"], r["partition"], r["seed"], r["straggler_prob"]) == (
-                    algo, tau, part, seed, p) and r["bandwidth_mbps"] > 0:
+            if (r["algo"], r["partition"], r["seed"], r["straggler_prob"]) == (
+                    algo, part, seed, p) and r["bandwidth_mbps"] == mbps:
                 return float(r["seconds_per_step"])
         return None
 
     rows = []
-    keys = sorted({(r["partition"], r["tau"]) for r in results if r["bandwidth_mbps"] > 0})
-    for part, tau in keys:
+    keys = sorted({(r["partition"], r["tau"], r["bandwidth_mbps"]) for r in results
+                   if r["bandwidth_mbps"] > 0 and r["algo"] == "overlap"})
+    for part, tau, mbps in keys:
         ratios: dict[str, list[float]] = {"vs_compute": [], "sync_speedup": [], "local_speedup": [],
                                           "straggle_overlap": [], "straggle_local": []}
         for seed in sorted({r["seed"] for r in results}):
-            ov = per_step("overlap", tau, part, seed)
+            ov = per_step("overlap", mbps, part, seed)
             ref = next((r["seconds_per_step"] for r in results if r["partition"] == part
                         and r["seed"] == seed and r["bandwidth_mbps"] == 0), None)
-            sync, local = per_step("sync", tau, part, seed), per_step("local", tau, part, seed)
+            sync, local = per_step("sync", mbps, part, seed), per_step("local", mbps, part, seed)
             if ov is None:
                 continue
             if ref:
@@ -336,12 +338,12 @@ def goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ratios["sync_speedup"].append(sync / ov)
             if local:
                 ratios["local_speedup"].append(local / ov)
-            ov_s = per_step("overlap", tau, part, seed, 0.1)
-            lo_s = per_step("local", tau, part, seed, 0.1)
+            ov_s = per_step("overlap", mbps, part, seed, 0.1)
+            lo_s = per_step("local", mbps, part, seed, 0.1)
             if ov_s and lo_s and local:
                 ratios["straggle_overlap"].append(ov_s / ov)
                 ratios["straggle_local"].append(lo_s / local)
-        row: dict[str, Any] = {"partition": part, "tau": tau}
+        row: dict[str, Any] = {"partition": part, "tau": tau, "link_mbps": round(mbps, 1)}
         for name, values in ratios.items():
             row[name] = _fmt(values, 2) if values else "-"
         rows.append(row)
@@ -370,8 +372,10 @@ def overlap_benchmark(out: Path, grid: str = "small", quiet: bool = False) -> di
     images = []
     for part in dict.fromkeys(p for p, _ in spec["runs"]):
         for tau in spec["taus"]:
-            chosen = [r for r in results if r["partition"] == part and r["tau"] == tau
-                      and r["bandwidth_mbps"] > 0]
+            links = {r["bandwidth_mbps"] for r in results if r["partition"] == part
+                     and r["tau"] == tau and r["algo"] == "overlap"}
+            chosen = [r for r in results if r["partition"] == part and r["bandwidth_mbps"] in links
+                      and not r["straggler_prob"]]
             name = f"overlap-{part.replace(':', '')}-tau{tau}.png"
             images.append(str(plot_runs(chosen, out / name, f"{spec['workload']} · W="
                                         f"{spec['world_size']} · {part} · τ={tau}")))
