@@ -34,8 +34,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default="small", choices=sorted(GRIDS))
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "overlap")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    suffix = "" if args.grid == "small" else f"-{args.grid}"
+    args.out = args.out or ROOT / "results" / f"overlap{suffix}"
     load_before = os.getloadavg()
     t0 = time.time()
     summary = overlap_benchmark(args.out, grid=args.grid)
@@ -60,7 +62,7 @@ def main() -> None:
         *[f"![{Path(p).stem}]({Path(p).relative_to(ROOT / 'results')})\n"
           for p in summary["images"]],
     ]
-    (ROOT / "results" / "overlap-summary.md").write_text("\n".join(md))
+    (ROOT / "results" / f"overlap-summary{suffix}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 

@@ -214,9 +214,16 @@ def dist(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before a hung run is stopped.")] = 600.0,
     testbed: Annotated[bool, typer.Option(help="Run each rank in its testbed namespace.")] = False,
+    addr: Annotated[str, typer.Option(help="Rendezvous address (a free port is picked).")] = (
+        "127.0.0.1"
+    ),
     json_: JsonOption = False,
 ) -> None:
-    """Train on W local ranks (gloo) with a distributed algorithm; under torchrun, one rank."""
+    """Train on W local ranks (gloo) with a distributed algorithm; under torchrun, one rank.
+
+    Across hosts: torchrun --nnodes N --nproc-per-node 1 --node-rank R --master-addr H
+    --master-port P -m sgdlab.cli dist ... (rank 0 prints the result).
+    """
     from sgdlab.bench import dist as bench_dist
 
     opt_options, wl_options = _parse_sets(set_ or [])
@@ -231,7 +238,7 @@ def dist(
     if bench_dist.under_torchrun():
         bench_dist.torchrun_main(config, json_)
         return
-    options = bench_dist.netns_launch_options(world_size) if testbed else None
+    options = bench_dist.netns_launch_options(world_size) if testbed else {"addr": addr}
     result = bench_dist.run_dist(config, launch_options=options, timeout_s=timeout)
     if json_:
         _emit_json(bench_dist.result_json(result))

@@ -38,9 +38,10 @@ def test_a_rank_that_raises_fails_the_run_naming_it(run_ranks: Any) -> None:
 @pytest.mark.slow
 def test_a_hung_rank_is_stopped_at_the_timeout(run_ranks: Any) -> None:
     t0 = time.monotonic()
-    with pytest.raises(RankFailure, match=r"rank 1 still running after 8 s \(hung\?\)"):
-        run_ranks(2, "hang_on_rank_1", timeout_s=8)
-    assert time.monotonic() - t0 < 15
+    # Rank 0 may not even have finished starting on a loaded machine; rank 1 never finishes.
+    with pytest.raises(RankFailure, match=r"rank (0, )?1 still running after 5 s \(hung\?\)"):
+        run_ranks(2, "hang_on_rank_1", timeout_s=5)
+    assert time.monotonic() - t0 < 12
 
 
 def test_bad_arguments_raise_before_anything_starts() -> None:

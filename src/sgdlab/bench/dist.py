@@ -270,6 +270,10 @@ GRIDS: dict[str, dict[str, Any]] = {
     "small": {"workload": "cnn-fmnist", "world_size": 2, "taus": (1, 2, 8), "steps": 200,
               "runs": (("iid", 0), ("iid", 1), ("dirichlet:0.5", 0)), "batch_size": 32,
               "lr": 0.05, "evals": 4, "eval_samples": 1000, "target": 0.75},
+    # For the record: four ranks on the same two cores (compute per step doubles), tau = 2.
+    "w4": {"workload": "cnn-fmnist", "world_size": 4, "taus": (2,), "steps": 100,
+           "runs": (("iid", 0),), "batch_size": 32, "lr": 0.05, "evals": 2,
+           "eval_samples": 1000, "target": 0.7},
     # What the issue asks for: both partitions, three seeds, more steps (hours on two cores).
     "full": {"workload": "cnn-fmnist", "world_size": 2, "taus": (1, 2, 8), "steps": 3000,
              "runs": tuple((p, s) for p in ("iid", "dirichlet:0.5") for s in (0, 1, 2)),
