@@ -59,7 +59,7 @@ def run_dist_many(
         result = dict(per_rank[0][i])
         result["ranks"] = [
             {k: r[i][k] for k in ("rank", "wall_seconds", "compute_seconds", "wait_seconds",
-                                  "comm_seconds", "final_checksum")}
+                                  "comm_seconds", "final_checksum", "link_mbps")}
             for r in per_rank
         ]
         result["seconds_per_step"] = result["wall_seconds"] / result["steps"]
@@ -73,21 +73,6 @@ def run_dist(
 ) -> dict[str, Any]:
     """One distributed run; rank 0's result (see :data:`JSON_KEYS`) plus per-rank clocks."""
     return run_dist_many([config], launch_options, timeout_s)[0]
-
-
-def calibrate_delay(
-    world_size: int, workload: str, batch_size: int, steps: int = 30
-) -> dict[str, float]:
-    """Seconds per local step (compute only) and the model's bytes, measured by a short run."""
-    probe = DistConfig("local", world_size=world_size, workload=workload, batch_size=batch_size,
-                       steps=steps, tau=steps, eval_every=steps, eval_samples=100)
-    result = run_dist(probe)
-    from sgdlab.workloads import get_workload
-
-    model = get_workload(workload).make_model(0)
-    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()
-                 if t.is_floating_point())
-    return {"step_seconds": result["compute_seconds"] / steps, "model_bytes": float(nbytes)}
 
 
 def bandwidth_for(model_bytes: float, seconds: float) -> float:
@@ -115,16 +100,18 @@ def summarize(results: list[dict[str, Any]], target: float | None = None) -> lis
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in results:
         key = (r["workload"], r["world_size"], r["partition"], r["algo"], r["tau"],
-               round(r["bandwidth_mbps"], 1), r["straggler_prob"])
+               r["link_steps"], r["straggler_prob"])
         groups.setdefault(key, []).append(r)
     rows = []
-    for (wl, w, part, algo, tau, mbps, p), rs in groups.items():
+    for (wl, w, part, algo, tau, link, p), rs in groups.items():
         sps = [r["seconds_per_step"] * 1e3 for r in rs]
         times = [time_to(r, target if target is not None else r["target"]) for r in rs]
         ttt = [t for t in times if t is not None]
         rows.append({
             "workload": wl, "W": w, "partition": part, "algo": algo, "tau": tau,
-            "link_mbps": mbps, "straggler_p": p, "runs": len(rs),
+            "link_steps": link,
+            "link_mbps": _fmt([r["ranks"][0]["link_mbps"] for r in rs], 0),
+            "straggler_p": p, "runs": len(rs),
             "ms_per_step": _fmt(sps),
             "hidden": f"{statistics.median(r['hidden_fraction'] for r in rs):.2f}",
             "wait_ms_per_step": _fmt([r["wait_seconds"] / r["steps"] * 1e3 for r in rs]),
@@ -200,9 +187,7 @@ def overlap_showcase(ctx: Any) -> Any:
     steps, tau, batch = 100, 2, 32
     base = DistConfig("sync", world_size=2, workload="cnn-fmnist", lr=0.05, batch_size=batch,
                       tau=tau, steps=steps, eval_every=steps, eval_samples=1000)
-    cal = calibrate_delay(2, "cnn-fmnist", batch, steps=15)
-    mbps = bandwidth_for(cal["model_bytes"], tau * cal["step_seconds"])
-    configs = [replace(base, algo=a, bandwidth_mbps=mbps) for a in ("sync", "local", "overlap")]
+    configs = [replace(base, algo=a, link_steps=tau) for a in ("sync", "local", "overlap")]
     configs.append(replace(base, algo="local", tau=steps))  # compute only: one average at the end
     results = run_dist_many(configs)
     compute_only = results[-1]["seconds_per_step"]
@@ -216,10 +201,10 @@ def overlap_showcase(ctx: Any) -> Any:
     image = plot_runs(results[:-1], ctx.out / "overlap-showcase.png", "Overlap Local-SGD, W=2")
     return Section(
         title="S2 · Overlap Local-SGD vs sync and Local SGD (cnn-fmnist, 2 ranks)",
-        text=(f"{steps} steps of batch {batch} per rank; injected link {mbps:.0f} Mbit/s, so one "
-              f"all-reduce of the model costs about τ={tau} local steps "
-              f"({tau * cal['step_seconds'] * 1e3:.0f} ms). Compute-only: "
-              f"{compute_only * 1e3:.1f} ms/step."),
+        text=(f"{steps} steps of batch {batch} per rank; injected link "
+              f"{results[0]['ranks'][0]['link_mbps']:.0f} Mbit/s, measured at the start of "
+              f"each run so that one all-reduce of the model costs about τ={tau} local steps. "
+              f"Compute-only: {compute_only * 1e3:.1f} ms/step."),
         rows=rows, images=[image],
     )
 
@@ -265,9 +250,9 @@ def torchrun_main(config: DistConfig, json_: bool) -> None:
 
 
 GRIDS: dict[str, dict[str, Any]] = {
-    # About ten minutes on two loaded cores: W=2, cnn-fmnist, 200 steps, IID with two seeds
+    # About ten minutes on two loaded cores: W=2, cnn-fmnist, 150 steps, IID with two seeds
     # and Dirichlet(0.5) with one; time to a reduced accuracy target these steps can reach.
-    "small": {"workload": "cnn-fmnist", "world_size": 2, "taus": (1, 2, 8), "steps": 200,
+    "small": {"workload": "cnn-fmnist", "world_size": 2, "taus": (1, 2, 8), "steps": 150,
               "runs": (("iid", 0), ("iid", 1), ("dirichlet:0.5", 0)), "batch_size": 32,
               "lr": 0.05, "evals": 4, "eval_samples": 1000, "target": 0.75},
     # For the record: four ranks on the same two cores (compute per step doubles), tau = 2.
@@ -282,13 +267,12 @@ GRIDS: dict[str, dict[str, Any]] = {
 ALGO_ORDER = ("sync", "local", "overlap", "easgd", "cocod")
 
 
-def benchmark_configs(
-    grid: dict[str, Any], step_seconds: float, model_bytes: float
-) -> list[DistConfig]:
+def benchmark_configs(grid: dict[str, Any]) -> list[DistConfig]:
     """The runs of a grid, the compared algorithms interleaved (see the module docstring).
 
-    For each τ the link is set so that one all-reduce of the model takes τ local steps; every
-    algorithm runs on that link (sync too, as the baseline on the same network). A compute-only
+    For each τ the link is set so that one all-reduce of the model takes τ local steps (each
+    run measures its step time at its start: ``link_steps``); every algorithm runs on that
+    link (sync too, as the baseline on the same network). A compute-only
     run (one average at the very end, no injected delay) per partition and seed is the
     reference time per step; Local SGD and Overlap Local-SGD at τ=2 also run with stragglers.
     """
@@ -301,39 +285,38 @@ def benchmark_configs(
                           eval_samples=grid["eval_samples"], alpha=0.6)
         configs.append(replace(base, tau=steps))  # compute only
         for tau in grid["taus"]:
-            mbps = bandwidth_for(model_bytes, tau * step_seconds)
             for algo in ALGO_ORDER:
                 alpha = 0.5 / grid["world_size"] if algo == "easgd" else 0.6
-                configs.append(replace(base, algo=algo, tau=tau, bandwidth_mbps=mbps,
+                configs.append(replace(base, algo=algo, tau=tau, link_steps=tau,
                                        alpha=alpha))
             if tau == 2:
                 for algo in ("local", "overlap"):
-                    configs.append(replace(base, algo=algo, tau=tau, bandwidth_mbps=mbps,
+                    configs.append(replace(base, algo=algo, tau=tau, link_steps=tau,
                                            straggler_prob=0.1, straggler_slowdown=3.0))
     return configs
 
 
 def goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's goals, per (partition, τ), as medians over seeds of per-seed ratios."""
-    def per_step(algo: str, mbps: float, part: str, seed: int, p: float = 0.0) -> float | None:
+    def per_step(algo: str, link: float, part: str, seed: int, p: float = 0.0) -> float | None:
         # Runs are matched by their link: sync runs at tau 1 on every tau's link.
         for r in results:
             if (r["algo"], r["partition"], r["seed"], r["straggler_prob"]) == (
-                    algo, part, seed, p) and r["bandwidth_mbps"] == mbps:
+                    algo, part, seed, p) and r["link_steps"] == link:
                 return float(r["seconds_per_step"])
         return None
 
     rows = []
-    keys = sorted({(r["partition"], r["tau"], r["bandwidth_mbps"]) for r in results
-                   if r["bandwidth_mbps"] > 0 and r["algo"] == "overlap"})
-    for part, tau, mbps in keys:
+    keys = sorted({(r["partition"], r["tau"], r["link_steps"]) for r in results
+                   if r["link_steps"] > 0 and r["algo"] == "overlap"})
+    for part, tau, link in keys:
         ratios: dict[str, list[float]] = {"vs_compute": [], "sync_speedup": [], "local_speedup": [],
                                           "straggle_overlap": [], "straggle_local": []}
         for seed in sorted({r["seed"] for r in results}):
-            ov = per_step("overlap", mbps, part, seed)
+            ov = per_step("overlap", link, part, seed)
             ref = next((r["seconds_per_step"] for r in results if r["partition"] == part
-                        and r["seed"] == seed and r["bandwidth_mbps"] == 0), None)
-            sync, local = per_step("sync", mbps, part, seed), per_step("local", mbps, part, seed)
+                        and r["seed"] == seed and r["link_steps"] == 0), None)
+            sync, local = per_step("sync", link, part, seed), per_step("local", link, part, seed)
             if ov is None:
                 continue
             if ref:
@@ -342,12 +325,12 @@ def goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ratios["sync_speedup"].append(sync / ov)
             if local:
                 ratios["local_speedup"].append(local / ov)
-            ov_s = per_step("overlap", mbps, part, seed, 0.1)
-            lo_s = per_step("local", mbps, part, seed, 0.1)
+            ov_s = per_step("overlap", link, part, seed, 0.1)
+            lo_s = per_step("local", link, part, seed, 0.1)
             if ov_s and lo_s and local:
                 ratios["straggle_overlap"].append(ov_s / ov)
                 ratios["straggle_local"].append(lo_s / local)
-        row: dict[str, Any] = {"partition": part, "tau": tau, "link_mbps": round(mbps, 1)}
+        row: dict[str, Any] = {"partition": part, "tau": tau}
         for name, values in ratios.items():
             row[name] = _fmt(values, 2) if values else "-"
         rows.append(row)
@@ -364,10 +347,7 @@ def overlap_benchmark(out: Path, grid: str = "small", quiet: bool = False) -> di
         raise ConfigError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
     spec = GRIDS[grid]
     console = Console(stderr=True, quiet=quiet)
-    cal = calibrate_delay(spec["world_size"], spec["workload"], spec["batch_size"])
-    console.print(f"calibrated: {cal['step_seconds'] * 1e3:.1f} ms per local step, "
-                  f"model {cal['model_bytes'] / 1e6:.2f} MB")
-    configs = benchmark_configs(spec, cal["step_seconds"], cal["model_bytes"])
+    configs = benchmark_configs(spec)
     console.print(f"{len(configs)} runs on {spec['world_size']} ranks")
     results = run_dist_many(configs, timeout_s=3600.0 * (4 if grid == "full" else 1))
     out.mkdir(parents=True, exist_ok=True)
@@ -376,14 +356,12 @@ def overlap_benchmark(out: Path, grid: str = "small", quiet: bool = False) -> di
     images = []
     for part in dict.fromkeys(p for p, _ in spec["runs"]):
         for tau in spec["taus"]:
-            links = {r["bandwidth_mbps"] for r in results if r["partition"] == part
-                     and r["tau"] == tau and r["algo"] == "overlap"}
-            chosen = [r for r in results if r["partition"] == part and r["bandwidth_mbps"] in links
+            chosen = [r for r in results if r["partition"] == part and r["link_steps"] == tau
                       and not r["straggler_prob"]]
             name = f"overlap-{part.replace(':', '')}-tau{tau}.png"
             images.append(str(plot_runs(chosen, out / name, f"{spec['workload']} · W="
                                         f"{spec['world_size']} · {part} · τ={tau}")))
-    summary = {"grid": grid, "calibration": cal, "target": spec["target"],
+    summary = {"grid": grid, "target": spec["target"],
                "table": summarize(results, spec["target"]),
                "goals": goals(results), "images": images}
     (out / "summary.json").write_text(json.dumps(summary, default=str, indent=1))

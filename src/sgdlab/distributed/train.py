@@ -67,6 +67,7 @@ class DistConfig:
     seed: int = 0
     partition: str = "iid"
     bandwidth_mbps: float = 0.0
+    link_steps: float = 0.0  # > 0: a link on which an all-reduce takes this many local steps
     latency_ms: float = 0.0
     straggler_prob: float = 0.0
     straggler_slowdown: float = 1.0
@@ -81,6 +82,10 @@ class DistConfig:
         for name in ("world_size", "batch_size", "tau", "steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
+        if not math.isfinite(self.link_steps) or self.link_steps < 0:
+            raise ConfigError(f"invalid link-steps: {self.link_steps}")
+        if self.link_steps and self.bandwidth_mbps:
+            raise ConfigError("give --link-steps or --bandwidth-mbps, not both")
         for name in ("seed", "eval_every", "eval_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
@@ -185,12 +190,15 @@ def _train_rank(rank: int, config: DistConfig, workload: Workload) -> dict[str, 
                            **config.optimizer_options)
     comm = Comm(config.injection())
     opt = build_algorithm(config, model, inner, comm)
+    _warm_up_torch()
+    if config.link_steps:
+        mbps = _link_for(config, workload, model, part, comm)
+        comm.injection = dataclasses.replace(comm.injection, bandwidth_mbps=mbps)
     eval_every = config.eval_every or max(1, config.steps // 5)
     per_epoch = len(part) // config.batch_size
     perm = part
     snapshots: list[tuple[int, float, list[torch.Tensor]]] = []
     losses: list[tuple[int, float, float]] = []
-    _warm_up_torch()
     comm.barrier()
     opt.start_clock()
     clock, excluded = time.perf_counter(), 0.0
@@ -222,11 +230,37 @@ def _train_rank(rank: int, config: DistConfig, workload: Workload) -> dict[str, 
     opt.synchronize()
     checksum = float(sum(float(t.detach().double().sum()) for t in opt.tensors))
     out: dict[str, Any] = {"rank": rank, **summary, "steps": config.steps,
-                           "final_checksum": checksum}
+                           "final_checksum": checksum,
+                           "link_mbps": comm.injection.bandwidth_mbps}
     if rank == 0:
         out.update(_evaluate(workload, model, opt.tensors, snapshots, config))
         out["losses"] = losses
     return out
+
+
+def _link_for(
+    config: DistConfig, workload: Workload, model: nn.Module, part: torch.Tensor, comm: Comm,
+    probe_steps: int = 8,
+) -> float:
+    r"""The injected rate (Mbit/s) at which one all-reduce of the model's tensors takes
+    ``link_steps`` local steps, the step time measured now on a throwaway copy of the model.
+
+    With :math:`n` bytes to send and :math:`t` seconds per step (forward and backward, the
+    median of ``probe_steps``, averaged over ranks), :math:`B = 8n / (	ext{link\_steps}\cdot t)`.
+    Measuring at the start of each run keeps the link matched to the machine's load then.
+    """
+    probe = copy.deepcopy(model)
+    x, y = workload.batch(part[: config.batch_size])
+    times = []
+    for _ in range(probe_steps):
+        t0 = time.perf_counter()
+        workload.loss(probe, x, y).backward()
+        times.append(time.perf_counter() - t0)
+    step = float(np.median(times))
+    step = float(comm.average([torch.tensor([step], dtype=torch.float64)], inject=False).wait()[0])
+    nbytes = sum(t.numel() * t.element_size() for t in
+                 [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())])
+    return 8.0 * nbytes / (config.link_steps * step) / 1e6
 
 
 def _evaluate(
