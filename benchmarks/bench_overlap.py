@@ -11,13 +11,14 @@ markdown summary written to ``benchmarks/results/overlap.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from sgdlab.bench.dist import GRIDS, overlap_benchmark
+from sgdlab.bench.dist import GRIDS, overlap_benchmark, overlap_report
 
 ROOT = Path(__file__).resolve().parent
 
@@ -35,12 +36,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default="small", choices=sorted(GRIDS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the figures and tables from <out>/results.json; run nothing")
     args = parser.parse_args()
     suffix = "" if args.grid == "small" else f"-{args.grid}"
     args.out = args.out or ROOT / "results" / f"overlap{suffix}"
     load_before = os.getloadavg()
     t0 = time.time()
-    summary = overlap_benchmark(args.out, grid=args.grid)
+    if args.replot:
+        results = json.loads((args.out / "results.json").read_text())
+        summary = overlap_report(results, args.grid, args.out)
+    else:
+        summary = overlap_benchmark(args.out, grid=args.grid)
     minutes = (time.time() - t0) / 60
     load_after = os.getloadavg()
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

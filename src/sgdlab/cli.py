@@ -204,6 +204,9 @@ def dist(
     seed: Annotated[int, typer.Option(help="Seed of the model, partition and batches.")] = 0,
     partition: Annotated[str, typer.Option(help="iid or dirichlet:<alpha>.")] = "iid",
     bandwidth_mbps: Annotated[float, typer.Option(help="Injected link rate (0: none).")] = 0.0,
+    link_steps: Annotated[
+        float, typer.Option(help="Injected link on which an all-reduce takes N local steps.")
+    ] = 0.0,
     latency_ms: Annotated[float, typer.Option(help="Injected latency per collective.")] = 0.0,
     straggler_prob: Annotated[float, typer.Option(help="Chance a step is slowed.")] = 0.0,
     straggler_slowdown: Annotated[float, typer.Option(help="How many times slower.")] = 1.0,
@@ -231,7 +234,7 @@ def dist(
         algo=algo, world_size=world_size, workload=workload, optimizer=optimizer, lr=lr,
         batch_size=batch_size, tau=tau, alpha=alpha, anchor_momentum=anchor_momentum,
         steps=steps, seed=seed, partition=partition, bandwidth_mbps=bandwidth_mbps,
-        latency_ms=latency_ms, straggler_prob=straggler_prob,
+        link_steps=link_steps, latency_ms=latency_ms, straggler_prob=straggler_prob,
         straggler_slowdown=straggler_slowdown, eval_every=eval_every,
         optimizer_options=opt_options, workload_options=wl_options,
     )

@@ -37,6 +37,7 @@ def test_dist_json_has_the_required_keys_and_the_times_split_the_wall(
     (["--algo", "local", "--tau", "0"], "invalid tau: 0"),
     (["--algo", "local", "--partition", "dirichlet:-1"], "invalid partition"),
     (["--algo", "local", "--bandwidth-mbps", "-5"], "Invalid bandwidth_mbps: -5.0"),
+    (["--algo", "local", "--bandwidth-mbps", "5", "--link-steps", "2"], "not both"),
 ])
 def test_bad_input_is_one_line_and_exit_2(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]

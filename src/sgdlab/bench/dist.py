@@ -166,8 +166,11 @@ def plot_runs(results: list[dict[str, Any]], path: Path, title: str) -> Path:
     wait = [r["wait_seconds"] for r in results]
     axes[2].bar(x, compute, label="compute", color="#4c72b0")
     axes[2].bar(x, wait, bottom=compute, label="waiting (exposed communication)", color="#dd8452")
-    axes[2].bar(x, hidden, bottom=compute, label="communication hidden (overlaps compute)",
-                fill=False, hatch="//", edgecolor="#55a868")
+    # Hidden communication ran during computation: drawn over the top of the compute segment.
+    shown = [min(h, c) for h, c in zip(hidden, compute, strict=True)]
+    axes[2].bar(x, shown, bottom=[c - h for c, h in zip(compute, shown, strict=True)],
+                label="communication hidden under compute", fill=False, hatch="//",
+                edgecolor="#55a868")
     axes[2].set_xticks(list(x), labels, rotation=70, fontsize=6)
     axes[2].set_ylabel("seconds")
     axes[2].legend(fontsize=7)
@@ -353,6 +356,14 @@ def overlap_benchmark(out: Path, grid: str = "small", quiet: bool = False) -> di
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "losses"} for r in results], default=str, indent=1))
+    return overlap_report(results, grid, out)
+
+
+def overlap_report(results: list[dict[str, Any]], grid: str, out: Path) -> dict[str, Any]:
+    """Table, goals and figures of a benchmark's results (also from a saved results.json)."""
+    import json
+
+    spec = GRIDS[grid]
     images = []
     for part in dict.fromkeys(p for p, _ in spec["runs"]):
         for tau in spec["taus"]:
