@@ -52,6 +52,8 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from sgdlab.optim import assign_blocks as _assign_blocks
+
 DEFAULT_TIMEOUT_S = 60.0
 
 
@@ -224,22 +226,14 @@ class Comm:
 
 
 def assign_blocks(names: Sequence[str], sizes: Sequence[int], world_size: int) -> dict[str, int]:
-    """Owners for blocks so that ranks hold about equal numbers of elements (greedy, largest first).
+    """Owners for named blocks: :func:`sgdlab.optim.assign_blocks` (greedy, largest first).
 
     >>> assign_blocks(["a", "b", "c"], [10, 6, 5], 2)
     {'a': 0, 'b': 1, 'c': 1}
     """
-    if world_size < 1:
-        raise ValueError(f"Invalid world_size: {world_size}")
     if len(names) != len(sizes):
         raise ValueError(f"Invalid sizes: {len(sizes)} sizes for {len(names)} blocks")
-    load = [0] * world_size
-    owners: dict[str, int] = {}
-    for name, size in sorted(zip(names, sizes, strict=True), key=lambda kv: (-kv[1], kv[0])):
-        rank = min(range(world_size), key=lambda r: (load[r], r))
-        owners[name] = rank
-        load[rank] += size
-    return {name: owners[name] for name in names}
+    return dict(zip(names, _assign_blocks(sizes, world_size), strict=True))
 
 
 def init_process_group(
