@@ -1,0 +1,453 @@
+r"""``sgdlab bench smallbatch``: proximal small-batch training against its inner optimizer (S3).
+
+The claim (Zhang, Qu et al., IJCAI 2019): at small batch sizes the proximal wrapper
+(:mod:`sgdlab.optim.proximal`) beats the optimizer it wraps, about +2 points of test accuracy
+for SGD with momentum and +4 for Adam on CIFAR-10. Here four variants meet at each
+(workload, batch size): ``sgd`` with momentum 0.9 against ``prox-sgd`` (the same inner SGD),
+``adam`` against ``prox-adam``.
+
+Protocol, on a budget two shared CPU cores can pay:
+
+1. **Data.** A fixed seeded subset of ``subset`` training samples is the training set; a
+   disjoint slice of ``validation`` further training samples scores the tuning; the full test
+   set scores the final runs. Every batch size trains ``epochs`` epochs, that is
+   :math:`\text{steps} = \text{epochs}\cdot\lfloor\text{subset}/b\rfloor`, with a constant
+   learning rate (the prox variants decay it inside each window, as the method does).
+2. **Tuning, equal budget, seed 0, validation accuracy.** Every variant first tries the same
+   three learning rates, spaced by :math:`\sqrt{10}` around
+   :math:`c_{\text{family}}\sqrt{b/16}` (:data:`LR_CENTRES`; square-root scaling with the
+   batch). Then each spends ``len(lams)`` more trials on its second knob: a prox variant tries
+   each :math:`\lambda` in ``lams`` at its best learning rate (its grid ran at the default
+   :math:`\lambda`, :data:`sgdlab.optim.PROX_DEFAULTS`); a baseline, which has no
+   :math:`\lambda`, refines its learning rate to :math:`\eta^\star 10^{\pm 1/4}` (the midpoints
+   of the grid, on a log scale). Both thus train ``3 + len(lams)`` runs. The best validation
+   accuracy wins; ties go to the lower validation loss.
+3. **Final.** ``seeds`` fresh seeds (``1..seeds``, never the tuning seed) at the chosen
+   settings; test accuracy as mean ± sample standard deviation.
+4. **Ablation** (at ``ablate_batch_sizes``): the harmonic in-window decay
+   :math:`\eta_k = \eta/(k+1)` is also a learning-rate schedule, whose mean factor over a window
+   of :math:`S` steps is :math:`H_S/S` (0.29 for :math:`S = 10`). Two variants separate it from
+   the proximal term at the chosen :math:`(\eta, \lambda)`: ``λ=0`` keeps only the decay,
+   ``no decay`` (``inner_decay="none"``) keeps only the proximal term.
+
+Training-loss curves are the minibatch losses the runner logs at every step, averaged in bins
+of a tenth of an epoch and over the seeds. Every run is recorded in the results database under
+the suite tag ``smallbatch-<time>``.
+
+>>> lr_grid("sgd", 16)
+(0.00791, 0.025, 0.0791)
+>>> [round(x, 5) for x in refinements(0.025, 2)]
+[0.01406, 0.04446]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sgdlab.bench.config import TrainConfig
+from sgdlab.bench.runner import train
+from sgdlab.bench.store import ResultStore
+from sgdlab.checkpoint import atomic_write_bytes
+from sgdlab.errors import ConfigError, DivergenceError
+from sgdlab.optim import PROX_DEFAULTS
+from sgdlab.workloads import Workload, get_workload
+
+# Grid centres at batch 16, scaled by sqrt(b / 16); chosen from a pilot on mlp-mnist so that
+# both a baseline's best rate and its prox variant's (about 3x higher: the harmonic decay)
+# fall inside the grid.
+LR_CENTRES = {"sgd": 0.025, "adam": 0.0025}
+# variant -> (family, registry name, fixed optimizer options)
+VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "sgd": ("sgd", "sgd", {"momentum": 0.9}),
+    "prox-sgd": ("sgd", "prox-sgd", {}),
+    "adam": ("adam", "adam", {}),
+    "prox-adam": ("adam", "prox-adam", {}),
+}
+BASELINE_OF = {"prox-sgd": "sgd", "prox-adam": "adam"}
+ABLATIONS: dict[str, dict[str, Any]] = {"λ=0": {"lam": 0.0}, "no decay": {"inner_decay": "none"}}
+
+
+@dataclass
+class SmallBatchPlan:
+    """What ``sgdlab bench smallbatch`` trains; the defaults fit ~25 minutes on 2 cores."""
+
+    workloads: tuple[str, ...] = ("cnn-fmnist", "mlp-mnist")
+    batch_sizes: tuple[int, ...] = (8, 16, 128)
+    subset: int = 4000
+    validation: int = 2000
+    epochs: int = 2
+    seeds: int = 3
+    lams: tuple[float, ...] = (1e-2, 1e-1)
+    ablate_batch_sizes: tuple[int, ...] = (8, 16)
+    threads: int = 1
+    bins_per_epoch: int = 10
+
+    def validate(self) -> None:
+        for name in ("subset", "validation", "epochs", "seeds", "threads", "bins_per_epoch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"invalid {name}: {getattr(self, name)} (must be >= 1)")
+        if not self.workloads or not self.batch_sizes:
+            raise ConfigError("smallbatch needs at least one workload and one batch size")
+        for b in self.batch_sizes:
+            if b < 1 or b > self.subset:
+                raise ConfigError(f"invalid batch size: {b} (1 to subset={self.subset})")
+        if not 1 <= len(self.lams) <= 4:
+            raise ConfigError(f"invalid lams: {self.lams} (one to four values)")
+        for lam in self.lams:
+            if not math.isfinite(lam) or lam < 0:
+                raise ConfigError(f"invalid lam: {lam}")
+        for b in self.ablate_batch_sizes:
+            if b not in self.batch_sizes:
+                raise ConfigError(f"ablation batch size {b} is not among the batch sizes")
+
+
+@dataclass
+class Record:
+    """One training run of the benchmark."""
+
+    workload: str
+    batch_size: int
+    variant: str  # "sgd", "prox-sgd", …, or "prox-sgd λ=0" for an ablation
+    role: str  # "tune", "final" or "ablation"
+    seed: int
+    lr: float
+    options: dict[str, Any]
+    steps: int
+    steps_per_epoch: int
+    run_id: int | None = None
+    accuracy: float | None = None  # validation (tune) or test (final, ablation); None: diverged
+    eval_loss: float | None = None
+    train_loss: float | None = None
+    ms_per_step: float | None = None
+
+
+def lr_grid(family: str, batch_size: int) -> tuple[float, float, float]:
+    """Three learning rates spaced by sqrt(10) around the family's centre for this batch."""
+    centre = LR_CENTRES[family] * math.sqrt(batch_size / 16)
+    return tuple(_round(centre * 10.0 ** (k / 2)) for k in (-1, 0, 1))  # type: ignore[return-value]
+
+
+def refinements(lr: float, n: int) -> list[float]:
+    """``n`` learning rates around ``lr``: the half-way points to its grid neighbours first."""
+    offsets = (-0.25, 0.25, -0.125, 0.125)[:n]
+    return [_round(lr * 10.0**o) for o in offsets]
+
+
+def split_workload(workload: Workload, subset: int, validation: int) -> tuple[Workload, Workload]:
+    """``(tuning, final)``: both train on the same seeded ``subset`` of the training samples;
+    the first evaluates on ``validation`` other training samples, the second on the test set."""
+    if isinstance(workload.x_train, torch.Tensor) is False:
+        raise ConfigError(f"workload {workload.name!r}: smallbatch needs dense features")
+    if subset + validation > workload.num_train:
+        raise ConfigError(
+            f"subset {subset} + validation {validation} exceed the {workload.num_train} "
+            f"training samples of {workload.name!r}"
+        )
+    perm = torch.randperm(workload.num_train, generator=torch.Generator().manual_seed(0))
+    train_idx, val_idx = perm[:subset], perm[subset : subset + validation]
+    x, y = workload.x_train, workload.y_train
+    assert isinstance(x, torch.Tensor)  # checked above; narrows the type for mypy
+    eval_size = min(subset, 2000)
+    final = replace(workload, x_train=x[train_idx], y_train=y[train_idx], train_eval_size=eval_size)
+    tuning = replace(final, x_test=x[val_idx], y_test=y[val_idx])
+    return tuning, final
+
+
+def run_smallbatch(
+    plan: SmallBatchPlan,
+    db: Path,
+    out: Path,
+    quiet: bool = False,
+    workloads: dict[str, Workload] | None = None,
+) -> dict[str, Any]:
+    """Tune, train and ablate as the module doc says; write table, curves and records to ``out``.
+
+    ``workloads`` may hold pre-loaded workloads by name (the rest are loaded). Returns a
+    JSON-ready summary: the suite tag, the table rows, the chosen settings and the file paths.
+    """
+    plan.validate()
+    from rich.console import Console
+
+    bench = _Bench(plan, db, out, f"smallbatch-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}",
+                   Console(stderr=True, quiet=quiet))
+    for name in plan.workloads:
+        loaded = (workloads or {}).get(name) or get_workload(name)
+        tuning, final = split_workload(loaded, plan.subset, plan.validation)
+        for b in plan.batch_sizes:
+            for variant in VARIANTS:
+                bench.cell(tuning, final, b, variant)
+    return _write_outputs(bench)
+
+
+@dataclass
+class _Bench:
+    """The state of one benchmark invocation: where runs go, and what they gave."""
+
+    plan: SmallBatchPlan
+    db: Path
+    out: Path
+    tag: str
+    console: Any
+    records: list[Record] = field(default_factory=list)
+    chosen: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def cell(self, tuning: Workload, final: Workload, b: int, variant: str) -> None:
+        """Tune ``variant`` at batch ``b`` (seed 0), then its final and ablation runs."""
+        plan, family = self.plan, VARIANTS[variant][0]
+        trials = [self.run(tuning, b, variant, "tune", 0, lr, {}) for lr in lr_grid(family, b)]
+        best = _best(trials)
+        if variant in BASELINE_OF:  # a prox variant: its second knob is lambda
+            extra = [(best.lr, {"lam": lam}) for lam in plan.lams]
+        else:  # a baseline has none: it refines its learning rate instead
+            extra = [(lr, {}) for lr in refinements(best.lr, len(plan.lams))]
+        trials += [self.run(tuning, b, variant, "tune", 0, lr, opts) for lr, opts in extra]
+        best = _best(trials)
+        chosen = {k: v for k, v in best.options.items() if k not in VARIANTS[variant][2]}
+        self.chosen[f"{final.name} b={b} {variant}"] = {"lr": best.lr, **chosen}
+        seeds = range(1, plan.seeds + 1)
+        for seed in seeds:
+            self.run(final, b, variant, "final", seed, best.lr, chosen)
+        if variant in BASELINE_OF and b in plan.ablate_batch_sizes:
+            for label, change in ABLATIONS.items():
+                for seed in seeds:
+                    self.run(final, b, f"{variant} {label}", "ablation", seed, best.lr,
+                             {**chosen, **change})
+
+    def run(self, workload: Workload, b: int, variant: str, role: str, seed: int, lr: float,
+            opts: dict[str, Any]) -> Record:
+        """Train once with the runner and record it (a diverged run has no accuracy)."""
+        _, registry_name, fixed = VARIANTS[variant.split(" ")[0]]
+        steps_per_epoch = self.plan.subset // b
+        steps = self.plan.epochs * steps_per_epoch
+        rec = Record(workload.name, b, variant, role, seed, lr, {**fixed, **opts}, steps,
+                     steps_per_epoch)
+        self.console.print(
+            f"[{len(self.records) + 1}] {workload.name} b={b} {variant} {role} seed {seed} "
+            f"lr={lr} {opts or ''}"
+        )
+        config = TrainConfig(
+            workload=workload.name, optimizer=registry_name, lr=lr, steps=steps, batch_size=b,
+            seed=seed, optimizer_options=rec.options, eval_every=steps, log_every=1, db=self.db,
+            out=self.out / "runs", suite=self.tag, progress=False, threads=self.plan.threads,
+            # Not get_workload options (the runner is handed the workload): a record, in the
+            # database, of what the run trained and was scored on.
+            workload_options={
+                "train_subset": self.plan.subset,
+                "scored_on": "validation" if role == "tune" else "test",
+            },
+        )
+        self.records.append(rec)
+        try:
+            result = train(config, workload=workload)
+        except DivergenceError:
+            return rec
+        rec.run_id, rec.accuracy = result.run_id, result.metric_value
+        rec.eval_loss, rec.train_loss = result.test_loss, result.final_loss
+        rec.ms_per_step = 1000 * result.train_seconds / steps
+        return rec
+
+
+def _best(trials: Sequence[Record]) -> Record:
+    done = [t for t in trials if t.accuracy is not None]
+    if not done:
+        raise ConfigError(
+            f"every tuning run of {trials[0].variant} at batch {trials[0].batch_size} diverged"
+        )
+    return max(done, key=lambda t: (t.accuracy, -(t.eval_loss or 0.0)))
+
+
+def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """One row per (workload, batch, variant) of the final and ablation runs: test accuracy
+    mean ± sample std (percent), its gap to the baseline, training loss, ms per step."""
+    groups: dict[tuple[str, int, str], list[Record]] = defaultdict(list)
+    for r in records:
+        if r.role != "tune":
+            groups[(r.workload, r.batch_size, r.variant)].append(r)
+    means: dict[tuple[str, int, str], float] = {}
+    rows = []
+    order = list(VARIANTS) + [f"{v} {a}" for v in BASELINE_OF for a in ABLATIONS]
+    for (name, b, variant), rs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))
+    ):
+        accs = [100 * r.accuracy for r in rs if r.accuracy is not None]
+        mean = statistics.fmean(accs) if accs else math.nan
+        means[(name, b, variant)] = mean
+        base = BASELINE_OF.get(variant.split(" ")[0])
+        gap = mean - means.get((name, b, base), math.nan) if base else None
+        opts = rs[0].options
+        losses = [r.train_loss for r in rs if r.train_loss is not None]
+        times = [r.ms_per_step for r in rs if r.ms_per_step is not None]
+        rows.append(
+            {
+                "workload": name,
+                "batch": b,
+                "variant": variant,
+                "lr": rs[0].lr,
+                "lam": opts.get("lam", PROX_DEFAULTS["lam"]) if "prox" in variant else "",
+                "runs": f"{len(accs)}/{len(rs)}",
+                "test acc %": _mean_std(accs),
+                "mean": mean,
+                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "vs baseline": "" if gap is None else f"{gap:+.2f}",
+                "train loss": statistics.fmean(losses) if losses else math.nan,
+                "ms/step": statistics.median(times) if times else math.nan,
+            }
+        )
+    return rows
+
+
+def _write_outputs(bench: _Bench) -> dict[str, Any]:
+    plan, tag, records, chosen, out = bench.plan, bench.tag, bench.records, bench.chosen, bench.out
+    rows = summarize(records)
+    with ResultStore(bench.db) as store:
+        curves = loss_curves(store, records, plan.bins_per_epoch)
+    plots = plot_curves(curves, plan, out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "smallbatch.md"
+    atomic_write_bytes(md, markdown(rows, plan, tag).encode())
+    blob = {
+        "suite": tag,
+        "plan": asdict(plan),
+        "chosen": chosen,
+        "rows": rows,
+        "records": [asdict(r) for r in records],
+    }
+    atomic_write_bytes(out / "smallbatch.json", json.dumps(blob, indent=1, default=str).encode())
+    _print_table(rows, bench.console)
+    bench.console.print(f"table: {md}  plots: {', '.join(str(p) for p in plots)}")
+    return {"suite": tag, "rows": rows, "chosen": chosen, "plots": [str(p) for p in plots],
+            "markdown": str(md), "records": str(out / "smallbatch.json")}
+
+
+def loss_curves(
+    store: ResultStore, records: Sequence[Record], bins_per_epoch: int
+) -> dict[tuple[str, int, str], tuple[list[float], list[float]]]:
+    """(workload, batch, variant) -> (epochs, mean minibatch loss): each run's per-step losses
+    averaged in bins of ``1/bins_per_epoch`` epoch, then averaged over the seeds."""
+    per_run: dict[tuple[str, int, str], list[dict[int, float]]] = defaultdict(list)
+    width_of: dict[tuple[str, int, str], float] = {}
+    for r in records:
+        if r.role == "tune" or r.run_id is None:
+            continue
+        width = max(1, r.steps_per_epoch // bins_per_epoch)
+        losses: dict[int, list[float]] = defaultdict(list)
+        for step, _, loss in store.samples(r.run_id):
+            losses[(step - 1) // width].append(loss)
+        key = (r.workload, r.batch_size, r.variant)
+        per_run[key].append({k: statistics.fmean(v) for k, v in losses.items()})
+        width_of[key] = width / r.steps_per_epoch
+    curves = {}
+    for key, runs in per_run.items():
+        bins = sorted(set.intersection(*(set(run) for run in runs)))
+        xs = [(k + 0.5) * width_of[key] for k in bins]
+        ys = [statistics.fmean(run[k] for run in runs) for k in bins]
+        curves[key] = (xs, ys)
+    return curves
+
+
+def plot_curves(
+    curves: dict[tuple[str, int, str], tuple[list[float], list[float]]],
+    plan: SmallBatchPlan,
+    out: Path,
+) -> list[Path]:
+    """``out/smallbatch-<workload>.png``: training loss against epochs, a panel per batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"sgd": "tab:blue", "adam": "tab:red"}
+    paths = []
+    for name in plan.workloads:
+        sizes = list(plan.batch_sizes)
+        fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+        for ax, b in zip(axes[0], sizes, strict=True):
+            for (w, size, variant), (xs, ys) in sorted(curves.items()):
+                if w != name or size != b or not xs:
+                    continue
+                base, _, ablation = variant.partition(" ")
+                style = ":" if ablation == "λ=0" else "-." if ablation else (
+                    "--" if base in BASELINE_OF else "-"
+                )
+                ax.plot(xs, ys, style, color=colours[VARIANTS[base][0]], label=variant, lw=1.4)
+            ax.set(title=f"{name}, batch {b}", xlabel="epoch", ylabel="training loss (minibatch)",
+                   yscale="log")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"smallbatch-{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+_COLUMNS = ("workload", "batch", "variant", "lr", "lam", "runs", "test acc %", "vs baseline",
+            "train loss", "ms/step")
+
+
+def markdown(rows: Sequence[dict[str, Any]], plan: SmallBatchPlan, tag: str) -> str:
+    """The results table as Markdown, with the scale it ran at."""
+    lines = [
+        f"Suite `{tag}`: {plan.subset} training samples (seeded subset), {plan.epochs} epochs, "
+        f"tuned on seed 0 against {plan.validation} validation samples, then seeds "
+        f"1..{plan.seeds} on the full test set; lams tried {list(plan.lams)}.",
+        "",
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in _COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _print_table(rows: Sequence[dict[str, Any]], console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title="smallbatch: test accuracy (mean ± std over seeds)")
+    for c in _COLUMNS:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*(_cell(row[c]) for c in _COLUMNS))
+    console.print(t)
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "diverged"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def parse_list(text: str, kind: type, what: str) -> tuple[Any, ...]:
+    """``"8,16"`` -> ``(8, 16)``; a bad item raises ``ConfigError`` naming ``what``.
+
+    >>> parse_list("8, 16", int, "batch sizes")
+    (8, 16)
+    """
+    try:
+        values = tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise ConfigError(f"invalid {what}: {text!r} (comma-separated {kind.__name__}s)") from None
+    if not values:
+        raise ConfigError(f"invalid {what}: {text!r} (empty)")
+    return values
