@@ -275,14 +275,14 @@ def bench_smallbatch(
         "cnn-fmnist,mlp-mnist"
     ),
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,16,128",
-    subset: Annotated[int, typer.Option(help="Training samples (a fixed seeded subset).")] = 4000,
-    validation: Annotated[int, typer.Option(help="Held-out training samples for tuning.")] = 2000,
+    subset: Annotated[int, typer.Option(help="Training samples (a fixed seeded subset).")] = 2000,
+    validation: Annotated[int, typer.Option(help="Held-out training samples for tuning.")] = 1000,
     epochs: Annotated[int, typer.Option(help="Epochs at every batch size.")] = 2,
     seeds: Annotated[int, typer.Option(help="Final seeds per variant (1..N).")] = 3,
     lams: Annotated[str, typer.Option(help="Extra lambdas a prox variant tries.")] = "0.01,0.1",
     ablate_batch_sizes: Annotated[
         str, typer.Option(help="Batch sizes of the lambda=0 / no-decay ablation ('' for none).")
-    ] = "8,16",
+    ] = "8",
     db: DbOption = Path("sgdlab-results/results.db"),
     out: Annotated[Path, typer.Option(help="Folder for the table, plots and records.")] = Path(
         "sgdlab-results/smallbatch"

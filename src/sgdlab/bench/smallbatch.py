@@ -37,7 +37,7 @@ the suite tag ``smallbatch-<time>``.
 >>> lr_grid("sgd", 16)
 (0.00791, 0.025, 0.0791)
 >>> [round(x, 5) for x in refinements(0.025, 2)]
-[0.01406, 0.04446]
+[0.0141, 0.0445]
 """
 
 from __future__ import annotations
@@ -83,12 +83,12 @@ class SmallBatchPlan:
 
     workloads: tuple[str, ...] = ("cnn-fmnist", "mlp-mnist")
     batch_sizes: tuple[int, ...] = (8, 16, 128)
-    subset: int = 4000
-    validation: int = 2000
+    subset: int = 2000
+    validation: int = 1000
     epochs: int = 2
     seeds: int = 3
     lams: tuple[float, ...] = (1e-2, 1e-1)
-    ablate_batch_sizes: tuple[int, ...] = (8, 16)
+    ablate_batch_sizes: tuple[int, ...] = (8,)
     threads: int = 1
     bins_per_epoch: int = 10
 
@@ -157,7 +157,7 @@ def split_workload(workload: Workload, subset: int, validation: int) -> tuple[Wo
     train_idx, val_idx = perm[:subset], perm[subset : subset + validation]
     x, y = workload.x_train, workload.y_train
     assert isinstance(x, torch.Tensor)  # checked above; narrows the type for mypy
-    eval_size = min(subset, 2000)
+    eval_size = min(subset, 1000)
     final = replace(workload, x_train=x[train_idx], y_train=y[train_idx], train_eval_size=eval_size)
     tuning = replace(final, x_test=x[val_idx], y_test=y[val_idx])
     return tuning, final
@@ -178,8 +178,13 @@ def run_smallbatch(
     plan.validate()
     from rich.console import Console
 
-    bench = _Bench(plan, db, out, f"smallbatch-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}",
-                   Console(stderr=True, quiet=quiet))
+    bench = _Bench(
+        plan,
+        db,
+        out,
+        f"smallbatch-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}",
+        Console(stderr=True, quiet=quiet),
+    )
     for name in plan.workloads:
         loaded = (workloads or {}).get(name) or get_workload(name)
         tuning, final = split_workload(loaded, plan.subset, plan.validation)
@@ -220,25 +225,52 @@ class _Bench:
         if variant in BASELINE_OF and b in plan.ablate_batch_sizes:
             for label, change in ABLATIONS.items():
                 for seed in seeds:
-                    self.run(final, b, f"{variant} {label}", "ablation", seed, best.lr,
-                             {**chosen, **change})
+                    self.run(
+                        final,
+                        b,
+                        f"{variant} {label}",
+                        "ablation",
+                        seed,
+                        best.lr,
+                        {**chosen, **change},
+                    )
 
-    def run(self, workload: Workload, b: int, variant: str, role: str, seed: int, lr: float,
-            opts: dict[str, Any]) -> Record:
+    def run(
+        self,
+        workload: Workload,
+        b: int,
+        variant: str,
+        role: str,
+        seed: int,
+        lr: float,
+        opts: dict[str, Any],
+    ) -> Record:
         """Train once with the runner and record it (a diverged run has no accuracy)."""
         _, registry_name, fixed = VARIANTS[variant.split(" ")[0]]
         steps_per_epoch = self.plan.subset // b
         steps = self.plan.epochs * steps_per_epoch
-        rec = Record(workload.name, b, variant, role, seed, lr, {**fixed, **opts}, steps,
-                     steps_per_epoch)
+        rec = Record(
+            workload.name, b, variant, role, seed, lr, {**fixed, **opts}, steps, steps_per_epoch
+        )
         self.console.print(
             f"[{len(self.records) + 1}] {workload.name} b={b} {variant} {role} seed {seed} "
             f"lr={lr} {opts or ''}"
         )
         config = TrainConfig(
-            workload=workload.name, optimizer=registry_name, lr=lr, steps=steps, batch_size=b,
-            seed=seed, optimizer_options=rec.options, eval_every=steps, log_every=1, db=self.db,
-            out=self.out / "runs", suite=self.tag, progress=False, threads=self.plan.threads,
+            workload=workload.name,
+            optimizer=registry_name,
+            lr=lr,
+            steps=steps,
+            batch_size=b,
+            seed=seed,
+            optimizer_options=rec.options,
+            eval_every=steps,
+            log_every=1,
+            db=self.db,
+            out=self.out / "runs",
+            suite=self.tag,
+            progress=False,
+            threads=self.plan.threads,
             # Not get_workload options (the runner is handed the workload): a record, in the
             # database, of what the run trained and was scored on.
             workload_options={
@@ -325,8 +357,14 @@ def _write_outputs(bench: _Bench) -> dict[str, Any]:
     atomic_write_bytes(out / "smallbatch.json", json.dumps(blob, indent=1, default=str).encode())
     _print_table(rows, bench.console)
     bench.console.print(f"table: {md}  plots: {', '.join(str(p) for p in plots)}")
-    return {"suite": tag, "rows": rows, "chosen": chosen, "plots": [str(p) for p in plots],
-            "markdown": str(md), "records": str(out / "smallbatch.json")}
+    return {
+        "suite": tag,
+        "rows": rows,
+        "chosen": chosen,
+        "plots": [str(p) for p in plots],
+        "markdown": str(md),
+        "records": str(out / "smallbatch.json"),
+    }
 
 
 def loss_curves(
@@ -376,12 +414,20 @@ def plot_curves(
                 if w != name or size != b or not xs:
                     continue
                 base, _, ablation = variant.partition(" ")
-                style = ":" if ablation == "λ=0" else "-." if ablation else (
-                    "--" if base in BASELINE_OF else "-"
+                style = (
+                    ":"
+                    if ablation == "λ=0"
+                    else "-."
+                    if ablation
+                    else ("--" if base in BASELINE_OF else "-")
                 )
                 ax.plot(xs, ys, style, color=colours[VARIANTS[base][0]], label=variant, lw=1.4)
-            ax.set(title=f"{name}, batch {b}", xlabel="epoch", ylabel="training loss (minibatch)",
-                   yscale="log")
+            ax.set(
+                title=f"{name}, batch {b}",
+                xlabel="epoch",
+                ylabel="training loss (minibatch)",
+                yscale="log",
+            )
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
@@ -393,8 +439,18 @@ def plot_curves(
     return paths
 
 
-_COLUMNS = ("workload", "batch", "variant", "lr", "lam", "runs", "test acc %", "vs baseline",
-            "train loss", "ms/step")
+_COLUMNS = (
+    "workload",
+    "batch",
+    "variant",
+    "lr",
+    "lam",
+    "runs",
+    "test acc %",
+    "vs baseline",
+    "train loss",
+    "ms/step",
+)
 
 
 def markdown(rows: Sequence[dict[str, Any]], plan: SmallBatchPlan, tag: str) -> str:
