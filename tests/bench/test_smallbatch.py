@@ -195,6 +195,13 @@ def test_cli_end_to_end_on_a_tiny_plan(tmp_path: Path, capsys: pytest.CaptureFix
         assert row["mean"] == pytest.approx(statistics.fmean(100 * r["accuracy"] for r in matching))
     lam0 = [r for r in records if r["variant"].endswith("λ=0")]
     assert lam0 and all(r["options"]["lam"] == 0.0 for r in lam0)
+    for r in lam0:  # the decay alone, at the prox variant's tuned rate
+        assert r["lr"] == summary["chosen"][f"{WL} b=8 {r['variant'].split()[0]}"]["lr"]
+    no_decay = [r for r in records if r["variant"].endswith("no decay")]
+    assert no_decay and all(r["options"]["inner_decay"] == "none" for r in no_decay)
+    for r in no_decay:  # the proximal term alone, at the baseline's tuned rate
+        baseline = r["variant"].split()[0].removeprefix("prox-")
+        assert r["lr"] == summary["chosen"][f"{WL} b=8 {baseline}"]["lr"]
 
     md = Path(summary["markdown"]).read_text()
     assert md.count(f"| {WL} |") == len(rows)

@@ -26,9 +26,11 @@ Protocol, on a budget two shared CPU cores can pay:
    settings; test accuracy as mean ± sample standard deviation.
 4. **Ablation** (at ``ablate_batch_sizes``): the harmonic in-window decay
    :math:`\eta_k = \eta/(k+1)` is also a learning-rate schedule, whose mean factor over a window
-   of :math:`S` steps is :math:`H_S/S` (0.29 for :math:`S = 10`). Two variants separate it from
-   the proximal term at the chosen :math:`(\eta, \lambda)`: ``λ=0`` keeps only the decay,
-   ``no decay`` (``inner_decay="none"``) keeps only the proximal term.
+   of :math:`S` steps is :math:`H_S/S` (0.29 for :math:`S = 10`). Two variants of each prox
+   variant, at its tuned :math:`\lambda`, separate it from the proximal term: ``λ=0`` keeps
+   only the decay, at the prox variant's tuned rate (prox minus it: what the term adds on top
+   of the decay); ``no decay`` (``inner_decay="none"``) keeps only the term, at the
+   *baseline's* tuned rate (it minus the baseline: what the term adds to the plain optimizer).
 
 Training-loss curves are the minibatch losses the runner logs at every step, averaged in bins
 of a tenth of an epoch and over the seeds. Every run is recorded in the results database under
@@ -74,7 +76,11 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "prox-adam": ("adam", "prox-adam", {}),
 }
 BASELINE_OF = {"prox-sgd": "sgd", "prox-adam": "adam"}
-ABLATIONS: dict[str, dict[str, Any]] = {"λ=0": {"lam": 0.0}, "no decay": {"inner_decay": "none"}}
+# label -> (the prox variant's setting it changes, whose tuned lr it runs at)
+ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "λ=0": ({"lam": 0.0}, "prox"),
+    "no decay": ({"inner_decay": "none"}, "baseline"),
+}
 
 
 @dataclass
@@ -223,16 +229,13 @@ class _Bench:
         for seed in seeds:
             self.run(final, b, variant, "final", seed, best.lr, chosen)
         if variant in BASELINE_OF and b in plan.ablate_batch_sizes:
-            for label, change in ABLATIONS.items():
+            for label, (change, lr_of) in ABLATIONS.items():
+                lr = best.lr
+                if lr_of == "baseline":
+                    lr = self.chosen[f"{final.name} b={b} {BASELINE_OF[variant]}"]["lr"]
                 for seed in seeds:
                     self.run(
-                        final,
-                        b,
-                        f"{variant} {label}",
-                        "ablation",
-                        seed,
-                        best.lr,
-                        {**chosen, **change},
+                        final, b, f"{variant} {label}", "ablation", seed, lr, {**chosen, **change}
                     )
 
     def run(
