@@ -4,6 +4,7 @@ import json
 import math
 import statistics
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,20 @@ def test_cli_end_to_end_on_a_tiny_plan(tmp_path: Path, capsys: pytest.CaptureFix
 def test_cli_rejects_a_bad_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "smallbatch", "--batch-sizes", "8,x"]) == 2
     assert "invalid batch sizes" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # about 3 s of CPU: 20 runs
+def test_showcase_returns_a_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from sgdlab.bench import smallbatch
+    from sgdlab.bench.suites import ShowcaseContext
+
+    tiny = replace(smallbatch.SHOWCASE_PLAN, workloads=(WL,), subset=160, validation=80)
+    monkeypatch.setattr(smallbatch, "SHOWCASE_PLAN", tiny)
+    ctx = ShowcaseContext(
+        db=tmp_path / "r.db", out=tmp_path, tag="t", quiet=True, console=Console(quiet=True)
+    )
+    section = smallbatch.smallbatch_showcase(ctx)
+    assert [row["variant"] for row in section.rows] == list(VARIANTS)
+    assert all(p.exists() for p in section.images) and len(section.images) == 1
