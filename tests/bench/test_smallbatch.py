@@ -15,12 +15,11 @@ from sgdlab.bench.smallbatch import (
     VARIANTS,
     Record,
     SmallBatchPlan,
-    loss_curves,
     lr_grid,
     refinements,
     split_workload,
-    summarize,
 )
+from sgdlab.bench.smallbatch_report import loss_curves, summarize
 from sgdlab.bench.store import ResultStore
 from sgdlab.cli import main
 from sgdlab.errors import ConfigError
@@ -204,8 +203,9 @@ def test_cli_end_to_end_on_a_tiny_plan(tmp_path: Path, capsys: pytest.CaptureFix
         baseline = r["variant"].split()[0].removeprefix("prox-")
         assert r["lr"] == summary["chosen"][f"{WL} b=8 {baseline}"]["lr"]
 
-    md = Path(summary["markdown"]).read_text()
-    assert md.count(f"| {WL} |") == len(rows)
+    table, tuning_md = Path(summary["markdown"]).read_text().split("Tuning trials")
+    assert table.count(f"| {WL} |") == len(rows)
+    assert tuning_md.count(f"| {WL} |") == len(tune)  # a line per (batch, variant)
     (plot,) = summary["plots"]
     assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with ResultStore(db) as store:

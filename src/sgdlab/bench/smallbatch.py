@@ -44,12 +44,9 @@ the suite tag ``smallbatch-<time>``.
 
 from __future__ import annotations
 
-import json
 import math
-import statistics
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,10 +55,7 @@ import torch
 
 from sgdlab.bench.config import TrainConfig
 from sgdlab.bench.runner import train
-from sgdlab.bench.store import ResultStore
-from sgdlab.checkpoint import atomic_write_bytes
 from sgdlab.errors import ConfigError, DivergenceError
-from sgdlab.optim import PROX_DEFAULTS
 from sgdlab.workloads import Workload, get_workload
 
 # Grid centres at batch 16, scaled by sqrt(b / 16); chosen from a pilot on mlp-mnist so that
@@ -152,8 +146,6 @@ def refinements(lr: float, n: int) -> list[float]:
 def split_workload(workload: Workload, subset: int, validation: int) -> tuple[Workload, Workload]:
     """``(tuning, final)``: both train on the same seeded ``subset`` of the training samples;
     the first evaluates on ``validation`` other training samples, the second on the test set."""
-    if isinstance(workload.x_train, torch.Tensor) is False:
-        raise ConfigError(f"workload {workload.name!r}: smallbatch needs dense features")
     if subset + validation > workload.num_train:
         raise ConfigError(
             f"subset {subset} + validation {validation} exceed the {workload.num_train} "
@@ -162,7 +154,8 @@ def split_workload(workload: Workload, subset: int, validation: int) -> tuple[Wo
     perm = torch.randperm(workload.num_train, generator=torch.Generator().manual_seed(0))
     train_idx, val_idx = perm[:subset], perm[subset : subset + validation]
     x, y = workload.x_train, workload.y_train
-    assert isinstance(x, torch.Tensor)  # checked above; narrows the type for mypy
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"workload {workload.name!r}: smallbatch needs dense features")
     eval_size = min(subset, 1000)
     final = replace(workload, x_train=x[train_idx], y_train=y[train_idx], train_eval_size=eval_size)
     tuning = replace(final, x_test=x[val_idx], y_test=y[val_idx])
@@ -197,7 +190,9 @@ def run_smallbatch(
         for b in plan.batch_sizes:
             for variant in VARIANTS:
                 bench.cell(tuning, final, b, variant)
-    return _write_outputs(bench)
+    from sgdlab.bench.smallbatch_report import write_outputs
+
+    return write_outputs(plan, bench.tag, bench.records, bench.chosen, db, out, bench.console)
 
 
 @dataclass
@@ -299,198 +294,6 @@ def _best(trials: Sequence[Record]) -> Record:
             f"every tuning run of {trials[0].variant} at batch {trials[0].batch_size} diverged"
         )
     return max(done, key=lambda t: (t.accuracy, -(t.eval_loss or 0.0)))
-
-
-def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """One row per (workload, batch, variant) of the final and ablation runs: test accuracy
-    mean ± sample std (percent), its gap to the baseline, training loss, ms per step."""
-    groups: dict[tuple[str, int, str], list[Record]] = defaultdict(list)
-    for r in records:
-        if r.role != "tune":
-            groups[(r.workload, r.batch_size, r.variant)].append(r)
-    means: dict[tuple[str, int, str], float] = {}
-    rows = []
-    order = list(VARIANTS) + [f"{v} {a}" for v in BASELINE_OF for a in ABLATIONS]
-    for (name, b, variant), rs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))
-    ):
-        accs = [100 * r.accuracy for r in rs if r.accuracy is not None]
-        mean = statistics.fmean(accs) if accs else math.nan
-        means[(name, b, variant)] = mean
-        base = BASELINE_OF.get(variant.split(" ")[0])
-        gap = mean - means.get((name, b, base), math.nan) if base else None
-        opts = rs[0].options
-        losses = [r.train_loss for r in rs if r.train_loss is not None]
-        times = [r.ms_per_step for r in rs if r.ms_per_step is not None]
-        rows.append(
-            {
-                "workload": name,
-                "batch": b,
-                "variant": variant,
-                "lr": rs[0].lr,
-                "lam": opts.get("lam", PROX_DEFAULTS["lam"]) if "prox" in variant else "",
-                "runs": f"{len(accs)}/{len(rs)}",
-                "test acc %": _mean_std(accs),
-                "mean": mean,
-                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "vs baseline": "" if gap is None else f"{gap:+.2f}",
-                "train loss": statistics.fmean(losses) if losses else math.nan,
-                "ms/step": statistics.median(times) if times else math.nan,
-            }
-        )
-    return rows
-
-
-def _write_outputs(bench: _Bench) -> dict[str, Any]:
-    plan, tag, records, chosen, out = bench.plan, bench.tag, bench.records, bench.chosen, bench.out
-    rows = summarize(records)
-    with ResultStore(bench.db) as store:
-        curves = loss_curves(store, records, plan.bins_per_epoch)
-    plots = plot_curves(curves, plan, out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / "smallbatch.md"
-    atomic_write_bytes(md, markdown(rows, plan, tag).encode())
-    blob = {
-        "suite": tag,
-        "plan": asdict(plan),
-        "chosen": chosen,
-        "rows": rows,
-        "records": [asdict(r) for r in records],
-    }
-    atomic_write_bytes(out / "smallbatch.json", json.dumps(blob, indent=1, default=str).encode())
-    _print_table(rows, bench.console)
-    bench.console.print(f"table: {md}  plots: {', '.join(str(p) for p in plots)}")
-    return {
-        "suite": tag,
-        "rows": rows,
-        "chosen": chosen,
-        "plots": [str(p) for p in plots],
-        "markdown": str(md),
-        "records": str(out / "smallbatch.json"),
-    }
-
-
-def loss_curves(
-    store: ResultStore, records: Sequence[Record], bins_per_epoch: int
-) -> dict[tuple[str, int, str], tuple[list[float], list[float]]]:
-    """(workload, batch, variant) -> (epochs, mean minibatch loss): each run's per-step losses
-    averaged in bins of ``1/bins_per_epoch`` epoch, then averaged over the seeds."""
-    per_run: dict[tuple[str, int, str], list[dict[int, float]]] = defaultdict(list)
-    width_of: dict[tuple[str, int, str], float] = {}
-    for r in records:
-        if r.role == "tune" or r.run_id is None:
-            continue
-        width = max(1, r.steps_per_epoch // bins_per_epoch)
-        losses: dict[int, list[float]] = defaultdict(list)
-        for step, _, loss in store.samples(r.run_id):
-            losses[(step - 1) // width].append(loss)
-        key = (r.workload, r.batch_size, r.variant)
-        per_run[key].append({k: statistics.fmean(v) for k, v in losses.items()})
-        width_of[key] = width / r.steps_per_epoch
-    curves = {}
-    for key, runs in per_run.items():
-        bins = sorted(set.intersection(*(set(run) for run in runs)))
-        xs = [(k + 0.5) * width_of[key] for k in bins]
-        ys = [statistics.fmean(run[k] for run in runs) for k in bins]
-        curves[key] = (xs, ys)
-    return curves
-
-
-def plot_curves(
-    curves: dict[tuple[str, int, str], tuple[list[float], list[float]]],
-    plan: SmallBatchPlan,
-    out: Path,
-) -> list[Path]:
-    """``out/smallbatch-<workload>.png``: training loss against epochs, a panel per batch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = {"sgd": "tab:blue", "adam": "tab:red"}
-    paths = []
-    for name in plan.workloads:
-        sizes = list(plan.batch_sizes)
-        fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
-        for ax, b in zip(axes[0], sizes, strict=True):
-            for (w, size, variant), (xs, ys) in sorted(curves.items()):
-                if w != name or size != b or not xs:
-                    continue
-                base, _, ablation = variant.partition(" ")
-                style = (
-                    ":"
-                    if ablation == "λ=0"
-                    else "-."
-                    if ablation
-                    else ("--" if base in BASELINE_OF else "-")
-                )
-                ax.plot(xs, ys, style, color=colours[VARIANTS[base][0]], label=variant, lw=1.4)
-            ax.set(
-                title=f"{name}, batch {b}",
-                xlabel="epoch",
-                ylabel="training loss (minibatch)",
-                yscale="log",
-            )
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"smallbatch-{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-_COLUMNS = (
-    "workload",
-    "batch",
-    "variant",
-    "lr",
-    "lam",
-    "runs",
-    "test acc %",
-    "vs baseline",
-    "train loss",
-    "ms/step",
-)
-
-
-def markdown(rows: Sequence[dict[str, Any]], plan: SmallBatchPlan, tag: str) -> str:
-    """The results table as Markdown, with the scale it ran at."""
-    lines = [
-        f"Suite `{tag}`: {plan.subset} training samples (seeded subset), {plan.epochs} epochs, "
-        f"tuned on seed 0 against {plan.validation} validation samples, then seeds "
-        f"1..{plan.seeds} on the full test set; lams tried {list(plan.lams)}.",
-        "",
-        "| " + " | ".join(_COLUMNS) + " |",
-        "|" + "---|" * len(_COLUMNS),
-    ]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in _COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _print_table(rows: Sequence[dict[str, Any]], console: Any) -> None:
-    from rich.table import Table
-
-    t = Table(title="smallbatch: test accuracy (mean ± std over seeds)")
-    for c in _COLUMNS:
-        t.add_column(c)
-    for row in rows:
-        t.add_row(*(_cell(row[c]) for c in _COLUMNS))
-    console.print(t)
-
-
-def _cell(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _mean_std(values: Sequence[float]) -> str:
-    if not values:
-        return "diverged"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _round(x: float) -> float:
