@@ -19,7 +19,7 @@ from sgdlab.bench.smallbatch import (
     refinements,
     split_workload,
 )
-from sgdlab.bench.smallbatch_report import loss_curves, summarize
+from sgdlab.bench.smallbatch_report import loss_curves, rewrite_outputs, summarize
 from sgdlab.bench.store import ResultStore
 from sgdlab.cli import main
 from sgdlab.errors import ConfigError
@@ -110,8 +110,10 @@ def test_summary_is_mean_and_sample_std_with_the_gap_to_the_baseline() -> None:
     assert list(rows) == ["sgd", "prox-sgd", "prox-sgd λ=0"]
     assert rows["sgd"]["mean"] == pytest.approx(91.0)
     assert rows["sgd"]["std"] == pytest.approx(math.sqrt(2.0))  # ((1^2 + 1^2) / (2 - 1))^0.5
-    assert rows["prox-sgd"]["vs baseline"] == "+3.00"
-    assert rows["prox-sgd λ=0"]["runs"] == "1/2" and rows["prox-sgd λ=0"]["vs baseline"] == "+0.00"
+    # Standard error of the gap: sqrt(2/2 + 2/2), both groups having sample variance 2.
+    assert rows["prox-sgd"]["vs baseline"] == f"+3.00 ± {math.sqrt(2.0):.2f}"
+    assert rows["prox-sgd λ=0"]["runs"] == "1/2"
+    assert rows["prox-sgd λ=0"]["vs baseline"] == "+0.00 ± 1.00"  # sqrt(2/2 + 0/1)
 
 
 class _Samples:
@@ -208,6 +210,9 @@ def test_cli_end_to_end_on_a_tiny_plan(tmp_path: Path, capsys: pytest.CaptureFix
     assert tuning_md.count(f"| {WL} |") == len(tune)  # a line per (batch, variant)
     (plot,) = summary["plots"]
     assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = Path(summary["markdown"]).read_text()
+    assert rewrite_outputs(Path(summary["records"]), db)["rows"] == rows
+    assert Path(summary["markdown"]).read_text() == before
     with ResultStore(db) as store:
         runs = store.runs(suite=summary["suite"])
         assert len(runs) == len(records)

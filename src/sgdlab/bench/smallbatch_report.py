@@ -23,13 +23,14 @@ from sgdlab.optim import PROX_DEFAULTS
 
 
 def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """One row per (workload, batch, variant) of the final and ablation runs: test accuracy
-    mean ± sample std (percent), its gap to the baseline, training loss, ms per step."""
+    r"""One row per (workload, batch, variant) of the final and ablation runs: test accuracy
+    mean ± sample std (percent), its gap to the baseline ± the gap's standard error
+    :math:`\sqrt{s_1^2/n_1 + s_2^2/n_2}`, training loss, ms per step."""
     groups: dict[tuple[str, int, str], list[Record]] = defaultdict(list)
     for r in records:
         if r.role != "tune":
             groups[(r.workload, r.batch_size, r.variant)].append(r)
-    means: dict[tuple[str, int, str], float] = {}
+    means: dict[tuple[str, int, str], tuple[float, float]] = {}  # mean, its squared error
     rows = []
     order = list(VARIANTS) + [f"{v} {a}" for v in BASELINE_OF for a in ABLATIONS]
     for (name, b, variant), rs in sorted(
@@ -37,9 +38,11 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
     ):
         accs = [100 * r.accuracy for r in rs if r.accuracy is not None]
         mean = statistics.fmean(accs) if accs else math.nan
-        means[(name, b, variant)] = mean
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        means[(name, b, variant)] = (mean, std**2 / max(1, len(accs)))
         base = BASELINE_OF.get(variant.split(" ")[0])
-        gap = mean - means.get((name, b, base), math.nan) if base else None
+        base_mean, base_err2 = means.get((name, b, base or ""), (math.nan, math.nan))
+        gap = f"{mean - base_mean:+.2f} ± {math.sqrt(base_err2 + std**2 / max(1, len(accs))):.2f}"
         opts = rs[0].options
         losses = [r.train_loss for r in rs if r.train_loss is not None]
         times = [r.ms_per_step for r in rs if r.ms_per_step is not None]
@@ -53,8 +56,8 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
                 "runs": f"{len(accs)}/{len(rs)}",
                 "test acc %": _mean_std(accs),
                 "mean": mean,
-                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "vs baseline": "" if gap is None else f"{gap:+.2f}",
+                "std": std,
+                "vs baseline": gap if base else "",
                 "train loss": statistics.fmean(losses) if losses else math.nan,
                 "ms/step": statistics.median(times) if times else math.nan,
             }
@@ -236,3 +239,20 @@ def _mean_std(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def rewrite_outputs(records_json: Path, db: Path, quiet: bool = True) -> dict[str, Any]:
+    """Redraw the table, curves and records of a finished run from its ``smallbatch.json``
+    (and the database its runs are in), into the same folder; nothing is trained."""
+    from rich.console import Console
+
+    blob = json.loads(records_json.read_text())
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in blob["plan"].items()
+    }
+    plan = SmallBatchPlan(**fields)
+    records = [Record(**r) for r in blob["records"]]
+    console = Console(stderr=True, quiet=quiet)
+    return write_outputs(
+        plan, blob["suite"], records, blob["chosen"], db, records_json.parent, console
+    )
