@@ -495,6 +495,45 @@ def bench_overlap(
         _emit_json(summary)
 
 
+# --- bench smallbatch (S3 evidence) ----------------------------------------------------------
+
+
+@bench_app.command("smallbatch")
+def bench_smallbatch(
+    workloads: Annotated[str, typer.Option(help="Comma-separated workloads.")] = (
+        "cnn-fmnist,mlp-mnist"
+    ),
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,16,128",
+    subset: Annotated[int, typer.Option(help="Training samples (a fixed seeded subset).")] = 2000,
+    validation: Annotated[int, typer.Option(help="Held-out training samples for tuning.")] = 1000,
+    epochs: Annotated[int, typer.Option(help="Epochs at every batch size.")] = 2,
+    seeds: Annotated[int, typer.Option(help="Final seeds per variant (1..N).")] = 3,
+    lams: Annotated[str, typer.Option(help="Extra lambdas a prox variant tries.")] = "0.01,0.1",
+    ablate_batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes of the lambda=0 / no-decay ablation ('' for none).")
+    ] = "8",
+    db: DbOption = Path("sgdlab-results/results.db"),
+    out: Annotated[Path, typer.Option(help="Folder for the table, plots and records.")] = Path(
+        "sgdlab-results/smallbatch"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """Prox-SGD/prox-Adam against SGD/Adam at small batches, tuned on an equal budget."""
+    from sgdlab.bench.smallbatch import SmallBatchPlan, parse_list, run_smallbatch
+
+    plan = SmallBatchPlan(
+        workloads=parse_list(workloads, str, "workloads"),
+        batch_sizes=parse_list(batch_sizes, int, "batch sizes"),
+        subset=subset, validation=validation, epochs=epochs, seeds=seeds,
+        lams=parse_list(lams, float, "lams"),
+        ablate_batch_sizes=parse_list(ablate_batch_sizes, int, "ablation batch sizes")
+        if ablate_batch_sizes.strip() else (),
+    )
+    summary = run_smallbatch(plan, db=db, out=out, quiet=json_)
+    if json_:
+        _emit_json(summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every user error into ``error: …`` and exit 2."""
     try:

@@ -67,6 +67,7 @@ Showcase = Callable[[ShowcaseContext], Section]
 SHOWCASES: dict[str, list[str]] = {
     "quick": [
         "sgdlab.bench.dist:overlap_showcase",
+        "sgdlab.bench.smallbatch:smallbatch_showcase",
     ],
 }
 
