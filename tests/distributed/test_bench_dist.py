@@ -32,7 +32,8 @@ def _result(algo: str, sps: float, *, p: float = 0.0, bw: float = 2.0, tau: int 
         "workload": "w", "world_size": 2, "partition": "iid", "algo": algo, "tau": tau,
         "seed": 0, "straggler_prob": p, "link_steps": bw,
         "ranks": [{"link_mbps": 50.0}], "seconds_per_step": sps,
-        "steps": 10, "wait_seconds": 0.1, "hidden_fraction": 0.5, "metric_value": acc[-1],
+        "steps": 10, "wait_seconds": 0.1, "wall_seconds": 10 * sps, "compute_seconds": 8 * sps,
+        "hidden_fraction": 0.5, "metric_value": acc[-1],
         "metric": "accuracy", "target": 0.9,
         "evaluations": [{"accuracy": a, "wall_seconds": float(i + 1)} for i, a in enumerate(acc)],
     }
@@ -46,6 +47,7 @@ def test_goals_are_ratios_of_times_per_step() -> None:
     ]
     (row,) = goals(results)
     assert row["vs_compute"].startswith("1.10")
+    assert row["vs_own_compute"].startswith("1.25")
     assert row["sync_speedup"].startswith("2.00")
     assert row["local_speedup"].startswith("1.50")
     assert row["straggle_overlap"].startswith("1.10")

@@ -313,7 +313,8 @@ def goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = sorted({(r["partition"], r["tau"], r["link_steps"]) for r in results
                    if r["link_steps"] > 0 and r["algo"] == "overlap"})
     for part, tau, link in keys:
-        ratios: dict[str, list[float]] = {"vs_compute": [], "sync_speedup": [], "local_speedup": [],
+        ratios: dict[str, list[float]] = {"vs_compute": [], "vs_own_compute": [],
+                                          "sync_speedup": [], "local_speedup": [],
                                           "straggle_overlap": [], "straggle_local": []}
         for seed in sorted({r["seed"] for r in results}):
             ov = per_step("overlap", link, part, seed)
@@ -324,6 +325,10 @@ def goals(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             if ref:
                 ratios["vs_compute"].append(ov / ref)
+            # The same run's own compute time: immune to load changing between runs.
+            own = next(r for r in results if (r["algo"], r["partition"], r["seed"],
+                       r["straggler_prob"], r["link_steps"]) == ("overlap", part, seed, 0.0, link))
+            ratios["vs_own_compute"].append(own["wall_seconds"] / own["compute_seconds"])
             if sync:
                 ratios["sync_speedup"].append(sync / ov)
             if local:
