@@ -11,6 +11,7 @@ from sgdlab.distributed.cocod import CoCoDSGD
 from sgdlab.distributed.comm import Comm, Handle, Injection
 from sgdlab.distributed.core import CooperativeSGD, RoundStats
 from sgdlab.distributed.easgd import EASGD
+from sgdlab.distributed.exchange import BlockExchange
 from sgdlab.distributed.launch import RankFailure, launch
 from sgdlab.distributed.local_sgd import LocalSGD
 from sgdlab.distributed.overlap import OverlapLocalSGD
@@ -26,6 +27,7 @@ ALGORITHMS = {
 
 __all__ = [
     "ALGORITHMS",
+    "BlockExchange",
     "EASGD",
     "CoCoDSGD",
     "Comm",
