@@ -30,7 +30,7 @@ def _config(tmp_path: Path, **kw: object) -> MlbfgsBenchConfig:
         contenders=("mlbfgs", "sgd-momentum"),
         seeds=2,
         batch_size=16,
-        plans={WL: WorkloadPlan(40, 10, lr_factors=(1.0, 3.0))},
+        plans={WL: WorkloadPlan(40, 10, lr_factors=(1.0, 3.0), target=0.9)},
         cost_rounds=2,
         cost_steps=3,
         db=tmp_path / "r.db",
@@ -53,11 +53,16 @@ def test_suite_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert len(s["tuning"]) == 4 and len(chosen) == 2
     with ResultStore(tmp_path / "r.db") as store:
         runs = store.runs(suite=s["suite"])
+        store_evals = {r.id: store.evaluations(r.id) for r in runs}
     assert len(runs) == 6 and all(r.config["threads"] == 1 for r in runs)
     for t in chosen:  # the chosen lr is the grid's best by (steps to target, final loss)
         grid = [g for g in s["tuning"] if g["contender"] == t["contender"]]
         key = [(g["step_to_target"] or math.inf, g["final_loss"]) for g in grid]
         assert key[grid.index(t)] == min(key)
+    assert s["targets"] == {WL: 0.9}  # the plan's target replaces the workload's 0.95
+    for r in runs:
+        reached = next((e for e in store_evals[r.id] if e[4] >= 0.9), None)
+        assert r.step_to_target == (None if reached is None else reached[0])
     goals = s["goals"][WL]
     assert goals["steps_goal_met"] == (goals["mlbfgs_steps"] < goals["best_baseline_steps"])
     (cost,) = s["step_cost"]

@@ -72,7 +72,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     """The summary's tables in Markdown, for ``benchmarks/results/mlbfgs.md``."""
     lines = [f"suite `{summary['suite']}`, {summary['compute_seconds']:.0f} s of compute", ""]
     for w in summary["config"]["workloads"]:
-        lines += [f"### {w}", "", "| " + " | ".join(_HEADERS.values()) + " |"]
+        target = summary["targets"][w]
+        lines += [f"### {w} (target accuracy {target})", ""]
+        lines.append("| " + " | ".join(_HEADERS.values()) + " |")
         lines.append("|" + "---|" * len(_HEADERS))
         rows = [r for r in summary["rows"] if r["workload"] == w]
         lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
