@@ -152,3 +152,20 @@ def test_bad_configuration_is_one_line(tmp_path: Path, kw: dict[str, object], me
     with pytest.raises(ConfigError, match=message):
         run_mlbfgs_bench(_config(tmp_path, **kw), quiet=True)
     assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.slow
+def test_quick_showcase_is_a_section_with_a_plot(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from sgdlab.bench.mlbfgs import quick_showcase
+    from sgdlab.bench.suites import SHOWCASES, ShowcaseContext
+
+    assert "sgdlab.bench.mlbfgs:quick_showcase" in SHOWCASES["quick"]
+    ctx = ShowcaseContext(tmp_path / "r.db", tmp_path, "quick-x", True, Console(quiet=True))
+    section = quick_showcase(ctx)
+    assert [r["contender"] for r in section.rows] == ["mlbfgs", "sgd-momentum", "adam"]
+    assert section.images[0].stat().st_size > 1000
+    with ResultStore(tmp_path / "r.db") as store:
+        assert len(store.runs(suite="quick-x-mlbfgs")) == 3
+        assert store.runs(suite="quick-x") == []  # the quick suite's own table stays its own
