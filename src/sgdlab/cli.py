@@ -278,7 +278,7 @@ def bench_mlbfgs(
     contender: Annotated[
         list[str] | None,
         typer.Option(help="Contender (repeat): mlbfgs, sgd-momentum, adam, adamw, lbfgs, "
-                     "soap, shampoo; default all but shampoo."),
+                     "lbfgs-iter4, soap, shampoo; default all but lbfgs-iter4, shampoo."),
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds at the tuned step size.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Batch (L-BFGS: 1024, same samples).")] = 128,

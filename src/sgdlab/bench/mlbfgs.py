@@ -3,7 +3,9 @@ r"""``sgdlab bench mlbfgs``: the evidence for mL-BFGS (S5) against what practiti
 Contenders (:data:`CONTENDERS`): mL-BFGS, SGD with momentum, Adam, AdamW, ``torch.optim.LBFGS``
 with its strong-Wolfe line search at a large batch, and the second-order peer SOAP of
 ``pytorch_optimizer`` (Shampoo is on offer but not in the default set: one step costs 100-300
-SGD steps at its default settings on these models).
+SGD steps at its default settings on these models). ``lbfgs`` makes one L-BFGS iteration per
+step, so each curvature pair mixes two batches' gradients; ``lbfgs-iter4`` (not in the default
+set) makes four per step, three of them with pairs from a single batch.
 
 **Protocol.** On each workload every contender is tuned over the *same relative grid*: its
 reference step size times each factor of :attr:`WorkloadPlan.lr_factors`, seed 0 only. The
@@ -107,6 +109,14 @@ CONTENDERS: dict[str, Contender] = {
             "lbfgs",
             1.0,
             {"line_search_fn": "strong_wolfe", "max_iter": 1, "history_size": 10},
+            batch_size=1024,
+        ),
+        # Four iterations per batch: all but the first pair of a step come from one batch.
+        Contender(
+            "lbfgs-iter4",
+            "lbfgs",
+            1.0,
+            {"line_search_fn": "strong_wolfe", "max_iter": 4, "history_size": 10},
             batch_size=1024,
         ),
         Contender("soap", "peer:soap", 3e-3),
