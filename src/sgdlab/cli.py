@@ -534,6 +534,45 @@ def bench_smallbatch(
         _emit_json(summary)
 
 
+# --- bench mlbfgs (S5) -----------------------------------------------------------------------
+
+
+@bench_app.command("mlbfgs")
+def bench_mlbfgs(
+    workload: Annotated[
+        list[str] | None,
+        typer.Option(help="Workload (repeat); default logreg-fmnist, mlp-mnist, cnn-fmnist."),
+    ] = None,
+    contender: Annotated[
+        list[str] | None,
+        typer.Option(help="Contender (repeat): mlbfgs, sgd-momentum, adam, adamw, lbfgs, "
+                     "lbfgs-iter4, soap, shampoo; default all but lbfgs-iter4, shampoo."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds at the tuned step size.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Batch (L-BFGS: 1024, same samples).")] = 128,
+    steps_scale: Annotated[float, typer.Option(help="Multiply every workload's steps.")] = 1.0,
+    cost_rounds: Annotated[
+        int, typer.Option(help="Interleaved rounds of the step-cost measurement (0: skip).")
+    ] = 7,
+    db: DbOption = Path("sgdlab-results/results.db"),
+    out: Annotated[Path, typer.Option(help="Folder for the plots and the report.")] = Path(
+        "sgdlab-results/mlbfgs"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """mL-BFGS vs SGD-momentum, Adam, AdamW, L-BFGS, SOAP: tuned, 3 seeds, goals checked."""
+    from sgdlab.bench.mlbfgs import DEFAULT_CONTENDERS, PLANS, MlbfgsBenchConfig, run_mlbfgs_bench
+
+    cfg = MlbfgsBenchConfig(
+        workloads=tuple(workload or PLANS), contenders=tuple(contender or DEFAULT_CONTENDERS),
+        seeds=seeds, batch_size=batch_size, steps_scale=steps_scale, cost_rounds=cost_rounds,
+        db=db, out=out,
+    )
+    summary = run_mlbfgs_bench(cfg, quiet=json_)
+    if json_:
+        _emit_json(summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every user error into ``error: …`` and exit 2."""
     try:

@@ -68,6 +68,7 @@ SHOWCASES: dict[str, list[str]] = {
     "quick": [
         "sgdlab.bench.dist:overlap_showcase",
         "sgdlab.bench.smallbatch:smallbatch_showcase",
+        "sgdlab.bench.mlbfgs:quick_showcase",
     ],
 }
 
