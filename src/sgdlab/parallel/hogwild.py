@@ -1,0 +1,599 @@
+r"""Hogwild!: K processes run SGD on one model in shared memory, with no locks.
+
+Reference: F. Niu, B. Recht, C. Ré, S. Wright, "Hogwild!: A Lock-Free Approach to Parallelizing
+Stochastic Gradient Descent", NeurIPS 2011; convergence without bounded gradients:
+L. M. Nguyen et al., ICML 2018 (``sgdlab.theory.sgd_bounds``).
+
+Every worker repeats, on a sample ξ of its own shard of the data,
+
+.. math::
+
+    \hat w \leftarrow \text{read}(w), \qquad
+    w \leftarrow w - \eta_t \nabla f(\hat w; \xi) \quad\text{(in place, no lock)},
+
+where other workers may have written ``w`` between the read and the write. ``t`` is a global
+step counter kept lock-free: worker ``k`` only ever writes its own slot ``count[k]`` (a
+``K``-vector in shared memory), and ``t = Σ_k count[k]``. The **staleness** of an update is
+``τ = t_write - t_read``: the number of other workers' updates committed between its read of
+the model and its write. The step is constant or ``η_t = α/(μ(t + E))`` (the diminishing step
+of ``sgdlab.optim.DiminishingLR``) at ``t = t_read``.
+
+**Sparse updates** (``sparse-logreg``): a binary logistic component depends on the model only
+through the support ``S_i`` of its row (plus the bias), so a step reads and writes those
+coordinates alone, with no autograd and no dense temporary. The dense penalty
+``λ/2‖θ‖²`` would touch every coordinate; it is spread over the rows as
+``λ/2 Σ_{j∈S_i} θ_j²/p_j`` (``p_j`` the fraction of rows holding feature j; derivation and the
+matching constants in ``sgdlab.workloads.constants``), which leaves F unchanged. With
+``z = x_iᵀŵ + b̂`` and ``r = σ(z) - y_i`` the step is
+
+.. math::
+
+    w_j \mathrel{-}= \eta_t\,(r\,x_{ij} + \lambda \hat w_j / p_j)\ (j \in S_i), \qquad
+    b \mathrel{-}= \eta_t\,(r + \lambda \hat b);
+
+for a batch of B rows, the mean of their steps (scatter-added). Coordinates no training row
+touches have ``θ*_j = 0`` and no step moves them; they start at 0.
+
+**Dense updates** (every other workload): each worker runs autograd on the shared parameters
+and an SGD step of its own optimizer writes into them, as in PyTorch's ``mnist_hogwild``.
+
+Workers are started with ``spawn``; each caps its threads at ``max(1, cores // K)``, draws its
+samples from a disjoint shard reshuffled every epoch, and waits at a barrier so that the clock
+starts when all have imported torch. A worker that fails sends its traceback; one that dies
+without a word is noticed by its exit code; either way the parent stops the others and raises
+:class:`~sgdlab.errors.SgdlabError`. A CUDA model is refused unless ``allow_cuda=True``:
+unsynchronised writes from several processes to one CUDA tensor have no guarantee at all.
+
+>>> shard_indices(10, workers=3, rank=1, seed=0).numel()
+3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import queue as queue_mod
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from sgdlab.errors import ConfigError, SgdlabError
+from sgdlab.optim import DiminishingLR
+from sgdlab.workloads.base import SparseRows, Workload
+from sgdlab.workloads.constants import feature_frequency
+from sgdlab.workloads.models import LinearClassifier
+
+_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class StepSize:
+    """``η_t = lr`` (``kind="constant"``) or ``α/(μ(t + E))`` (``kind="diminishing"``).
+
+    >>> StepSize.diminishing(mu=0.1, L=1.0)(0)  # α/(μE) with E = 2αL/μ: 1/(2L)
+    0.5
+    """
+
+    kind: str
+    lr: float = 0.0
+    alpha: float = 2.0
+    mu: float = 0.0
+    E: float = 0.0
+
+    @classmethod
+    def constant(cls, lr: float) -> StepSize:
+        if not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"Invalid lr: {lr}")
+        return cls("constant", lr=float(lr))
+
+    @classmethod
+    def diminishing(
+        cls, mu: float, L: float, alpha: float = 2.0, E: float | None = None
+    ) -> StepSize:
+        # DiminishingLR owns the checks (α > 1, μ <= L, E >= 2αL/μ) and the default E.
+        scratch = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = DiminishingLR(scratch, mu=mu, L=L, alpha=alpha, E=E)
+        return cls("diminishing", alpha=sched.alpha, mu=sched.mu, E=sched.E)
+
+    def __call__(self, t: int) -> float:
+        if self.kind == "constant":
+            return self.lr
+        return self.alpha / (self.mu * (t + self.E))
+
+
+@dataclass(frozen=True)
+class HogwildConfig:
+    """One Hogwild! run. ``steps`` counts updates by all workers together.
+
+    ``sparse=None`` picks the sparse path where it applies (sparse rows, one logit, a linear
+    model). ``shard=False`` lets every worker read the whole data set and ``cap_threads=False``
+    leaves torch's thread count alone: with ``sparse=False`` that is the pattern of PyTorch's
+    ``mnist_hogwild`` example, kept as a baseline. ``log_points`` log-spaced steps at which
+    ``‖w_t - w*‖²`` is recorded when an optimum is given. ``timeout_s`` bounds the whole run.
+    """
+
+    workers: int
+    steps: int
+    step_size: StepSize
+    batch_size: int = 1
+    seed: int = 0
+    sparse: bool | None = None
+    shard: bool = True
+    cap_threads: bool = True
+    log_points: int = 40
+    device: str = "cpu"
+    allow_cuda: bool = False
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "steps", "batch_size", "log_points"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Invalid {name}: {value} (an integer >= 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"Invalid seed: {self.seed}")
+        if self.steps < self.workers:
+            raise ConfigError(f"Invalid steps: {self.steps} (fewer than workers={self.workers})")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ConfigError(f"Invalid timeout_s: {self.timeout_s}")
+
+
+@dataclass
+class HogwildResult:
+    """What a run measured. ``trace`` rows are ``(t, ‖w_t - w*‖²)``, ``t`` the global step."""
+
+    workers: int
+    steps: int
+    batch_size: int
+    sparse: bool
+    seconds: float
+    samples_per_second: float
+    staleness_mean: float
+    staleness_p99: float
+    staleness_max: int
+    steps_per_worker: list[int]
+    trace: list[tuple[int, float]] = field(default_factory=list)
+    evaluation: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["trace"] = [[t, d] for t, d in self.trace]
+        return out
+
+
+def run_hogwild(
+    workload: Workload,
+    config: HogwildConfig,
+    model: torch.nn.Module | None = None,
+    optimum: Sequence[np.ndarray] | None = None,
+) -> HogwildResult:
+    """Train ``workload`` with ``config.workers`` lock-free processes; evaluate at the end.
+
+    ``model`` (default ``workload.make_model(config.seed)``) is trained in place: its
+    parameters are moved to shared memory. ``optimum`` (θ* per parameter, e.g.
+    ``workload.optimum().params``) turns on the ``‖w_t - w*‖²`` trace.
+    """
+    device = torch.device(config.device)
+    if device.type == "cuda" and not config.allow_cuda:
+        raise ConfigError(
+            "Hogwild! refuses a CUDA model: lock-free writes from several processes to one "
+            "CUDA tensor have no safety guarantee (opt in with allow_cuda=True / --allow-cuda)"
+        )
+    model = workload.make_model(config.seed) if model is None else model
+    model = model.to(device)
+    sparse = _use_sparse(workload, model) if config.sparse is None else config.sparse
+    if sparse and not _use_sparse(workload, model):
+        raise ConfigError(
+            f"Invalid sparse=True for workload {workload.name!r}: the sparse path needs sparse "
+            "rows, one logit and a linear model"
+        )
+    if config.batch_size > workload.num_train:
+        raise ConfigError(f"Invalid batch_size: {config.batch_size} (more than the data)")
+    params = list(model.parameters())
+    opt_params = None
+    if optimum is not None:
+        opt_params = [torch.as_tensor(np.asarray(p), dtype=torch.float64) for p in optimum]
+        if [tuple(p.shape) for p in opt_params] != [tuple(p.shape) for p in params]:
+            raise ConfigError("Invalid optimum: its shapes do not match the model's parameters")
+    with torch.no_grad():
+        if sparse:
+            assert isinstance(workload.x_train, SparseRows)
+            inv_p = _inverse_frequency(workload.x_train)
+            params[0].view(-1)[inv_p == 0] = 0.0  # untouched coordinates: θ*_j = 0 (docstring)
+        for p in params:
+            p.share_memory_()
+    trace: list[tuple[int, float]] = []
+    if opt_params is not None:
+        trace.append((0, _dist2(params, opt_params)))
+
+    ctx = mp.get_context("spawn")
+    counts = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
+    barrier = ctx.Barrier(config.workers)
+    results: Any = ctx.Queue()
+    job = _Job(config=config, sparse=sparse, counts=counts, optimum=opt_params,
+               log_at=_log_steps(config.steps, config.log_points))
+    if sparse:
+        assert isinstance(workload.x_train, SparseRows)
+        data: Any = _SparseData(
+            workload.x_train.indptr, workload.x_train.indices, workload.x_train.data,
+            workload.y_train, inv_p.float(), float(workload.l2),
+            params[0].detach().view(-1), params[1].detach().view(-1),
+        )
+    else:
+        data = _DenseData(_portable(workload), model)
+    procs = [
+        ctx.Process(target=_worker, args=(rank, job, data, barrier, results), daemon=True)
+        for rank in range(config.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    reports = _collect(procs, results, config.timeout_s)
+
+    hist = np.zeros(1, dtype=np.int64)
+    for rep in reports:
+        h = rep["staleness_hist"]
+        if h.size > hist.size:
+            h, hist = hist, h
+        hist[: h.size] += h
+        trace.extend(rep["trace"])
+    seconds = max(rep["seconds"] for rep in reports)
+    total = int(sum(rep["steps"] for rep in reports))
+    result = HogwildResult(
+        workers=config.workers,
+        steps=total,
+        batch_size=config.batch_size,
+        sparse=sparse,
+        seconds=seconds,
+        samples_per_second=total * config.batch_size / seconds if seconds > 0 else math.inf,
+        staleness_mean=float((np.arange(hist.size) * hist).sum() / max(1, hist.sum())),
+        staleness_p99=_quantile(hist, 0.99),
+        staleness_max=int(np.flatnonzero(hist).max()) if hist.any() else 0,
+        steps_per_worker=[int(rep["steps"]) for rep in reports],
+        trace=_first_per_point(trace, job.log_at),
+    )
+    result.evaluation = workload.evaluate(model, device)
+    return result
+
+
+def shard_indices(n: int, workers: int, rank: int, seed: int) -> torch.Tensor:
+    """Worker ``rank``'s shard: every ``workers``-th entry of a seeded permutation of ``0..n-1``.
+
+    The shards of ``rank = 0..workers-1`` are disjoint and cover the data.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[rank::workers]
+
+
+def epoch_order(shard: torch.Tensor, seed: int, rank: int, epoch: int) -> torch.Tensor:
+    """The shard reshuffled for ``epoch``: a pure function of (seed, rank, epoch)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_003 + epoch + 1)
+    return shard[torch.randperm(shard.numel(), generator=g)]
+
+
+def sparse_logistic_step(
+    w: np.ndarray,
+    b: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    rows: np.ndarray,
+    y: np.ndarray,
+    inv_p: np.ndarray,
+    lam: float,
+    eta: float,
+    before_write: Any = None,
+) -> None:
+    """One sparse step, in place on ``w`` (features) and ``b`` (the 1-element bias).
+
+    ``cols``/``vals`` are the concatenated supports of the B rows, ``rows[k]`` says which row
+    entry k belongs to, ``y`` the B labels. ``before_write`` (no arguments) is called between
+    the read and the write (the worker reads the step counter there).
+    """
+    batch = y.size
+    w_hat = w[cols]  # the read: a copy of the support, as Hogwild! reads it
+    b_hat = float(b[0])
+    z = np.bincount(rows, weights=vals * w_hat, minlength=batch) + b_hat
+    r = 1.0 / (1.0 + np.exp(-z)) - y
+    grad = (r[rows] * vals + lam * w_hat * inv_p[cols]) * (eta / batch)
+    if before_write is not None:
+        before_write()
+    if batch == 1:
+        w[cols] -= grad  # a row's columns are distinct
+    else:
+        np.subtract.at(w, cols, grad)
+    b[0] -= eta * (float(r.mean()) + lam * b_hat)
+
+
+# --- private: what travels to a worker, the worker, the parent's wait ------------------------
+
+
+@dataclass
+class _Job:
+    config: HogwildConfig
+    sparse: bool
+    counts: torch.Tensor
+    optimum: list[torch.Tensor] | None
+    log_at: np.ndarray
+
+
+@dataclass
+class _SparseData:
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    data: torch.Tensor
+    y: torch.Tensor
+    inv_p: torch.Tensor
+    l2: float
+    weight: torch.Tensor  # shared, flat (features,)
+    bias: torch.Tensor  # shared, (1,)
+
+
+@dataclass
+class _DenseData:
+    workload: Workload
+    model: torch.nn.Module
+
+
+def _not_in_worker() -> torch.nn.Module:
+    raise RuntimeError("a Hogwild! worker trains the shared model; it builds none")
+
+
+def _portable(workload: Workload) -> Workload:
+    """The workload without its factories (often lambdas, which cannot be pickled)."""
+    return dataclasses.replace(workload, make_module=_not_in_worker, optimum_fn=None)
+
+
+def _use_sparse(workload: Workload, model: torch.nn.Module) -> bool:
+    return (
+        isinstance(workload.x_train, SparseRows)
+        and workload.num_classes == 2
+        and isinstance(model, LinearClassifier)
+    )
+
+
+def _inverse_frequency(x: SparseRows) -> torch.Tensor:
+    p = feature_frequency(x)
+    return torch.where(p > 0, 1.0 / p.clamp_min(1e-300), torch.zeros_like(p))
+
+
+def _log_steps(steps: int, points: int) -> np.ndarray:
+    return np.unique(np.rint(np.geomspace(1, steps, num=points)).astype(np.int64))
+
+
+def _dist2(params: Sequence[torch.Tensor], optimum: Sequence[torch.Tensor]) -> float:
+    pairs = zip(params, optimum, strict=True)
+    return float(sum((p.detach().double() - o).pow(2).sum() for p, o in pairs))
+
+
+def _first_per_point(trace: list[tuple[int, float]], log_at: np.ndarray) -> list[tuple[int, float]]:
+    """Per log point, the first record at or after it (workers may both record near one)."""
+    trace = sorted(trace)
+    out = [trace[0]] if trace and trace[0][0] == 0 else []
+    ts = np.array([t for t, _ in trace], dtype=np.int64)
+    for point in log_at:
+        k = int(np.searchsorted(ts, point))
+        if k < len(trace) and (not out or trace[k][0] > out[-1][0]):
+            out.append(trace[k])
+    return out
+
+
+def _quantile(hist: np.ndarray, q: float) -> float:
+    if not hist.any():
+        return 0.0
+    cdf = np.cumsum(hist) / hist.sum()
+    return float(np.searchsorted(cdf, q))
+
+
+def _warm_up() -> None:
+    # The first optimizer step of a process imports torch's compiler stack (~1 s): pay it
+    # before the barrier, off the clock. Draws no random number.
+    scratch = torch.nn.Parameter(torch.zeros(1))
+    scratch.grad = torch.zeros(1)
+    torch.optim.SGD([scratch], lr=0.0).step()
+
+
+def _worker(rank: int, job: _Job, data: Any, barrier: Any, results: Any) -> None:
+    try:
+        config = job.config
+        if config.cap_threads:
+            torch.set_num_threads(max(1, _cores() // config.workers))
+        if not job.sparse:  # the sparse loop never calls an optimizer
+            _warm_up()
+        loop = _sparse_loop if job.sparse else _dense_loop
+        report = loop(rank, job, data, barrier)
+        results.put(("done", rank, report))
+    except BaseException:  # noqa: B036 - the parent must hear of any failure, then we exit 1
+        results.put(("error", rank, traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _Counter:
+    """The lock-free global step: worker ``rank`` writes only ``count[rank]``."""
+
+    def __init__(self, counts: torch.Tensor, rank: int) -> None:
+        self.c = counts.numpy()
+        self.rank = rank
+
+    def now(self) -> int:
+        return int(self.c.sum())
+
+    def tick(self) -> None:
+        self.c[self.rank] += 1
+
+
+class _Recorder:
+    """Staleness per update, and ``‖w_t - w*‖²`` at the log points (off the clock)."""
+
+    def __init__(self, job: _Job, params: Sequence[torch.Tensor], steps: int) -> None:
+        self.taus = np.zeros(steps, dtype=np.int64)
+        self.params, self.optimum = params, job.optimum
+        self.log_at = job.log_at
+        self.next = 0
+        self.trace: list[tuple[int, float]] = []
+        self.off_clock = 0.0
+
+    def after_write(self, t: int) -> None:
+        if self.optimum is None or self.next >= self.log_at.size or t < self.log_at[self.next]:
+            return
+        start = time.perf_counter()
+        self.trace.append((t, _dist2(self.params, self.optimum)))
+        self.next = int(np.searchsorted(self.log_at, t, side="right"))
+        self.off_clock += time.perf_counter() - start
+
+    def report(self, steps: int, seconds: float) -> dict[str, Any]:
+        return {"steps": steps, "seconds": seconds - self.off_clock, "trace": self.trace,
+                "staleness_hist": np.bincount(self.taus[:steps])}
+
+
+def _plan(job: _Job, rank: int, n: int) -> tuple[torch.Tensor, int]:
+    config = job.config
+    steps = config.steps // config.workers + (rank < config.steps % config.workers)
+    shard = (
+        shard_indices(n, config.workers, rank, config.seed) if config.shard else torch.arange(n)
+    )
+    if shard.numel() < config.batch_size:
+        raise ConfigError(f"Invalid batch_size: {config.batch_size} (exceeds a worker's shard)")
+    return shard, steps
+
+
+def _batches(job: _Job, rank: int, shard: torch.Tensor) -> Any:
+    b = job.config.batch_size
+    epoch = 0
+    while True:
+        order = epoch_order(shard, job.config.seed, rank, epoch).numpy()
+        for start in range(0, order.size - b + 1, b):
+            yield order[start : start + b]
+        epoch += 1
+
+
+def _sparse_loop(rank: int, job: _Job, d: _SparseData, barrier: Any) -> dict[str, Any]:
+    shard, steps = _plan(job, rank, len(d.y))
+    indptr, indices = d.indptr.numpy(), d.indices.numpy()
+    values, labels, inv_p = d.data.numpy(), d.y.numpy(), d.inv_p.numpy()
+    w, b = d.weight.numpy(), d.bias.numpy()
+    counter = _Counter(job.counts, rank)
+    rec = _Recorder(job, [d.weight, d.bias], steps)
+    step_size, lam = job.config.step_size, d.l2
+    batches = _batches(job, rank, shard)
+    t_read, k = 0, 0
+
+    def before_write() -> None:
+        nonlocal k
+        rec.taus[k] = counter.now() - t_read
+        k += 1
+
+    barrier.wait()
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = next(batches)
+        if idx.size == 1:
+            lo, hi = indptr[idx[0]], indptr[idx[0] + 1]
+            cols, vals = indices[lo:hi], values[lo:hi]
+            rows = np.zeros(hi - lo, dtype=np.int64)
+        else:
+            spans = [np.arange(indptr[i], indptr[i + 1]) for i in idx]
+            pos = np.concatenate(spans)
+            cols, vals = indices[pos], values[pos]
+            rows = np.repeat(np.arange(idx.size), [s.size for s in spans])
+        t_read = counter.now()
+        sparse_logistic_step(w, b, cols, vals, rows, labels[idx].astype(np.float64), inv_p,
+                             lam, step_size(t_read), before_write)
+        counter.tick()
+        rec.after_write(counter.now())
+    return rec.report(steps, time.perf_counter() - start)
+
+
+def _dense_loop(rank: int, job: _Job, d: _DenseData, barrier: Any) -> dict[str, Any]:
+    workload, model = d.workload, d.model
+    shard, steps = _plan(job, rank, workload.num_train)
+    device = torch.device(job.config.device)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=1.0)  # per-process optimizer; its lr is η_t below
+    counter = _Counter(job.counts, rank)
+    rec = _Recorder(job, params, steps)
+    batches = _batches(job, rank, shard)
+    barrier.wait()
+    start = time.perf_counter()
+    for k in range(steps):
+        idx = torch.from_numpy(next(batches))
+        t_read = counter.now()
+        x, y = workload.batch(idx, device)
+        opt.zero_grad(set_to_none=False)
+        workload.loss(model, x, y).backward()
+        opt.param_groups[0]["lr"] = job.config.step_size(t_read)
+        rec.taus[k] = counter.now() - t_read
+        opt.step()
+        counter.tick()
+        rec.after_write(counter.now())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return rec.report(steps, time.perf_counter() - start)
+
+
+def _collect(procs: list[Any], results: Any, timeout_s: float | None) -> list[dict[str, Any]]:
+    """Wait for every worker's report; on a failure or a timeout stop them all and raise."""
+    reports: dict[int, dict[str, Any]] = {}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    failure = None
+    try:
+        while len(reports) < len(procs):
+            try:
+                kind, rank, payload = results.get(timeout=_POLL_S)
+            except queue_mod.Empty:
+                dead = [(r, p.exitcode) for r, p in enumerate(procs)
+                        if p.exitcode is not None and r not in reports]
+                if dead and failure is None:
+                    # Give a report sent just before the exit a moment to arrive.
+                    try:
+                        kind, rank, payload = results.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        r, code = dead[0]
+                        failure = f"Hogwild! worker {r} died with exit code {code} and no report"
+                        break
+                elif deadline is not None and time.monotonic() > deadline:
+                    failure = f"Hogwild! run exceeded timeout_s={timeout_s}: workers stopped"
+                    break
+                else:
+                    continue
+            if kind == "error":
+                last = payload.strip().splitlines()[-1] if payload.strip() else "unknown error"
+                failure = f"Hogwild! worker {rank} failed: {last}"
+                break
+            reports[rank] = payload
+    finally:
+        for p in procs:
+            if p.is_alive() and (failure is not None or len(reports) < len(procs)):
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        results.close()
+    if failure is not None:
+        raise SgdlabError(failure)
+    return [reports[r] for r in range(len(procs))]
+
+
+__all__ = [
+    "HogwildConfig",
+    "HogwildResult",
+    "StepSize",
+    "epoch_order",
+    "run_hogwild",
+    "shard_indices",
+    "sparse_logistic_step",
+]
