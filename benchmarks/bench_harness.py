@@ -34,7 +34,9 @@ def bare_loop(workload: Workload, steps: int, batch_size: int, lr: float, seed: 
     for step in range(steps):
         epoch, pos = divmod(step, per_epoch)
         if pos == 0:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            perm = torch.randperm(
+                n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            )
         x, y = workload.batch(perm[pos * batch_size : (pos + 1) * batch_size])
         opt.zero_grad()
         loss = workload.loss(model, x, y)
@@ -43,10 +45,20 @@ def bare_loop(workload: Workload, steps: int, batch_size: int, lr: float, seed: 
     return (time.perf_counter() - start) / steps
 
 
-def harness(workload: Workload, steps: int, batch_size: int, lr: float, seed: int, tmp: Path) -> float:
+def harness(
+    workload: Workload, steps: int, batch_size: int, lr: float, seed: int, tmp: Path
+) -> float:
     config = TrainConfig(
-        workload.name, "sgd", lr, steps, batch_size, seed, eval_every=steps,
-        db=tmp / "r.db", out=tmp / "out", progress=False,
+        workload.name,
+        "sgd",
+        lr,
+        steps,
+        batch_size,
+        seed,
+        eval_every=steps,
+        db=tmp / "r.db",
+        out=tmp / "out",
+        progress=False,
     )
     result = train(config, workload=workload)
     return (result.loop_seconds - result.outside_clock_seconds) / steps

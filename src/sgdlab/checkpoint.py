@@ -59,7 +59,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable (corrupt or truncated): {reason}")
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (corrupt or truncated): {reason}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an sgdlab checkpoint (format {FORMAT_VERSION})")
     return state

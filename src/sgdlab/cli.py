@@ -25,9 +25,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmark suites: train, score, plot and report.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
-theory_app = typer.Typer(help="Convergence bounds: closed forms, recursions and LMIs.", no_args_is_help=True)
+theory_app = typer.Typer(
+    help="Convergence bounds: closed forms, recursions and LMIs.", no_args_is_help=True
+)
 app.add_typer(theory_app, name="theory")
 
 DbOption = Annotated[Path, typer.Option("--db", help="Results database (SQLite).")]
@@ -70,15 +74,23 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the model, the batches and the RNG.")] = 0,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="key=value: an optimizer hyperparameter, or workload.key=value."),
+        typer.Option("--set", help="key=value: optimizer hyperparameter; workload.key=value."),
     ] = None,
-    schedule: Annotated[str, typer.Option(help="constant, or diminishing: lr = alpha/(mu(t+E)).")] = "constant",
-    mu: Annotated[float | None, typer.Option("--mu", help="Strong convexity (diminishing).")] = None,
+    schedule: Annotated[
+        str, typer.Option(help="constant, or diminishing: lr = alpha/(mu(t+E)).")
+    ] = "constant",
+    mu: Annotated[float | None, typer.Option("--mu", help="Strong convexity (diminishing).")] = (
+        None
+    ),
     L: Annotated[float | None, typer.Option("--L", help="Smoothness (diminishing).")] = None,
     alpha: Annotated[float, typer.Option(help="alpha > 1 of the diminishing schedule.")] = 2.0,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: ten times).")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the newest unfinished run in --out.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = (
+        0
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue the newest unfinished run in --out.")] = (
+        False
+    ),
     out: Annotated[Path | None, typer.Option(help="Folder for logs and checkpoints.")] = None,
     db: DbOption = Path("sgdlab-results/results.db"),
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
@@ -184,6 +196,74 @@ def theory_sgd_bound(
     print_mapping(f"SGD bound ({schedule} step)", {
         k: v for k, v in rep.items() if not isinstance(v, dict | list)
     } | {"final bound": rep["final"]["bound"], "final recursion": rep["final"]["recursion"]})
+
+
+@theory_app.command("biased-sgd")
+def theory_biased_sgd(
+    case: Annotated[str, typer.Option(help="smooth, smooth-convex or bounded.")],
+    L: Annotated[float, typer.Option("--L", help="Smoothness of each f_i.")],
+    m: Annotated[float, typer.Option("--m", help="Strong convexity of f.")],
+    alpha: Annotated[float, typer.Option(help="Step size.")],
+    delta: Annotated[float, typer.Option(help="Relative gradient error.")] = 0.0,
+    c: Annotated[float, typer.Option("--c", help="Absolute gradient error.")] = 0.0,
+    sigma2: Annotated[float, typer.Option(help="E||grad f_i(x*)||^2.")] = 0.0,
+    beta: Annotated[float | None, typer.Option(help="bounded: E||g||^2 <= beta^2 ...")] = None,
+    K: Annotated[float | None, typer.Option("--K", help="bounded: ... + K.")] = None,
+    U: Annotated[float | None, typer.Option("--U", help="Minimise rho2*U + H at this U.")] = None,
+    solver: Annotated[str, typer.Option(help="clarabel or scs.")] = "clarabel",
+    json_: JsonOption = False,
+) -> None:
+    """One-step bound E||x+ - x*||^2 <= rho2 E||x - x*||^2 + H for biased SGD (an LMI)."""
+    from sgdlab.bench.theory_biased import biased_sgd_report
+
+    rep = biased_sgd_report(case, L=L, m=m, alpha=alpha, delta=delta, c=c, sigma2=sigma2,
+                            beta=beta, K=K, solver=solver, U=U)
+    if json_:
+        _emit_json(rep)
+        return
+    from sgdlab.bench.report import print_mapping
+
+    closed = rep.get("closed_form") or {}
+    print_mapping(f"biased SGD, {case}, alpha={alpha}", {
+        "rho2": rep["rho2"], "H": rep["H"], "solver": rep["solver"], "status": rep["status"],
+        "closed-form rho2": closed.get("rho2"), "closed-form H": closed.get("H"),
+        "contracts": rep["contracts"], "floor": rep["floor"],
+        "delta threshold": rep["delta_threshold"],
+    })
+
+
+@theory_app.command("schedule")
+def theory_schedule(
+    case: Annotated[str, typer.Option(help="smooth, smooth-convex or bounded.")],
+    L: Annotated[float, typer.Option("--L", help="Smoothness of each f_i.")],
+    m: Annotated[float, typer.Option("--m", help="Strong convexity of f.")],
+    U0: Annotated[float, typer.Option("--U0", help="Bound on ||x_0 - x*||^2.")],
+    steps: Annotated[int, typer.Option(help="Steps to schedule.")],
+    delta: Annotated[float, typer.Option(help="Relative gradient error.")] = 0.0,
+    c: Annotated[float, typer.Option("--c", help="Absolute gradient error.")] = 0.0,
+    sigma2: Annotated[float, typer.Option(help="E||grad f_i(x*)||^2.")] = 0.0,
+    beta: Annotated[float | None, typer.Option(help="bounded: E||g||^2 <= beta^2 ...")] = None,
+    K: Annotated[float | None, typer.Option("--K", help="bounded: ... + K.")] = None,
+    solver: Annotated[str, typer.Option(help="clarabel or scs.")] = "clarabel",
+    plot: Annotated[Path | None, typer.Option(help="Write the trade-off and schedule PNG.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Step sizes by sequential minimisation: U_{k+1} = min over alpha of rho2 U_k + H."""
+    from sgdlab.bench.theory_biased import schedule_report
+
+    rep = schedule_report(case, L, m, delta, c, sigma2, U0=U0, steps=steps, plot=plot,
+                          beta=beta, K=K, solver=solver)
+    if json_:
+        _emit_json(rep)
+        return
+    from sgdlab.bench.report import print_mapping
+
+    print_mapping(f"sequential schedule, {case}", {
+        "steps": steps, "method": rep["method"], "final bound": rep["final_bound"],
+        "floor": rep["floor"], "first alpha": rep["alphas"][0] if rep["alphas"] else None,
+        "last alpha": rep["alphas"][-1] if rep["alphas"] else None,
+        "seconds": rep["seconds"], "plot": rep["plot"],
+    })
 
 
 # --- hogwild (S1) ----------------------------------------------------------------------------

@@ -17,9 +17,24 @@ from sgdlab.bench.runner import CHECKPOINT, MODEL, RESULT
 from sgdlab.checkpoint import load_checkpoint
 
 ARGS = [
-    "train", "--workload", "logreg-breast-cancer", "--optimizer", "sgd", "--lr", "0.05",
-    "--set", "momentum=0.9", "--steps", "30000", "--batch-size", "8", "--seed", "7",
-    "--eval-every", "10000", "--json",
+    "train",
+    "--workload",
+    "logreg-breast-cancer",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+    "--set",
+    "momentum=0.9",
+    "--steps",
+    "30000",
+    "--batch-size",
+    "8",
+    "--seed",
+    "7",
+    "--eval-every",
+    "10000",
+    "--json",
 ]
 
 
@@ -27,7 +42,10 @@ def _sgdlab(args: list[str], tmp: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "sgdlab.cli", *args, "--db", str(tmp / "r.db"), "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -40,7 +58,9 @@ def _finish(proc: subprocess.Popen[str]) -> dict[str, object]:
 def test_sigkill_then_resume_is_bit_for_bit(tmp_path: Path) -> None:
     full = _finish(_sgdlab([*ARGS, "--out", str(tmp_path / "full")], tmp_path))
 
-    victim = _sgdlab([*ARGS, "--out", str(tmp_path / "cut"), "--checkpoint-every", "2000"], tmp_path)
+    victim = _sgdlab(
+        [*ARGS, "--out", str(tmp_path / "cut"), "--checkpoint-every", "2000"], tmp_path
+    )
     run = tmp_path / "cut" / "run-0001"
     deadline = time.monotonic() + 120
     while not (run / CHECKPOINT).exists():
@@ -56,8 +76,10 @@ def test_sigkill_then_resume_is_bit_for_bit(tmp_path: Path) -> None:
     assert 0 < killed_at < 30000
 
     resumed = _finish(
-        _sgdlab([*ARGS, "--out", str(tmp_path / "cut"), "--checkpoint-every", "2000", "--resume"],
-                tmp_path)
+        _sgdlab(
+            [*ARGS, "--out", str(tmp_path / "cut"), "--checkpoint-every", "2000", "--resume"],
+            tmp_path,
+        )
     )
     assert resumed["final_loss"] == full["final_loss"]
     assert resumed["metric_value"] == full["metric_value"]

@@ -17,8 +17,15 @@ WL = "logreg-breast-cancer"
 
 def _config(tmp_path: Path, **kw: object) -> TrainConfig:
     base: dict[str, object] = dict(
-        workload=WL, optimizer="sgd", lr=0.1, steps=60, batch_size=16, seed=3,
-        db=tmp_path / "r.db", out=tmp_path / "out", progress=False,
+        workload=WL,
+        optimizer="sgd",
+        lr=0.1,
+        steps=60,
+        batch_size=16,
+        seed=3,
+        db=tmp_path / "r.db",
+        out=tmp_path / "out",
+        progress=False,
     )
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -80,16 +87,26 @@ def test_clock_excludes_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_checkpoint_resume_in_process_matches_uninterrupted(tmp_path: Path) -> None:
     full = train(_config(tmp_path, out=tmp_path / "a", optimizer="adam", lr=0.01, steps=50))
-    cut = _config(tmp_path, out=tmp_path / "b", optimizer="adam", lr=0.01, steps=50,
-                  checkpoint_every=20)
+    cut = _config(
+        tmp_path, out=tmp_path / "b", optimizer="adam", lr=0.01, steps=50, checkpoint_every=20
+    )
     first = train(cut)
     # Simulate a kill after the step-40 checkpoint: drop the finished marker and model.
     run = Path(first.out_dir)
     (run / "result.json").unlink()
     (run / MODEL).unlink()
     assert load_checkpoint(run / CHECKPOINT)["step"] == 40
-    resumed = train(_config(tmp_path, out=tmp_path / "b", optimizer="adam", lr=0.01, steps=50,
-                            checkpoint_every=20, resume=True))
+    resumed = train(
+        _config(
+            tmp_path,
+            out=tmp_path / "b",
+            optimizer="adam",
+            lr=0.01,
+            steps=50,
+            checkpoint_every=20,
+            resume=True,
+        )
+    )
     assert resumed.run_id == first.run_id and resumed.out_dir == first.out_dir
     assert resumed.final_loss == full.final_loss
     for a, b in zip(_params(full.out_dir).values(), _params(resumed.out_dir).values(), strict=True):
@@ -153,6 +170,8 @@ def test_diminishing_schedule_uses_the_workload_constants(tmp_path: Path) -> Non
         ({"device": "tpu"}, "invalid device 'tpu'"),
     ],
 )
-def test_bad_config_raises_one_clear_line(tmp_path: Path, kw: dict[str, object], message: str) -> None:
+def test_bad_config_raises_one_clear_line(
+    tmp_path: Path, kw: dict[str, object], message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         train(_config(tmp_path, **kw))

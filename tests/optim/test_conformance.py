@@ -39,12 +39,55 @@ _no_peers = pytest.mark.skipif(not peers_available(), reason="peers extra not in
 
 CASES = [
     Case("sgd", {"lr": 0.5}, {"lr": -1.0}, r"Invalid learning rate: -1"),
-    Case("sgd", {"lr": 0.2, "momentum": 0.9, "nesterov": True}, {"lr": 0.1, "momentum": -0.5},
-         r"Invalid momentum value: -0.5"),
+    Case(
+        "sgd",
+        {"lr": 0.2, "momentum": 0.9, "nesterov": True},
+        {"lr": 0.1, "momentum": -0.5},
+        r"Invalid momentum value: -0.5",
+    ),
     Case("adam", {"lr": 0.05}, {"lr": 0.1, "betas": (1.5, 0.9)}, r"Invalid beta parameter"),
-    Case("adamw", {"lr": 0.05, "weight_decay": 0.01}, {"lr": 0.1, "eps": -1.0},
-         r"Invalid epsilon value"),
-    Case("lbfgs", {"lr": 0.5, "max_iter": 4, "line_search_fn": "strong_wolfe"}, {"lr": -0.5}, r"Invalid learning rate"),
+    Case(
+        "adamw",
+        {"lr": 0.05, "weight_decay": 0.01},
+        {"lr": 0.1, "eps": -1.0},
+        r"Invalid epsilon value",
+    ),
+    Case(
+        "lbfgs",
+        {"lr": 0.5, "max_iter": 4, "line_search_fn": "strong_wolfe"},
+        {"lr": -0.5},
+        r"Invalid learning rate",
+    ),
+    Case(
+        "mlbfgs",
+        {"lr": 0.1, "update_freq": 3},
+        {"lr": 0.1, "history_size": 0},
+        r"Invalid history_size: 0",
+    ),
+    Case(
+        "mlbfgs",
+        {"lr": 0.1, "update_freq": 2, "weight_decay": 1e-3, "blocks": "size:3"},
+        {"lr": -0.1},
+        r"Invalid lr: -0.1",
+    ),
+    Case(
+        "prox-sgd",
+        {"lr": 0.2, "lam": 0.01, "window": 3},
+        {"lr": 0.1, "lam": -1.0},
+        r"Invalid lam: -1",
+    ),
+    Case(
+        "prox-adam",
+        {"lr": 0.05, "lam": 0.01, "window": 4},
+        {"lr": 0.1, "window": 0},
+        r"Invalid window: 0",
+    ),
+    Case(
+        "prox:adamw",
+        {"lr": 0.05, "lam": 0.01, "coupled": False},
+        {"lr": 0.1, "inner_decay": "x"},
+        r"Invalid inner_decay: 'x'",
+    ),
     Case("peer:lion", {"lr": 0.01}, {"lr": -1.0}, r"lr|learning", (_no_peers,)),
 ]
 
@@ -62,7 +105,9 @@ def _model() -> torch.nn.Linear:
     return torch.nn.Linear(5, 1).double()
 
 
-def _run(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, start: int = 0) -> list[float]:
+def _run(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, start: int = 0
+) -> list[float]:
     x, y = _problem()
     losses = []
     for t in range(start, start + steps):
@@ -120,8 +165,10 @@ def test_state_dict_round_trip_continues_identically(case: Case) -> None:
 @pytest.mark.parametrize("case", [c.param() for c in CASES])
 def test_works_under_an_lr_scheduler(case: Case) -> None:
     scheduled, by_hand, unscheduled = _model(), _model(), _model()
-    opts = [load_optimizer(case.name, m.parameters(), **case.hparams)
-            for m in (scheduled, by_hand, unscheduled)]
+    opts = [
+        load_optimizer(case.name, m.parameters(), **case.hparams)
+        for m in (scheduled, by_hand, unscheduled)
+    ]
     sched = torch.optim.lr_scheduler.StepLR(opts[0], step_size=1, gamma=0.25)
     for model, opt in zip((scheduled, by_hand, unscheduled), opts, strict=True):
         _run(model, opt, 2)
@@ -133,8 +180,10 @@ def test_works_under_an_lr_scheduler(case: Case) -> None:
         _run(model, opt, 3, start=2)
     for a, b in zip(scheduled.parameters(), by_hand.parameters(), strict=True):
         assert torch.equal(a, b)  # the scheduler's lr is the lr the update used
-    assert any(not torch.equal(a, b)
-               for a, b in zip(scheduled.parameters(), unscheduled.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(scheduled.parameters(), unscheduled.parameters(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("case", [c.param() for c in CASES])

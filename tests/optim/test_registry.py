@@ -25,7 +25,9 @@ def test_unknown_name_lists_the_choices() -> None:
 
 
 def test_unknown_hyperparameter_names_what_is_accepted() -> None:
-    with pytest.raises(ConfigError, match=r"'adam' takes no hyperparameter momentum; it accepts lr"):
+    with pytest.raises(
+        ConfigError, match=r"'adam' takes no hyperparameter momentum; it accepts lr"
+    ):
         load_optimizer("adam", _params(), lr=0.1, momentum=0.9)
 
 

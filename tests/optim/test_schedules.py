@@ -49,7 +49,10 @@ def test_explicit_e_and_state_dict_round_trip() -> None:
         ({"mu": 1.0, "L": float("nan")}, r"Invalid L: nan"),
         ({"mu": 2.0, "L": 1.0}, r"Invalid mu, L: mu=2.0 exceeds L=1.0"),
         ({"mu": 1.0, "L": 1.0, "alpha": 1.0}, r"Invalid alpha: 1.0 .*alpha > 1"),
-        ({"mu": 1.0, "L": 1.0, "alpha": 2.0, "E": 3.0}, r"Invalid E: 3.0 .*E >= 2\*alpha\*L/mu = 4"),
+        (
+            {"mu": 1.0, "L": 1.0, "alpha": 2.0, "E": 3.0},
+            r"Invalid E: 3.0 .*E >= 2\*alpha\*L/mu = 4",
+        ),
     ],
 )
 def test_invalid_constants_raise(kwargs: dict[str, float], message: str) -> None:

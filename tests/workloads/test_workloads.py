@@ -22,8 +22,10 @@ def _cifar_archive(path: Path, n: int = 24) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
             blob = pickle.dumps(
-                {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, n).tolist()},
+                {
+                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    b"labels": rng.integers(0, 10, n).tolist(),
+                },
                 protocol=4,  # the real archive's python-2 pickles are tested in test_cifar.py
             )
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
@@ -88,7 +90,8 @@ def test_L_bounds_every_components_curvature(name: str) -> None:
     for p in params:
         p.data.normal_(0, 0.01, generator=gen)  # near θ = 0, where the curvature peaks
     norms = (
-        w.x_train.row_norms_sq() if isinstance(w.x_train, SparseRows)
+        w.x_train.row_norms_sq()
+        if isinstance(w.x_train, SparseRows)
         else w.x_train.flatten(1).pow(2).sum(1)
     )
     for i in norms.topk(3).indices.tolist():  # the largest Hessian eigenvalue of f_i

@@ -16,8 +16,16 @@ SCHEDULES = ("constant", "diminishing")
 
 # Fields that change nothing about the trajectory: left out of the run's key, so a resumed run
 # may, say, write its checkpoints at another interval.
-_NOT_IN_KEY = ("out", "resume", "db", "progress", "checkpoint_every", "suite", "eval_every",
-               "log_every")
+_NOT_IN_KEY = (
+    "out",
+    "resume",
+    "db",
+    "progress",
+    "checkpoint_every",
+    "suite",
+    "eval_every",
+    "log_every",
+)
 
 
 @dataclass
@@ -50,16 +58,22 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 1)")
+                raise ConfigError(
+                    f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 1)"
+                )
         for name in ("eval_every", "log_every", "checkpoint_every", "threads"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 0)")
+                raise ConfigError(
+                    f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 0)"
+                )
         if not math.isfinite(self.lr) or self.lr < 0:
             raise ConfigError(f"invalid lr: {self.lr}")
         if self.seed < 0:
             raise ConfigError(f"invalid seed: {self.seed} (must be >= 0)")
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"invalid schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
+            raise ConfigError(
+                f"invalid schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}"
+            )
         if self.schedule == "constant" and (self.mu is not None or self.L is not None):
             raise ConfigError("--mu and --L only apply with --schedule diminishing")
         if self.device != "cpu" and not self.device.startswith("cuda"):

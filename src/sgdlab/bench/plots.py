@@ -38,8 +38,9 @@ def plot_workload(store: ResultStore, runs: list[RunRow], path: Path) -> Path:
         axes[2].plot(steps, metric, **kw)
         target = run.extra.get("target", target)
     axes[0].set(xlabel="step", ylabel="training objective", yscale="log")
-    axes[1].set(xlabel="training seconds (evaluation excluded)", ylabel="training objective",
-                yscale="log")
+    axes[1].set(
+        xlabel="training seconds (evaluation excluded)", ylabel="training objective", yscale="log"
+    )
     axes[2].set(xlabel="step", ylabel=runs[0].metric or "metric")
     if target is not None:
         axes[2].axhline(float(target), color="grey", linestyle="--", linewidth=1, label="target")

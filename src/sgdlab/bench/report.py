@@ -27,12 +27,17 @@ def print_result(result: Any) -> None:
     t.add_column(result.metric)
     t.add_column("train s")
     t.add_column("time to target")
-    ttt = "not reached" if result.time_to_target is None else (
-        f"{result.time_to_target:.2f} s (step {result.step_to_target})"
+    ttt = (
+        "not reached"
+        if result.time_to_target is None
+        else (f"{result.time_to_target:.2f} s (step {result.step_to_target})")
     )
     t.add_row(
-        str(result.steps), f"{result.final_loss:.5g}", f"{result.metric_value:.4f}",
-        f"{result.train_seconds:.2f}", ttt,
+        str(result.steps),
+        f"{result.final_loss:.5g}",
+        f"{result.metric_value:.4f}",
+        f"{result.train_seconds:.2f}",
+        ttt,
     )
     _console.print(t)
     _console.print(f"logs and checkpoints: {result.out_dir}")
@@ -55,11 +60,17 @@ def catalogue() -> dict[str, Any]:
     workloads = []
     for name in workload_names():
         spec = workload_spec(name)
-        workloads.append({
-            "name": name, "description": spec.description, "data": spec.dataset,
-            "metric": spec.metric, "target": spec.target, "convex": spec.convex,
-            "options": workload_options(name),
-        })
+        workloads.append(
+            {
+                "name": name,
+                "description": spec.description,
+                "data": spec.dataset,
+                "metric": spec.metric,
+                "target": spec.target,
+                "convex": spec.convex,
+                "options": workload_options(name),
+            }
+        )
     optimizers = [
         {"name": s.name, "family": s.family, "description": s.description}
         for s in sorted(_REGISTRY.values(), key=lambda s: (s.family != "sgdlab", s.name))
@@ -73,8 +84,14 @@ def print_catalogue(cat: dict[str, Any]) -> None:
         t.add_column(col)
     for w in cat["workloads"]:
         opts = ", ".join(f"{k}={v}" for k, v in w["options"].items())
-        t.add_row(w["name"], w["data"], f"{w['metric']} ≥ {w['target']}",
-                  "yes" if w["convex"] else "", opts, w["description"])
+        t.add_row(
+            w["name"],
+            w["data"],
+            f"{w['metric']} ≥ {w['target']}",
+            "yes" if w["convex"] else "",
+            opts,
+            w["description"],
+        )
     _console.print(t)
     t = Table(title="optimizers")
     for col in ("name", "family", "description"):
@@ -83,37 +100,64 @@ def print_catalogue(cat: dict[str, Any]) -> None:
         t.add_row(o["name"], o["family"], o["description"])
     _console.print(t)
     if cat["peers"]:
-        _console.print(f"and {len(cat['peers'])} peers from pytorch_optimizer as peer:<name>, "
-                       f"e.g. {', '.join(cat['peers'][:6])}, …")
+        _console.print(
+            f"and {len(cat['peers'])} peers from pytorch_optimizer as peer:<name>, "
+            f"e.g. {', '.join(cat['peers'][:6])}, …"
+        )
     else:
         _console.print("peers: install the extra (pip install 'sgdlab[peers]') for peer:<name>")
 
 
 def _score_table(scores: list[GroupScore]) -> Table:
     t = Table(title="results (median [min, max] over seeds)")
-    for col in ("workload", "optimizer", "runs", "final loss", "metric", "time to target s",
-                "train s", "ms/step"):
+    for col in (
+        "workload",
+        "optimizer",
+        "runs",
+        "final loss",
+        "metric",
+        "time to target s",
+        "train s",
+        "ms/step",
+    ):
         t.add_column(col)
     for s in scores:
         t.add_row(
-            s.workload, s.label, str(s.runs), str(s.final_loss), str(s.metric_value),
-            f"{s.time_to_target} ({s.reached}/{s.runs})", str(s.train_seconds), str(s.ms_per_step),
+            s.workload,
+            s.label,
+            str(s.runs),
+            str(s.final_loss),
+            str(s.metric_value),
+            f"{s.time_to_target} ({s.reached}/{s.runs})",
+            str(s.train_seconds),
+            str(s.ms_per_step),
         )
     return t
 
 
 def _score_json(s: GroupScore) -> dict[str, Any]:
     return {
-        "workload": s.workload, "optimizer": s.optimizer, "label": s.label, "runs": s.runs,
-        "final_loss": s.final_loss.median, "metric": s.metric, "metric_value": s.metric_value.median,
-        "time_to_target": s.time_to_target.median if s.reached else None, "reached": s.reached,
-        "train_seconds": s.train_seconds.median, "ms_per_step": s.ms_per_step.median,
+        "workload": s.workload,
+        "optimizer": s.optimizer,
+        "label": s.label,
+        "runs": s.runs,
+        "final_loss": s.final_loss.median,
+        "metric": s.metric,
+        "metric_value": s.metric_value.median,
+        "time_to_target": s.time_to_target.median if s.reached else None,
+        "reached": s.reached,
+        "train_seconds": s.train_seconds.median,
+        "ms_per_step": s.ms_per_step.median,
     }
 
 
 def build_report(
-    store: ResultStore, out: Path, suite: str | None = None, title: str = "sgdlab report",
-    quiet: bool = False, sections: Sequence[Any] = (),
+    store: ResultStore,
+    out: Path,
+    suite: str | None = None,
+    title: str = "sgdlab report",
+    quiet: bool = False,
+    sections: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Score the finished runs, print the table, draw the plots, write ``out/report.html``."""
     runs = store.runs(suite=suite)
@@ -130,11 +174,17 @@ def build_report(
     if not quiet:
         _console.print(f"report: {report_path}  plots: {', '.join(str(p) for p in images)}")
     return {
-        "report": str(report_path), "plots": [str(p) for p in images], "runs": len(runs),
+        "report": str(report_path),
+        "plots": [str(p) for p in images],
+        "runs": len(runs),
         "results": [_score_json(s) for s in scores],
         "sections": [
-            {"title": sec.title, "text": sec.text, "rows": sec.rows,
-             "images": [str(p) for p in sec.images]}
+            {
+                "title": sec.title,
+                "text": sec.text,
+                "rows": sec.rows,
+                "images": [str(p) for p in sec.images],
+            }
             for sec in sections
         ],
     }
@@ -162,26 +212,49 @@ def _section_html(section: Any) -> str:
         for r in section.rows
     )
     table = f"<table><tr>{head}</tr>{body}</table>" if columns else ""
-    return (f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.text)}</p>{table}"
-            + "".join(_figure(p) for p in section.images))
+    return (
+        f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.text)}</p>{table}"
+        + "".join(_figure(p) for p in section.images)
+    )
 
 
 def _figure(p: Path) -> str:
-    return (f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
-            f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.stem)}'
-            "</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.stem)}'
+        "</figcaption></figure>"
+    )
 
 
 def _html(
     title: str, scores: list[GroupScore], images: list[Path], sections: Sequence[Any] = ()
 ) -> str:
-    head = ["workload", "optimizer", "runs", "final loss", "metric", "time to target s",
-            "train s", "ms/step"]
+    head = [
+        "workload",
+        "optimizer",
+        "runs",
+        "final loss",
+        "metric",
+        "time to target s",
+        "train s",
+        "ms/step",
+    ]
     rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            s.workload, s.label, s.runs, s.final_loss, s.metric_value,
-            f"{s.time_to_target} ({s.reached}/{s.runs})", s.train_seconds, s.ms_per_step,
-        )) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(str(c))}</td>"
+            for c in (
+                s.workload,
+                s.label,
+                s.runs,
+                s.final_loss,
+                s.metric_value,
+                f"{s.time_to_target} ({s.reached}/{s.runs})",
+                s.train_seconds,
+                s.ms_per_step,
+            )
+        )
+        + "</tr>"
         for s in scores
     )
     figs = "".join(_figure(p) for p in images) + "".join(_section_html(s) for s in sections)
@@ -194,7 +267,7 @@ th{{background:#f3f3f3}}img{{max-width:100%}}figure{{margin:1em 0}}</style></hea
 <body><h1>{html.escape(title)}</h1>
 <p>Medians over seeds with [min, max]; training seconds exclude evaluation. Time to target is
 the training time at the first evaluation whose metric reached the workload's target.</p>
-<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{rows}</table>
+<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{rows}</table>
 {figs}
 <script type="application/json" id="results">{data}</script>
 </body></html>

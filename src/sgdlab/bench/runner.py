@@ -88,15 +88,20 @@ def versions() -> dict[str, str]:
     from sgdlab import __version__
 
     return {
-        "sgdlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+        "sgdlab": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
         "python": platform.python_version(),
     }
 
 
 def machine(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "platform": platform.platform(), "processor": platform.machine(),
-        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -147,18 +152,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build(config: TrainConfig, workload: Workload, device: torch.device) -> tuple[
-    torch.nn.Module, torch.optim.Optimizer, DiminishingLR | None
-]:
+def _build(
+    config: TrainConfig, workload: Workload, device: torch.device
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, DiminishingLR | None]:
     model = workload.make_model(config.seed).to(device)
-    opt = load_optimizer(config.optimizer, model.parameters(), lr=config.lr, **config.optimizer_options)
+    opt = load_optimizer(
+        config.optimizer, model.parameters(), lr=config.lr, **config.optimizer_options
+    )
     sched = None
     if config.schedule == "diminishing":
         mu = config.mu if config.mu is not None else workload.mu
         L = config.L if config.L is not None else workload.L
         if mu is None or L is None:
             raise ConfigError(
-                f"--schedule diminishing needs --mu and --L: workload {workload.name!r} is not convex"
+                f"--schedule diminishing needs --mu and --L: "
+                f"workload {workload.name!r} is not convex"
             )
         sched = DiminishingLR(opt, mu=mu, L=L, alpha=config.alpha)
     return model, opt, sched
@@ -195,8 +203,14 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
         if sched is not None:
             sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start, train_seconds, log_offset = state["step"], state["train_seconds"], state["log_offset"]
-        reached = tuple(state["reached"]) if state["reached"] else None  # type: ignore[assignment]
+        start, train_seconds, log_offset = (
+            state["step"],
+            state["train_seconds"],
+            state["log_offset"],
+        )
+        reached = (
+            (float(state["reached"][0]), int(state["reached"][1])) if state["reached"] else None
+        )
         run_id = state["run_id"]
         if store.has_run(run_id):
             store.resume_run(run_id, start)
@@ -204,8 +218,12 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
             run_id = 0
     if not run_id:
         run_id = store.start_run(
-            workload=config.workload, optimizer=config.optimizer, config=config.to_json(),
-            versions=versions(), machine=machine(config.device), suite=config.suite,
+            workload=config.workload,
+            optimizer=config.optimizer,
+            config=config.to_json(),
+            versions=versions(),
+            machine=machine(config.device),
+            suite=config.suite,
             out_dir=str(out),
         )
 
@@ -221,7 +239,7 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
 
     x = y = torch.empty(0)
 
-    def closure() -> torch.Tensor:
+    def closure() -> Any:  # torch types closures as returning float; ours return the loss tensor
         opt.zero_grad(set_to_none=True)
         loss = workload.loss(model, x, y)
         loss.backward()
@@ -241,10 +259,15 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
         store.add_samples(run_id, samples)
         samples.clear()
         state = {
-            "key": config.key(), "step": step, "run_id": run_id, "train_seconds": train_seconds,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "key": config.key(),
+            "step": step,
+            "run_id": run_id,
+            "train_seconds": train_seconds,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
-            "rng": torch.get_rng_state(), "reached": list(reached) if reached else None,
+            "rng": torch.get_rng_state(),
+            "reached": list(reached) if reached else None,
         }
         log.write("checkpoint", step=step)
         state["log_offset"] = log.offset()
@@ -274,33 +297,61 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
                         f"(optimizer {config.optimizer}, lr {config.lr}); try a smaller --lr"
                     )
                 samples.append((done, train_seconds, value))
-                log.write("step", step=done, loss=value, train_seconds=train_seconds,
-                          lr=opt.param_groups[0]["lr"])
+                log.write(
+                    "step",
+                    step=done,
+                    loss=value,
+                    train_seconds=train_seconds,
+                    lr=opt.param_groups[0]["lr"],
+                )
                 bar(done, value)
             if done % eval_every == 0 or done == config.steps:
                 t1 = time.perf_counter()
                 evaluate(done)
                 outside += time.perf_counter() - t1
-            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+            if (
+                config.checkpoint_every
+                and done % config.checkpoint_every == 0
+                and done < config.steps
+            ):
                 t1 = time.perf_counter()
                 checkpoint(done)
                 outside += time.perf_counter() - t1
     loop_seconds = time.perf_counter() - loop_start
 
     store.add_samples(run_id, samples)
-    last = evaluations[-1] if evaluations else {"step": config.steps, **workload.evaluate(model, device)}
+    last = (
+        evaluations[-1]
+        if evaluations
+        else {"step": config.steps, **workload.evaluate(model, device)}
+    )
     result = RunResult(
-        run_id=run_id, workload=config.workload, optimizer=config.optimizer, steps=config.steps,
-        final_loss=last["train_loss"], metric=workload.metric, metric_value=last[workload.metric],
-        test_loss=last["test_loss"], train_seconds=train_seconds,
+        run_id=run_id,
+        workload=config.workload,
+        optimizer=config.optimizer,
+        steps=config.steps,
+        final_loss=last["train_loss"],
+        metric=workload.metric,
+        metric_value=last[workload.metric],
+        test_loss=last["test_loss"],
+        train_seconds=train_seconds,
         time_to_target=reached[0] if reached else None,
-        step_to_target=reached[1] if reached else None, out_dir=str(out), evaluations=evaluations,
-        loop_seconds=loop_seconds, outside_clock_seconds=outside,
+        step_to_target=reached[1] if reached else None,
+        out_dir=str(out),
+        evaluations=evaluations,
+        loop_seconds=loop_seconds,
+        outside_clock_seconds=outside,
     )
     store.finish_run(
-        run_id, extra={"target": workload.target}, steps_done=config.steps, final_loss=result.final_loss, metric=result.metric,
-        metric_value=result.metric_value, test_loss=result.test_loss,
-        train_seconds=train_seconds, time_to_target=result.time_to_target,
+        run_id,
+        extra={"target": workload.target},
+        steps_done=config.steps,
+        final_loss=result.final_loss,
+        metric=result.metric,
+        metric_value=result.metric_value,
+        test_loss=result.test_loss,
+        train_seconds=train_seconds,
+        time_to_target=result.time_to_target,
         step_to_target=result.step_to_target,
     )
     store.close()
@@ -346,9 +397,11 @@ class _progress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
-                TextColumn(f"{config.workload} · {config.optimizer}"), BarColumn(),
+                TextColumn(f"{config.workload} · {config.optimizer}"),
+                BarColumn(),
                 TextColumn("{task.completed}/{task.total} · loss {task.fields[loss]}"),
-                TimeRemainingColumn(), transient=True,
+                TimeRemainingColumn(),
+                transient=True,
             )
             self._task = self._bar.add_task("train", total=config.steps, completed=start, loss="-")
 

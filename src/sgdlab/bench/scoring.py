@@ -72,7 +72,10 @@ def score(runs: Sequence[RunRow]) -> list[GroupScore]:
     for (workload, optimizer, label), rs in sorted(groups.items()):
         out.append(
             GroupScore(
-                workload=workload, optimizer=optimizer, label=label, runs=len(rs),
+                workload=workload,
+                optimizer=optimizer,
+                label=label,
+                runs=len(rs),
                 final_loss=spread(r.final_loss for r in rs),
                 metric=rs[0].metric or "metric",
                 metric_value=spread(r.metric_value for r in rs),

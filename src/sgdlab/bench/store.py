@@ -71,8 +71,14 @@ CREATE TABLE IF NOT EXISTS samples (
 """
 
 _FINAL_FIELDS = (
-    "steps_done", "final_loss", "metric", "metric_value", "test_loss", "train_seconds",
-    "time_to_target", "step_to_target",
+    "steps_done",
+    "final_loss",
+    "metric",
+    "metric_value",
+    "test_loss",
+    "train_seconds",
+    "time_to_target",
+    "step_to_target",
 )
 
 
@@ -160,10 +166,19 @@ class ResultStore:
                 " batch_size, steps, seed, config, versions, machine, out_dir)"
                 " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    _now(), suite, kind, workload, optimizer, config.get("lr"),
-                    config.get("batch_size"), config.get("steps"), config.get("seed"),
-                    json.dumps(config, sort_keys=True, default=str), json.dumps(versions),
-                    json.dumps(machine), out_dir,
+                    _now(),
+                    suite,
+                    kind,
+                    workload,
+                    optimizer,
+                    config.get("lr"),
+                    config.get("batch_size"),
+                    config.get("steps"),
+                    config.get("seed"),
+                    json.dumps(config, sort_keys=True, default=str),
+                    json.dumps(versions),
+                    json.dumps(machine),
+                    out_dir,
                 ),
             )
             return int(cur.lastrowid or 0)
@@ -186,8 +201,12 @@ class ResultStore:
             db.execute(
                 "INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
                 (
-                    run_id, step, train_seconds, values.get("train_loss"),
-                    values.get("test_loss"), values.get(metric),
+                    run_id,
+                    step,
+                    train_seconds,
+                    values.get("train_loss"),
+                    values.get("test_loss"),
+                    values.get(metric),
                 ),
             )
 
@@ -201,7 +220,10 @@ class ResultStore:
             )
 
     def finish_run(
-        self, run_id: int, status: str = "finished", extra: dict[str, Any] | None = None,
+        self,
+        run_id: int,
+        status: str = "finished",
+        extra: dict[str, Any] | None = None,
         **final: Any,
     ) -> None:
         unknown = set(final) - set(_FINAL_FIELDS)

@@ -72,7 +72,9 @@ def _load_showcase(ref: str) -> Showcase:
     return fn
 
 
-def run_suite(name: str, db: Path, out: Path, quiet: bool = False, seeds: int = 1) -> dict[str, Any]:
+def run_suite(
+    name: str, db: Path, out: Path, quiet: bool = False, seeds: int = 1
+) -> dict[str, Any]:
     """Train every run of suite ``name`` (``seeds`` seeds each), then report on this invocation."""
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
@@ -85,8 +87,10 @@ def run_suite(name: str, db: Path, out: Path, quiet: bool = False, seeds: int = 
     console = Console(stderr=True, quiet=quiet)
     workloads: dict[str, Workload] = {}
     for i, config in enumerate(configs, 1):
-        console.print(f"[{i}/{len(configs)}] {config.workload} · {config.optimizer} lr={config.lr}"
-                      f" {config.optimizer_options or ''} {config.schedule} · seed {config.seed}")
+        console.print(
+            f"[{i}/{len(configs)}] {config.workload} · {config.optimizer} lr={config.lr}"
+            f" {config.optimizer_options or ''} {config.schedule} · seed {config.seed}"
+        )
         if config.workload not in workloads:
             workloads[config.workload] = get_workload(config.workload)
         train(config, workload=workloads[config.workload])
@@ -96,7 +100,8 @@ def run_suite(name: str, db: Path, out: Path, quiet: bool = False, seeds: int = 
         console.print(f"showcase: {ref}")
         sections.append(_load_showcase(ref)(context))
     with ResultStore(db) as store:
-        summary = build_report(store, out, suite=tag, title=f"sgdlab bench {name}", quiet=quiet,
-                               sections=sections)
+        summary = build_report(
+            store, out, suite=tag, title=f"sgdlab bench {name}", quiet=quiet, sections=sections
+        )
     summary["suite"] = tag
     return summary

@@ -1,17 +1,64 @@
 """Optimizers (``torch.optim.Optimizer`` subclasses), schedulers and the optimizer registry."""
 
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from sgdlab.optim._blocks import assign_blocks, module_blocks
+from sgdlab.optim.mlbfgs import MLBFGS, DirectionExchange, MLBFGSConfig
+from sgdlab.optim.proximal import Proximal, make_proximal
 from sgdlab.optim.registry import (
     OptimizerSpec,
+    get_spec,
     load_optimizer,
     optimizer_names,
     register_optimizer,
+    register_prefix,
 )
 from sgdlab.optim.schedules import DiminishingLR
 
+# Proximal defaults: λ = 1e-3 and windows of 10 steps; tune λ for your problem (see
+# `sgdlab bench smallbatch`).
+PROX_DEFAULTS: dict[str, Any] = {"lam": 1e-3, "window": 10}
+
+
+def _prox_factory(inner: Any) -> Any:
+    def factory(params: Iterable[Any], **hparams: Any) -> torch.optim.Optimizer:
+        return make_proximal(inner, params, **{**PROX_DEFAULTS, **hparams})
+
+    return factory
+
+
+register_optimizer(
+    "mlbfgs", MLBFGS, "mL-BFGS: momentum L-BFGS, block-wise Hessian, sharded two-loop"
+)
+register_optimizer(
+    "prox-sgd", _prox_factory("sgd"), "proximal windows around SGD with momentum (TRSGD)"
+)
+register_optimizer("prox-adam", _prox_factory("adam"), "proximal windows around Adam (TRAdam)")
+register_prefix(
+    "prox:",
+    lambda name: OptimizerSpec(
+        f"prox:{name}",
+        _prox_factory(get_spec(name).factory),
+        f"proximal windows around {name}",
+        "sgdlab",
+    ),
+)
+
 __all__ = [
+    "MLBFGS",
+    "PROX_DEFAULTS",
     "DiminishingLR",
+    "DirectionExchange",
+    "MLBFGSConfig",
+    "assign_blocks",
+    "module_blocks",
     "OptimizerSpec",
+    "Proximal",
     "load_optimizer",
+    "make_proximal",
     "optimizer_names",
     "register_optimizer",
 ]

@@ -97,7 +97,12 @@ def load_optimizer(name: str, params: Iterable[Any], **hparams: Any) -> torch.op
     """Build the optimizer registered as ``name`` over ``params`` with ``hparams``."""
     spec = get_spec(name)
     _check_hparams(spec, hparams)
-    return spec.factory(params, **hparams)
+    try:
+        return spec.factory(params, **hparams)
+    except TypeError as exc:  # a factory taking **kwargs passes unknown names on
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ConfigError(f"optimizer {spec.name!r}: {exc}") from None
 
 
 def accepted_hparams(spec: OptimizerSpec) -> list[str] | None:
@@ -140,7 +145,9 @@ def _peer_spec(name: str) -> OptimizerSpec:
             raise
         except Exception as exc:
             # pytorch_optimizer raises its own exception types for bad values; ours say ValueError.
-            if isinstance(exc, ValueError) or not type(exc).__module__.startswith("pytorch_optimizer"):
+            if isinstance(exc, ValueError) or not type(exc).__module__.startswith(
+                "pytorch_optimizer"
+            ):
                 raise
             raise ValueError(f"Invalid hyperparameter for peer:{name}: {exc}") from exc
 

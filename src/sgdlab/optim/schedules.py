@@ -65,16 +65,19 @@ class DiminishingLR(LRScheduler):
         if self.alpha <= 1.0:
             raise ValueError(f"Invalid alpha: {alpha} (the diminishing-step bound needs alpha > 1)")
         if self.mu > self.L:
-            raise ValueError(f"Invalid mu, L: mu={mu} exceeds L={L} (strong convexity needs mu <= L)")
+            raise ValueError(
+                f"Invalid mu, L: mu={mu} exceeds L={L} (strong convexity needs mu <= L)"
+            )
         least_E = 2.0 * self.alpha * self.L / self.mu
         if E is None:
             self.E = least_E
         else:
             self.E = _check_positive_finite("E", E)
-            # A relative tolerance keeps a user's E computed by hand from being refused for rounding.
+            # A relative tolerance: an E computed by hand must not be refused for rounding.
             if self.E < least_E * (1.0 - 1e-12):
                 raise ValueError(
-                    f"Invalid E: {E} (needs E >= 2*alpha*L/mu = {least_E:g} so that eta_0 <= 1/(2L))"
+                    f"Invalid E: {E} (needs E >= 2*alpha*L/mu = {least_E:g} "
+                    "so that eta_0 <= 1/(2L))"
                 )
         super().__init__(optimizer, last_epoch)
 

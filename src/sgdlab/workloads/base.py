@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,10 @@ class SparseRows:
         index = torch.stack([out_row, self.indices[pos]])
         # Built from valid CSR rows, so the invariants hold; checking them costs a pass.
         return torch.sparse_coo_tensor(
-            index, self.data[pos], (len(rows), self.shape[1]), is_coalesced=True,
+            index,
+            self.data[pos],
+            (len(rows), self.shape[1]),
+            is_coalesced=True,
             check_invariants=False,
         )
 
@@ -88,6 +92,7 @@ class Workload:
     train_eval_size: int | None = 10_000
     options: dict[str, Any] = field(default_factory=dict)
     optimum_fn: Callable[[Workload], Any] | None = None
+    cache_dir: Path | None = None  # where derived data (the optimum w*) is cached
 
     @property
     def num_train(self) -> int:

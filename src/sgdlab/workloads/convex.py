@@ -1,6 +1,7 @@
 r"""Constants and the optimum of the L2-regularised logistic-regression workloads.
 
-The objective is :math:`F(\theta) = \frac1n \sum_i \ell(\theta; x_i, y_i) + \frac\lambda2\|\theta\|^2`
+The objective is
+:math:`F(\theta) = \frac1n \sum_i \ell(\theta; x_i, y_i) + \frac\lambda2\|\theta\|^2`
 with :math:`\theta = (W, b)` and :math:`\ell` the logistic (binary) or softmax cross-entropy
 (multinomial) loss of the logits :math:`W x + b`. Writing :math:`\tilde x = (x, 1)`:
 
@@ -21,16 +22,18 @@ line search until the gradient norm is below ``grad_tol``, and cached on disk as
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from sgdlab.checkpoint import atomic_write_bytes
 from sgdlab.workloads.base import SparseRows, Workload
+from sgdlab.workloads.datasets import default_cache_dir
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,6 @@ class Optimum:
         return np.concatenate([p.ravel() for p in self.params])
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SGDLAB_CACHE") or Path.home() / ".cache" / "sgdlab")
-
-
 def smoothness_bound(x: torch.Tensor | SparseRows, num_classes: int, l2: float) -> float:
     """L = c max_i ‖(x_i, 1)‖² + λ, with c = 1/4 (binary) or 1/2 (multinomial)."""
     norms = x.row_norms_sq() if isinstance(x, SparseRows) else x.flatten(1).double().pow(2).sum(1)
@@ -58,7 +57,9 @@ def smoothness_bound(x: torch.Tensor | SparseRows, num_classes: int, l2: float) 
 
 def _fingerprint(w: Workload) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"name": w.name, "l2": w.l2, "options": w.options}, sort_keys=True).encode())
+    h.update(
+        json.dumps({"name": w.name, "l2": w.l2, "options": w.options}, sort_keys=True).encode()
+    )
     parts = (
         [w.x_train.indptr, w.x_train.indices, w.x_train.data]
         if isinstance(w.x_train, SparseRows)
@@ -99,7 +100,9 @@ def compute_optimum(w: Workload, grad_tol: float = 1e-9, max_rounds: int = 200) 
     for _ in range(max_rounds):
         opt.step(closure)
         loss = closure()
-        grad_norm = float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm())
+        grad_norm = float(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm()
+        )
         if grad_norm <= grad_tol:
             break
     params = tuple(p.detach().numpy().copy() for p in model.parameters())
@@ -108,7 +111,7 @@ def compute_optimum(w: Workload, grad_tol: float = 1e-9, max_rounds: int = 200) 
 
 def cached_optimum(w: Workload, cache_dir: Path | None = None) -> Optimum:
     """:func:`compute_optimum`, computed once per data set and λ and kept on disk."""
-    folder = cache_dir or default_cache_dir()
+    folder = cache_dir or w.cache_dir or default_cache_dir()
     path = folder / f"optimum-{w.name}-{_fingerprint(w)}.npz"
     if path.exists():
         try:
@@ -122,17 +125,9 @@ def cached_optimum(w: Workload, cache_dir: Path | None = None) -> Optimum:
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # corrupt cache: recompute below
     opt = compute_optimum(w)
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {f"p{i}": p for i, p in enumerate(opt.params)}
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f, count=len(opt.params), loss=opt.loss, grad_norm=opt.grad_norm, **arrays
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    payload: dict[str, Any] = {f"p{i}": p for i, p in enumerate(opt.params)}
+    payload.update(count=len(opt.params), loss=opt.loss, grad_norm=opt.grad_norm)
+    buffer = io.BytesIO()
+    np.savez(buffer, **payload)
+    atomic_write_bytes(path, buffer.getvalue())
     return opt

@@ -7,7 +7,7 @@ builder; values given as strings are converted to the type of the builder's defa
 | name | data | model | convex |
 |---|---|---|---|
 | logreg-fmnist | Fashion-MNIST, pixels minus the train mean | multinomial logistic, λ=1e-3 | yes |
-| logreg-breast-cancer | scikit-learn's breast cancer, standardised | binary logistic, λ=1e-2 | yes |
+| logreg-breast-cancer | scikit-learn's breast cancer, standardised | binary logistic λ=1e-2 | yes |
 | sparse-logreg | seeded RCV1-like sparse set | binary logistic, λ=1e-4 | yes |
 | mlp-mnist | MNIST | MLP 784-256-128-10 | no |
 | cnn-fmnist | Fashion-MNIST | 2 conv + BatchNorm, 2 linear | no |
@@ -83,7 +83,9 @@ def get_workload(name: str, cache_dir: Path | None = None, **options: Any) -> Wo
             f"workload {name!r} has no option {', '.join(unknown)}; options: {accepted}"
         )
     typed = {k: _coerce(name, k, v, defaults[k]) for k, v in options.items()}
-    return spec.builder(cache_dir=cache_dir, **typed)
+    workload = spec.builder(cache_dir=cache_dir, **typed)
+    workload.cache_dir = cache_dir
+    return workload
 
 
 def _coerce(workload: str, key: str, value: Any, default: Any) -> Any:
@@ -156,13 +158,21 @@ def _logreg_fmnist(cache_dir: Path | None = None, l2: float = 1e-3) -> Workload:
     return _logreg("logreg-fmnist", xtr, ytr, xte, yte, 10, l2, 0.82, {"l2": l2})
 
 
-@_register("logreg-breast-cancer", "L2 binary logistic regression (tiny)", "breast-cancer", 0.95, True)
+@_register(
+    "logreg-breast-cancer", "L2 binary logistic regression (tiny)", "breast-cancer", 0.95, True
+)
 def _logreg_breast_cancer(cache_dir: Path | None = None, l2: float = 1e-2) -> Workload:
     xtr, ytr, xte, yte = _tensors(load_dataset("breast-cancer", cache_dir=cache_dir))
     return _logreg("logreg-breast-cancer", xtr, ytr, xte, yte, 2, l2, 0.95, {"l2": l2})
 
 
-@_register("sparse-logreg", "L2 binary logistic regression, RCV1-like sparse", "sparse-rcv1like", 0.85, True)
+@_register(
+    "sparse-logreg",
+    "L2 binary logistic regression, RCV1-like sparse",
+    "sparse-rcv1like",
+    0.85,
+    True,
+)
 def _sparse_logreg(
     cache_dir: Path | None = None, l2: float = 1e-4, n_samples: int = 100_000, seed: int = 0
 ) -> Workload:
@@ -172,7 +182,14 @@ def _sparse_logreg(
     ytr = torch.from_numpy(np.asarray(ds.y_train, dtype=np.int64))
     yte = torch.from_numpy(np.asarray(ds.y_test, dtype=np.int64))
     return _logreg(
-        "sparse-logreg", SparseRows(ds.x_train), ytr, SparseRows(ds.x_test), yte, 2, l2, 0.85,
+        "sparse-logreg",
+        SparseRows(ds.x_train),
+        ytr,
+        SparseRows(ds.x_test),
+        yte,
+        2,
+        l2,
+        0.85,
         {"l2": l2, "n_samples": n_samples, "seed": seed},
     )
 
@@ -183,8 +200,14 @@ def _mlp_mnist(cache_dir: Path | None = None, hidden: int = 256) -> Workload:
         raise ConfigError(f"invalid hidden: {hidden}")
     xtr, ytr, xte, yte = _tensors(load_dataset("mnist", cache_dir=cache_dir))
     return Workload(
-        name="mlp-mnist", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, num_classes=10,
-        make_module=lambda: MLP(784, (hidden, hidden // 2), 10), target=0.97,
+        name="mlp-mnist",
+        x_train=xtr,
+        y_train=ytr,
+        x_test=xte,
+        y_test=yte,
+        num_classes=10,
+        make_module=lambda: MLP(784, (hidden, hidden // 2), 10),
+        target=0.97,
         options={"hidden": hidden},
     )
 
@@ -193,8 +216,14 @@ def _mlp_mnist(cache_dir: Path | None = None, hidden: int = 256) -> Workload:
 def _cnn_fmnist(cache_dir: Path | None = None) -> Workload:
     xtr, ytr, xte, yte = _tensors(load_dataset("fashion-mnist", cache_dir=cache_dir))
     return Workload(
-        name="cnn-fmnist", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, num_classes=10,
-        make_module=lambda: SmallCNN(10), target=0.88,
+        name="cnn-fmnist",
+        x_train=xtr,
+        y_train=ytr,
+        x_test=xte,
+        y_test=yte,
+        num_classes=10,
+        make_module=lambda: SmallCNN(10),
+        target=0.88,
     )
 
 
@@ -209,7 +238,14 @@ def _resnet18_cifar10(
     if limit > 0:  # a small slice, for CPU smoke runs
         xtr, ytr, xte, yte = xtr[:limit], ytr[:limit], xte[:limit], yte[:limit]
     return Workload(
-        name="resnet18-cifar10", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte,
-        num_classes=10, make_module=lambda: ResNet18(10, width), target=0.93,
-        train_eval_size=2_000, options={"path": path, "width": width, "limit": limit},
+        name="resnet18-cifar10",
+        x_train=xtr,
+        y_train=ytr,
+        x_test=xte,
+        y_test=yte,
+        num_classes=10,
+        make_module=lambda: ResNet18(10, width),
+        target=0.93,
+        train_eval_size=2_000,
+        options={"path": path, "width": width, "limit": limit},
     )

@@ -1,0 +1,556 @@
+r"""Proximal small-batch training: a trajectory-regularising wrapper of any optimizer.
+
+Zhang, Qu, Metaxas and Chen, "Taming the noisy gradient: train deep neural networks with small
+batch sizes" (IJCAI 2019; their TRSGD and TRAdam). Training is cut into windows of ``S`` steps.
+At the start of window ``w`` the current iterate becomes the *anchor* :math:`\tilde\theta_w`,
+and the ``S`` steps of the window minimise the proximal objective
+
+.. math::
+
+    F_w(\theta) = f(\theta) + \lambda \lVert \theta - \tilde\theta_w \rVert^2 ,
+
+which is :math:`(2\lambda - L)`-strongly convex when :math:`f` is :math:`L`-smooth and
+:math:`2\lambda > L`, so noisy small-batch gradients cannot drag the iterate far from the
+anchor. :math:`\nabla F_w(\theta) = \nabla f(\theta) + 2\lambda(\theta - \tilde\theta_w)`.
+For a strongly convex problem SGD wants a step :math:`\propto 1/k`, so inside the window the step
+at position :math:`k = 0, \dots, S-1` is
+
+.. math::
+
+    \eta_k = \frac{\eta}{k + 1} \qquad (\texttt{inner\_decay="harmonic"}),
+
+with :math:`\eta` the group's learning rate as an outer scheduler sets it
+(``inner_decay="none"`` keeps :math:`\eta_k = \eta`). With plain SGD as the inner optimizer
+(coupled mode, below), one step reads
+
+.. math::
+
+    \theta_{t+1} = \theta_t - \eta_k \bigl(g_t + 2\lambda_t (\theta_t - \tilde\theta_w)\bigr),
+
+where :math:`g_t` is the stochastic gradient. At :math:`k = 0` the anchor *is* the iterate, so
+the coupled term vanishes and the first step of every window is a plain inner step.
+
+Two ways to combine the term with the inner optimizer :math:`\mathcal{A}`:
+
+* ``coupled=True`` (TRSGD/TRAdam): the inner optimizer steps on the proximal gradient
+  :math:`g_t + 2\lambda_t(\theta_t - \tilde\theta_w)`, so momentum averages it and Adam
+  rescales it.
+* ``coupled=False``: the inner step sees :math:`g_t` only, then an explicit proximal step pulls
+  the result toward the anchor: :math:`\theta \leftarrow \theta - \eta_k\, 2\lambda_t
+  (\theta - \tilde\theta_w)` (as AdamW decouples weight decay from Adam).
+
+The weight is :math:`\lambda_t = \lambda` (``lam_schedule="constant"``) or, as in the reference
+code, :math:`\lambda_t = \lambda / \eta` (``"inverse_lr"``, :math:`\eta` the group's undecayed
+learning rate; :math:`\lambda_t = 0` while :math:`\eta = 0`). With SGD and ``inverse_lr`` the pull
+:math:`\eta_k 2\lambda_t = 2\lambda/(k+1)` is independent of the learning rate.
+
+State: per parameter, ``anchor``; global, ``window_pos`` (:math:`k`) and ``step``, kept under
+the first parameter (see :meth:`Proximal._global_state`). The per-group weight
+:math:`\lambda` lives in the shared parameter groups as ``prox_lam``. ``state_dict()`` holds
+the inner optimizer's own state dict beside these, so a checkpoint taken mid-window resumes
+exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from sgdlab.errors import ConfigError
+
+__all__ = ["BUILTIN_INNER", "INNER_DECAYS", "LAM_SCHEDULES", "Proximal", "make_proximal"]
+
+INNER_DECAYS = ("harmonic", "none")
+LAM_SCHEDULES = ("constant", "inverse_lr")
+
+InnerFactory = Callable[..., Optimizer]
+
+
+class Proximal(Optimizer):
+    r"""Wrap an optimizer so each window of ``window`` steps solves a proximal problem.
+
+    Args:
+        inner: an already-constructed optimizer over the parameters to train. The wrapper's
+            ``param_groups`` *are* the inner's (the same list), so LR schedulers built on the
+            wrapper, ``zero_grad`` and ``add_param_group`` all act on the inner optimizer.
+        lam: proximal weight :math:`\lambda \ge 0` (per group as ``prox_lam``; a group may set
+            its own).
+        window: steps per window :math:`S \ge 1`; the anchor is reset every ``window`` steps.
+        inner_decay: ``"harmonic"`` scales the inner learning rate by :math:`1/(k+1)` for the
+            step at window position :math:`k` (and restores it after the step); ``"none"``.
+        coupled: add :math:`2\lambda_t(\theta - \tilde\theta)` to the gradient the inner
+            optimizer sees (``True``), or take the proximal step after the inner step.
+        lam_schedule: ``"constant"`` (:math:`\lambda_t = \lambda`) or ``"inverse_lr"``
+            (:math:`\lambda_t = \lambda/\eta`).
+        foreach: use the multi-tensor ``torch._foreach_*`` kernels for the proximal term;
+            ``False`` runs the per-tensor loop that specifies them. ``None`` (default) chooses
+            as ``torch.optim`` does: foreach when the parameters are not on the CPU, where the
+            loop (few large tensors, no temporaries) measures faster.
+
+    Preconditions, as for any optimizer: gradients are in ``p.grad`` when :meth:`step` is
+    called (``loss.backward(); opt.step()``), or ``step(closure)`` computes them. Coupled mode
+    hands the inner optimizer temporary gradient tensors and puts the caller's gradients back
+    afterwards, so ``p.grad`` never carries the proximal term outside :meth:`step`; the
+    temporaries are one scratch buffer per parameter, reused every step (allocating them anew
+    costs more than the arithmetic on a CPU), so the inner optimizer must not keep a reference
+    to ``p.grad`` past its step (``torch.optim``'s optimizers copy what they keep). With a
+    closure, the inner optimizer sees the proximal objective :math:`F_w` (loss and gradient,
+    as a line search needs), and :meth:`step` returns the closure's own first loss.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> opt = Proximal(torch.optim.SGD([w], lr=0.1), lam=0.5, window=4)
+        >>> for _ in range(6):
+        ...     opt.zero_grad()
+        ...     (w ** 2).sum().backward()
+        ...     _ = opt.step()
+        >>> opt.param_groups is opt.inner.param_groups
+        True
+        >>> opt.state[w]["window_pos"], opt.state[w]["step"]
+        (2, 6)
+        >>> bool(w.abs().max() < 1.0)
+        True
+    """
+
+    def __init__(
+        self,
+        inner: Optimizer,
+        *,
+        lam: float,
+        window: int = 10,
+        inner_decay: str = "harmonic",
+        coupled: bool = True,
+        lam_schedule: str = "constant",
+        foreach: bool | None = None,
+    ) -> None:
+        if not isinstance(inner, Optimizer):
+            raise TypeError(f"Invalid inner: expected a torch.optim.Optimizer, got {inner!r}")
+        _check_lam(lam)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"Invalid window: {window} (an integer >= 1)")
+        if inner_decay not in INNER_DECAYS:
+            raise ValueError(
+                f"Invalid inner_decay: {inner_decay!r} (allowed: {_names(INNER_DECAYS)})"
+            )
+        if lam_schedule not in LAM_SCHEDULES:
+            raise ValueError(
+                f"Invalid lam_schedule: {lam_schedule!r} (allowed: {_names(LAM_SCHEDULES)})"
+            )
+        if not isinstance(coupled, bool):
+            raise ValueError(f"Invalid coupled: {coupled!r} (True or False)")
+        if foreach is not None and not isinstance(foreach, bool):
+            raise ValueError(f"Invalid foreach: {foreach!r} (True, False or None)")
+        self.inner = inner
+        self.window = window
+        self.inner_decay = inner_decay
+        self.coupled = coupled
+        self.lam_schedule = lam_schedule
+        self.foreach = foreach
+        # Scratch for the coupled gradients: not state (rebuilt each step), never checkpointed.
+        self._scratch: dict[Tensor, Tensor] = {}
+        # Optimizer.__init__ sets up hooks and our own ``state``; handed the inner's groups, it
+        # calls add_param_group on each, which adopts them (see add_param_group) instead of
+        # copying. The list itself is then shared, so groups added later show up on both.
+        super().__init__(inner.param_groups, {**inner.defaults, "prox_lam": lam})
+        self.param_groups = inner.param_groups
+        self._warn_if_overshooting()
+
+    # -- the Optimizer contract -------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the inner optimizer (and so to this one); ``prox_lam`` defaults."""
+        param_group.setdefault("prox_lam", self.defaults["prox_lam"])
+        _check_lam(param_group["prox_lam"])
+        if any(param_group is group for group in self.inner.param_groups):
+            return  # one of the inner's own groups, adopted in __init__: nothing to add
+        self.inner.add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients through the inner optimizer."""
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Take one proximal step of the inner optimizer; return the loss (or ``None``)."""
+        glob = self._global_state()
+        k = glob["window_pos"]
+        if k == 0:
+            self._reset_anchors()
+        lams = [self._lam_t(group) for group in self.param_groups]
+        lrs = [float(group["lr"]) for group in self.param_groups]
+        prox_on = any(lam != 0.0 for lam in lams)
+        scale = 1.0 / (k + 1) if self.inner_decay == "harmonic" else 1.0
+        saved_lrs = self._scale_lrs(scale)
+        try:
+            # At k == 0 every anchor equals its parameter, so one gradient's coupled term is
+            # exactly zero; not so for a closure evaluated again after the iterate has moved
+            # (LBFGS), nor for the decoupled pull, which acts after the inner step.
+            if self.coupled and prox_on and (k > 0 or closure is not None):
+                loss = self._coupled_inner_step(lams, closure)
+            else:
+                loss = self.inner.step(closure) if closure is not None else self.inner.step()
+            if not self.coupled and prox_on:
+                self._proximal_step(lams, [lr * scale for lr in lrs])
+        finally:
+            self._restore_lrs(saved_lrs)
+        glob["window_pos"] = (k + 1) % self.window
+        glob["step"] += 1
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return ``{"inner": inner.state_dict(), "state": ..., "config": ...}``.
+
+        ``state`` maps parameter indices (in group order, as ``torch.optim`` numbers them) to
+        this wrapper's per-parameter state (anchors; window position and step count under
+        index 0); ``config`` names the settings a checkpoint must be resumed with. Tensors are
+        references, as in ``torch.optim``: save or copy the dict before stepping on.
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        index = {id(p): i for i, p in enumerate(self._params())}
+        packed = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
+        state_dict: dict[str, Any] = {
+            "inner": self.inner.state_dict(),
+            "state": packed,
+            "config": self._config(),
+        }
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; the settings in its ``config`` must match this wrapper's."""
+        state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        missing = {"inner", "state", "config"} - set(state_dict)
+        if missing:
+            raise ValueError(f"Not a Proximal state_dict: missing {sorted(missing)}")
+        ours = self._config()
+        for key, saved in state_dict["config"].items():
+            if ours.get(key) != saved:
+                raise ValueError(
+                    f"Invalid state_dict: saved with {key}={saved!r}, this optimizer has "
+                    f"{key}={ours.get(key)!r}"
+                )
+        params = self._params()
+        for i in state_dict["state"]:
+            if not 0 <= int(i) < len(params):
+                raise ValueError(f"Invalid state_dict: parameter index {i} of {len(params)}")
+        self.inner.load_state_dict(state_dict["inner"])
+        # torch's load_state_dict rebuilds the inner's group list: share the new one.
+        self.param_groups = self.inner.param_groups
+        params = self._params()
+        self.state = defaultdict(dict)
+        for i, saved_state in state_dict["state"].items():
+            p = params[int(i)]
+            self.state[p] = {key: _cast_like(value, p) for key, value in saved_state.items()}
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        keep = ("inner", "window", "inner_decay", "coupled", "lam_schedule", "foreach")
+        return {**super().__getstate__(), **{key: getattr(self, key) for key in keep}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.param_groups = self.inner.param_groups
+        self._scratch = {}
+
+    # -- the method ----------------------------------------------------------------------
+
+    def _warn_if_overshooting(self) -> None:
+        # The pull toward the anchor is eta_k 2 lam_t (theta - anchor), for SGD (coupled) and
+        # any inner optimizer (decoupled); a factor >= 1 jumps past the anchor. Adaptive inner
+        # optimizers rescale the coupled term, so they are not judged. The largest factor acts
+        # at k = 0 (decoupled) or k = 1 (coupled: the term is zero at k = 0).
+        if self.coupled and (self.window == 1 or not isinstance(self.inner, torch.optim.SGD)):
+            return
+        decay = 0.5 if self.coupled and self.inner_decay == "harmonic" else 1.0
+        for group in self.param_groups:
+            pull = decay * float(group["lr"]) * 2.0 * self._lam_t(group)
+            if pull >= 1.0:
+                warnings.warn(
+                    f"Proximal: the pull toward the anchor, lr * 2 * lam_t = {pull:g} at its "
+                    "largest, overshoots the anchor; lower lam or lr",
+                    stacklevel=3,
+                )
+                return
+
+    def _global_state(self) -> dict[str, Any]:
+        # Window position and step count belong to the optimizer, not to one tensor; keeping
+        # them in ``self.state`` under the first parameter (as torch.optim.LBFGS does) is what
+        # makes them travel with state_dict() and load_state_dict().
+        state = self.state[self.param_groups[0]["params"][0]]
+        state.setdefault("window_pos", 0)
+        state.setdefault("step", 0)
+        return state
+
+    def _params(self) -> list[Tensor]:
+        return list(chain.from_iterable(group["params"] for group in self.param_groups))
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "inner": type(self.inner).__name__,
+            "window": self.window,
+            "inner_decay": self.inner_decay,
+            "coupled": self.coupled,
+            "lam_schedule": self.lam_schedule,
+        }
+
+    def _lam_t(self, group: dict[str, Any]) -> float:
+        lam = float(group.get("prox_lam", self.defaults["prox_lam"]))
+        if self.lam_schedule == "constant":
+            return lam
+        lr = float(group["lr"])
+        return lam / lr if lr != 0.0 else 0.0
+
+    def _reset_anchors(self) -> None:
+        stale: list[Tensor] = []
+        fresh: list[Tensor] = []
+        # Every parameter, with a gradient or not: under step(closure) the gradients do not
+        # exist yet when the window starts.
+        for p in self._params():
+            state = self.state[p]
+            if "anchor" in state:
+                stale.append(state["anchor"])
+                fresh.append(p)
+            else:
+                state["anchor"] = p.detach().clone(memory_format=torch.preserve_format)
+        if not stale:
+            return
+        if self._use_foreach():
+            torch._foreach_copy_(stale, fresh)
+        else:
+            for anchor, p in zip(stale, fresh, strict=True):
+                anchor.copy_(p)
+
+    def _anchored(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        """The group's parameters that have a gradient, and their anchors.
+
+        A parameter first seen mid-window (added by ``add_param_group``) is anchored where it
+        stands then: for the rest of that window it is pulled back toward that point.
+        """
+        params: list[Tensor] = []
+        anchors: list[Tensor] = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "anchor" not in state:
+                state["anchor"] = p.detach().clone(memory_format=torch.preserve_format)
+                continue
+            params.append(p)
+            anchors.append(state["anchor"])
+        return params, anchors
+
+    def _use_foreach(self) -> bool:
+        if self.foreach is not None:
+            return self.foreach
+        return self.param_groups[0]["params"][0].device.type != "cpu"
+
+    def _coupled_inner_step(self, lams: list[float], closure: Callable[[], Any] | None) -> Any:
+        swapped: list[tuple[Tensor, Tensor]] = []
+        if closure is None:
+            swapped = self._add_proximal_gradient(lams)
+            try:
+                return self.inner.step()
+            finally:
+                _put_back(swapped)
+        first_loss: list[Any] = []
+
+        def proximal_closure() -> Any:
+            # The caller's closure zeroes and fills its own gradient tensors, not our scratch.
+            _put_back(swapped)
+            swapped.clear()
+            loss = closure()
+            with torch.no_grad():
+                swapped[:] = self._add_proximal_gradient(lams)
+                penalty = self._penalty(lams)
+            if not first_loss:
+                first_loss.append(loss)
+            return None if loss is None else loss + penalty
+
+        try:
+            inner_loss = self.inner.step(proximal_closure)
+        finally:
+            _put_back(swapped)
+        return first_loss[0] if first_loss else inner_loss
+
+    def _add_proximal_gradient(self, lams: list[float]) -> list[tuple[Tensor, Tensor]]:
+        """Point each ``p.grad`` at ``g + 2 lam_t (p - anchor)``; return ``(p, g)`` to restore."""
+        swapped: list[tuple[Tensor, Tensor]] = []
+        for group, lam in zip(self.param_groups, lams, strict=True):
+            if lam == 0.0:
+                continue
+            params, anchors = self._anchored(group)
+            grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]  # not None
+            if any(g.is_sparse for g in grads):
+                raise RuntimeError("Proximal(coupled=True) does not support sparse gradients")
+            bufs = [self._scratch_like(p, g) for p, g in zip(params, grads, strict=True)]
+            _proximal_gradients(params, grads, anchors, bufs, 2.0 * lam, self._use_foreach())
+            for p, g, buf in zip(params, grads, bufs, strict=True):
+                swapped.append((p, g))
+                p.grad = buf
+        return swapped
+
+    def _scratch_like(self, p: Tensor, g: Tensor) -> Tensor:
+        buf = self._scratch.get(p)
+        if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or buf.device != g.device:
+            buf = self._scratch[p] = torch.empty_like(g, memory_format=torch.preserve_format)
+        return buf
+
+    def _penalty(self, lams: list[float]) -> float:
+        total = 0.0
+        for group, lam in zip(self.param_groups, lams, strict=True):
+            if lam == 0.0:
+                continue
+            params, anchors = self._anchored(group)
+            squares = [(p - a).square().sum() for p, a in zip(params, anchors, strict=True)]
+            total += lam * float(sum(squares))
+        return total
+
+    def _proximal_step(self, lams: list[float], step_sizes: list[float]) -> None:
+        for group, lam, eta in zip(self.param_groups, lams, step_sizes, strict=True):
+            if lam == 0.0:
+                continue
+            params, anchors = self._anchored(group)
+            _pull_toward_anchors(params, anchors, eta * 2.0 * lam, self._use_foreach())
+
+    def _scale_lrs(self, scale: float) -> list[tuple[dict[str, Any], Any, Any]]:
+        if scale == 1.0:
+            return []
+        saved = [(group, group["lr"], group["lr"] * scale) for group in self.param_groups]
+        for group, _, scaled in saved:
+            group["lr"] = scaled
+        return saved
+
+    @staticmethod
+    def _restore_lrs(saved: list[tuple[dict[str, Any], Any, Any]]) -> None:
+        for group, lr, scaled in saved:
+            # An inner optimizer that sets its own lr during the step (learning-rate-free
+            # methods do) keeps what it set; otherwise the scheduled value comes back.
+            if group["lr"] is scaled:
+                group["lr"] = lr
+
+
+def make_proximal(
+    inner: str | InnerFactory,
+    params: Iterable[Any],
+    *,
+    lam: float,
+    window: int = 10,
+    inner_decay: str = "harmonic",
+    coupled: bool = True,
+    lam_schedule: str = "constant",
+    foreach: bool | None = None,
+    **inner_hparams: Any,
+) -> Proximal:
+    """Build ``Proximal(inner(params, **inner_hparams), lam=lam, ...)``.
+
+    ``inner`` is a factory ``(params, **hparams) -> Optimizer`` (a registry entry, an
+    optimizer class) or one of the names in :data:`BUILTIN_INNER`. ``"sgd"`` is
+    ``torch.optim.SGD`` with ``momentum=0.9`` unless given: TRSGD was run with momentum, and so
+    is the SGD practitioners compare against; ``momentum=0`` gives the textbook update.
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.zeros(3))
+    >>> opt = make_proximal("sgd", [w], lam=0.01, window=5, lr=0.1)
+    >>> type(opt.inner).__name__, opt.param_groups[0]["momentum"], opt.window
+    ('SGD', 0.9, 5)
+    """
+    if isinstance(inner, str):
+        key = inner.lower()
+        if key not in BUILTIN_INNER:
+            raise ConfigError(
+                f"Unknown inner optimizer {inner!r} (built in: {_names(tuple(BUILTIN_INNER))}; "
+                "or pass a factory)"
+            )
+        factory = BUILTIN_INNER[key]
+    elif callable(inner):
+        factory = inner
+    else:
+        raise ConfigError(f"Invalid inner: {inner!r} (a name or a factory)")
+    return Proximal(factory(params, **inner_hparams), lam=lam, window=window, coupled=coupled,
+                    inner_decay=inner_decay, lam_schedule=lam_schedule, foreach=foreach)
+
+
+def _sgd_with_momentum(params: Iterable[Any], **hparams: Any) -> Optimizer:
+    hparams.setdefault("momentum", 0.9)
+    return torch.optim.SGD(params, **hparams)
+
+
+BUILTIN_INNER: dict[str, InnerFactory] = {
+    "sgd": _sgd_with_momentum,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+# -- kernels: the per-tensor loop is the specification; foreach must match it ----------------
+
+
+def _proximal_gradients(params: list[Tensor], grads: list[Tensor], anchors: list[Tensor],
+                        out: list[Tensor], coef: float, foreach: bool) -> None:
+    """Write ``g + coef * (p - anchor)`` into ``out``, leaving ``g`` untouched."""
+    if not params:
+        return
+    if foreach:
+        # foreach kernels have no out=: build the term in place in ``out``.
+        torch._foreach_copy_(out, params)
+        torch._foreach_sub_(out, anchors)
+        torch._foreach_mul_(out, coef)
+        torch._foreach_add_(out, grads)
+        return
+    for p, g, a, buf in zip(params, grads, anchors, out, strict=True):
+        torch.sub(p, a, out=buf)
+        torch.add(g, buf, alpha=coef, out=buf)
+
+
+def _pull_toward_anchors(params: list[Tensor], anchors: list[Tensor], pull: float,
+                         foreach: bool) -> None:
+    """In place ``p <- p - pull * (p - anchor)``, that is ``p <- lerp(p, anchor, pull)``.
+
+    One read of ``p`` and ``anchor`` and one write, with no temporary.
+    """
+    if not params:
+        return
+    if foreach:
+        torch._foreach_lerp_(params, anchors, pull)
+        return
+    for p, a in zip(params, anchors, strict=True):
+        p.lerp_(a, pull)
+
+
+def _put_back(swapped: list[tuple[Tensor, Tensor]]) -> None:
+    for p, g in swapped:
+        p.grad = g
+
+
+def _cast_like(value: Any, param: Tensor) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device=param.device, dtype=param.dtype, copy=True)
+    return value
+
+
+def _check_lam(lam: Any) -> None:
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam < math.inf:
+        raise ValueError(f"Invalid lam: {lam}")
+
+
+def _names(allowed: tuple[str, ...]) -> str:
+    return ", ".join(repr(name) for name in allowed)
