@@ -62,7 +62,9 @@ Showcase = Callable[[ShowcaseContext], Section]
 # Each method adds its short showcase to `bench quick` (and so to `make demo`) here, as
 # "module:function" so that a suite imports only what it runs.
 SHOWCASES: dict[str, list[str]] = {
-    "quick": [],
+    "quick": [
+        "sgdlab.bench.hogwild:hogwild_showcase",
+    ],
 }
 
 

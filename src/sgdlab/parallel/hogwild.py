@@ -298,15 +298,21 @@ def sparse_logistic_step(
     batch = y.size
     w_hat = w[cols]  # the read: a copy of the support, as Hogwild! reads it
     b_hat = float(b[0])
+    if batch == 1:  # the common case, with fewer numpy calls (same arithmetic)
+        z1 = float(np.dot(vals, w_hat)) + b_hat
+        r1 = 1.0 / (1.0 + math.exp(-z1)) - float(y[0])
+        grad = (r1 * vals + lam * w_hat * inv_p[cols]) * eta
+        if before_write is not None:
+            before_write()
+        w[cols] -= grad  # a row's columns are distinct
+        b[0] -= eta * (r1 + lam * b_hat)
+        return
     z = np.bincount(rows, weights=vals * w_hat, minlength=batch) + b_hat
     r = 1.0 / (1.0 + np.exp(-z)) - y
     grad = (r[rows] * vals + lam * w_hat * inv_p[cols]) * (eta / batch)
     if before_write is not None:
         before_write()
-    if batch == 1:
-        w[cols] -= grad  # a row's columns are distinct
-    else:
-        np.subtract.at(w, cols, grad)
+    np.subtract.at(w, cols, grad)
     b[0] -= eta * (float(r.mean()) + lam * b_hat)
 
 
