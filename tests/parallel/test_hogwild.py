@@ -3,10 +3,12 @@ multi-process runs that converge, and failures that end cleanly with a clear err
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,7 +141,7 @@ def test_one_worker_is_sequential_sgd_on_its_shard():
 
 
 @pytest.mark.slow
-def test_two_workers_converge_sparse_and_dense():
+def test_two_workers_converge_on_a_sparse_problem():
     wl = sparse_problem()
     opt = wl.optimum()
     c = estimate_constants(wl, sparse=True)
@@ -152,15 +154,6 @@ def test_two_workers_converge_sparse_and_dense():
     assert dn < 0.05 * d0, (d0, dn)
     assert res.evaluation["train_loss"] == pytest.approx(opt.loss, abs=1e-3)
     assert res.staleness_mean >= 0 and res.staleness_p99 <= res.staleness_max
-
-    dense = dense_problem()
-    dopt = dense.optimum()
-    c = estimate_constants(dense)
-    step = StepSize.diminishing(mu=c.mu, L=c.L)
-    res = run_hogwild(dense, HogwildConfig(workers=2, steps=4_000, step_size=step, batch_size=4),
-                      optimum=dopt.params)
-    assert not res.sparse and res.trace[-1][1] < 0.01 * res.trace[0][1]
-    assert res.evaluation["train_loss"] == pytest.approx(dopt.loss, abs=1e-3)
     assert not mp.active_children()
 
 
@@ -171,8 +164,8 @@ def test_cuda_model_is_refused_unless_opted_in():
 
 
 def test_a_failing_worker_is_reported_and_all_processes_end():
-    cfg = HogwildConfig(workers=2, steps=2_000, step_size=StepSize.constant(0.1), timeout_s=60)
-    with pytest.raises(SgdlabError, match=r"worker \d failed: IndexError: Target 3 is out of"):
+    cfg = HogwildConfig(workers=1, steps=2_000, step_size=StepSize.constant(0.1), timeout_s=60)
+    with pytest.raises(SgdlabError, match=r"worker 0 failed: IndexError: Target 3 is out of"):
         run_hogwild(dense_problem(bad_label=True), cfg)
     assert not mp.active_children()
 
@@ -221,3 +214,60 @@ def test_sparse_path_needs_sparse_rows():
     cfg = HogwildConfig(workers=1, steps=10, step_size=StepSize.constant(0.1), sparse=True)
     with pytest.raises(ConfigError, match=r"Invalid sparse=True"):
         run_hogwild(dense_problem(), cfg)
+
+
+# --- the command and the bench glue ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_hogwild_json_and_errors(capsys):
+    from sgdlab.cli import main
+
+    # Dense updates (autograd, per-process optimizer) by two workers, end to end.
+    code = main(["hogwild", "--workload", "logreg-breast-cancer", "--workers", "2", "--steps",
+                 "4000", "--schedule", "diminishing", "--batch-size", "8", "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    rep = json.loads(out.strip().splitlines()[-1])
+    for key in ("workers", "steps", "samples_per_second", "final_loss", "metric_value",
+                "staleness_mean", "staleness_p99", "staleness_max", "dist_to_opt"):
+        assert key in rep, key
+    assert rep["workers"] == 2 and rep["steps"] == 4000 and not rep["sparse"]
+    assert rep["dist_to_opt"] < 0.2 * rep["dist_to_opt_start"]
+    assert rep["metric_value"] > 0.9
+    assert not mp.active_children()
+
+    for args, match in (
+        (["--device", "cuda"], "error: Hogwild! refuses a CUDA model"),
+        (["--workers", "0"], "error: Invalid workers: 0"),
+        (["--schedule", "cosine"], "error: Invalid schedule: 'cosine'"),
+    ):
+        code = main(["hogwild", "--workload", "logreg-breast-cancer", *args])
+        _, err = capsys.readouterr()
+        assert code == 2 and err.startswith(match), (args, err)
+    for help_args in (["hogwild", "--help"], ["bench", "hogwild", "--help"]):
+        assert main(help_args) == 0
+    assert "Usage" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_draws_the_measurement_against_the_bound(tmp_path, monkeypatch):
+    from sgdlab.bench import hogwild as bench
+
+    wl = sparse_problem()
+    monkeypatch.setattr(bench, "get_workload", lambda name, **options: wl)
+    rep = bench.hogwild_bench(tmp_path, workloads=("tiny",), workers=(2,), seeds=2,
+                              steps={"tiny": 6_000}, baseline=False, log_points=12)
+    s = rep["workloads"]["tiny"]
+    c = estimate_constants(wl, sparse=True)
+    assert s["constants"]["L"] == c.L and s["constants"]["N"] == c.N
+    assert s["step"]["E"] == pytest.approx(2 * 2.0 * c.L / c.mu)
+    m = s["measured"]["hogwild-2"]
+    assert m["t"][0] == 0 and m["t"][-1] >= 5_900 and len(m["mean"]) == len(m["t"])
+    assert m["min"][-1] <= m["mean"][-1] <= m["max"][-1]
+    assert m["mean"][-1] < m["mean"][0]
+    [row] = rep["rows"]
+    assert row["variant"] == "hogwild-2" and row["speedup vs 1"] != row["speedup vs 1"]  # NaN
+    for p in rep["images"]:
+        assert Path(p).stat().st_size > 10_000
+    assert json.loads((tmp_path / "hogwild.json").read_text())["rows"][0]["workers"] == 2
