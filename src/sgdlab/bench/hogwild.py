@@ -338,16 +338,19 @@ def hogwild_showcase(ctx: Any) -> Any:
     from sgdlab.bench.suites import Section
 
     report = hogwild_bench(
-        ctx.out / "hogwild", workloads=("sparse-logreg",), workers=(1, 2), seeds=2,
+        ctx.out / "hogwild", workloads=("sparse-logreg",), workers=(1, 2), seeds=1,
         steps={"sparse-logreg": 100_000}, baseline=False,
-        workload_options={"sparse-logreg": {"n_samples": 5_000}},
+        # λ = 1e-3 (not the default 1e-4): E = 2αL/μ is 10x smaller, so the 100,000 steps
+        # reach t ≈ 4.5 E and the 1/t decay shows; and θ* takes seconds, not minutes.
+        workload_options={"sparse-logreg": {"n_samples": 5_000, "l2": 1e-3}},
         progress=None if ctx.quiet else ctx.console.print,
     )
     summary = report["workloads"]["sparse-logreg"]
     two = summary["measured"].get("hogwild-2", {})
-    text = (f"Hogwild! on sparse-logreg (5,000 rows): the mean ‖w_t - w*‖² over 2 seeds with 1 "
-            f"and 2 lock-free workers against the bound of Nguyen et al. from estimated "
-            f"constants; 2 workers under the recursion bound at every logged step: "
+    text = (f"Hogwild! on sparse-logreg (5,000 rows, λ=1e-3): ‖w_t - w*‖² with 1 and 2 "
+            f"lock-free workers against the bound of Nguyen et al. from estimated constants "
+            f"(μ, L, N at w*); 2 workers under the bound C/(t+E) at every logged step: "
+            f"{two.get('under_closed_form_everywhere')}, under the recursion: "
             f"{two.get('under_recursion_everywhere')}.")
     keep = ("variant", "workers", "samples/s", "speedup vs 1", "staleness mean",
             "staleness max", "final dist²", "max mean/recursion")
