@@ -256,18 +256,19 @@ def test_bench_draws_the_measurement_against_the_bound(tmp_path, monkeypatch):
 
     wl = sparse_problem()
     monkeypatch.setattr(bench, "get_workload", lambda name, **options: wl)
-    rep = bench.hogwild_bench(tmp_path, workloads=("tiny",), workers=(2,), seeds=2,
+    rep = bench.hogwild_bench(tmp_path, workloads=("tiny",), workers=(1,), seeds=2,
                               steps={"tiny": 6_000}, baseline=False, log_points=12)
     s = rep["workloads"]["tiny"]
     c = estimate_constants(wl, sparse=True)
     assert s["constants"]["L"] == c.L and s["constants"]["N"] == c.N
     assert s["step"]["E"] == pytest.approx(2 * 2.0 * c.L / c.mu)
-    m = s["measured"]["hogwild-2"]
+    m = s["measured"]["hogwild-1"]
     assert m["t"][0] == 0 and m["t"][-1] >= 5_900 and len(m["mean"]) == len(m["t"])
     assert m["min"][-1] <= m["mean"][-1] <= m["max"][-1]
     assert m["mean"][-1] < m["mean"][0]
+    assert m["under_closed_form_everywhere"]  # one worker: the theorem's setting (τ = 0)
     [row] = rep["rows"]
-    assert row["variant"] == "hogwild-2" and row["speedup vs 1"] != row["speedup vs 1"]  # NaN
+    assert row["variant"] == "hogwild-1" and row["speedup vs 1"] == 1.0
     for p in rep["images"]:
         assert Path(p).stat().st_size > 10_000
     assert json.loads((tmp_path / "hogwild.json").read_text())["rows"][0]["workers"] == 2

@@ -52,10 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import queue as queue_mod
-import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,13 +60,11 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from sgdlab.errors import ConfigError, SgdlabError
+from sgdlab.errors import ConfigError
 from sgdlab.optim import DiminishingLR
 from sgdlab.workloads.base import SparseRows, Workload
 from sgdlab.workloads.constants import feature_frequency
 from sgdlab.workloads.models import LinearClassifier
-
-_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -188,11 +182,12 @@ def run_hogwild(
         )
     model = workload.make_model(config.seed) if model is None else model
     model = model.to(device)
-    sparse = _use_sparse(workload, model) if config.sparse is None else config.sparse
-    if sparse and not _use_sparse(workload, model):
+    can_sparse = _use_sparse(workload, model) and device.type == "cpu"
+    sparse = can_sparse if config.sparse is None else config.sparse
+    if sparse and not can_sparse:
         raise ConfigError(
             f"Invalid sparse=True for workload {workload.name!r}: the sparse path needs sparse "
-            "rows, one logit and a linear model"
+            "rows, one logit, a linear model and the CPU"
         )
     if config.batch_size > workload.num_train:
         raise ConfigError(f"Invalid batch_size: {config.batch_size} (more than the data)")
@@ -212,6 +207,9 @@ def run_hogwild(
     trace: list[tuple[int, float]] = []
     if opt_params is not None:
         trace.append((0, _dist2(params, opt_params)))
+
+    # The process side imports this module (for the kernels), so it is imported here, lazily.
+    from sgdlab.parallel._hogwild_procs import _collect, _DenseData, _Job, _SparseData, _worker
 
     ctx = mp.get_context("spawn")
     counts = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
@@ -316,34 +314,7 @@ def sparse_logistic_step(
     b[0] -= eta * (float(r.mean()) + lam * b_hat)
 
 
-# --- private: what travels to a worker, the worker, the parent's wait ------------------------
-
-
-@dataclass
-class _Job:
-    config: HogwildConfig
-    sparse: bool
-    counts: torch.Tensor
-    optimum: list[torch.Tensor] | None
-    log_at: np.ndarray
-
-
-@dataclass
-class _SparseData:
-    indptr: torch.Tensor
-    indices: torch.Tensor
-    data: torch.Tensor
-    y: torch.Tensor
-    inv_p: torch.Tensor
-    l2: float
-    weight: torch.Tensor  # shared, flat (features,)
-    bias: torch.Tensor  # shared, (1,)
-
-
-@dataclass
-class _DenseData:
-    workload: Workload
-    model: torch.nn.Module
+# --- private helpers of the parent -----------------------------------------------------------
 
 
 def _not_in_worker() -> torch.nn.Module:
@@ -374,7 +345,7 @@ def _log_steps(steps: int, points: int) -> np.ndarray:
 
 def _dist2(params: Sequence[torch.Tensor], optimum: Sequence[torch.Tensor]) -> float:
     pairs = zip(params, optimum, strict=True)
-    return float(sum((p.detach().double() - o).pow(2).sum() for p, o in pairs))
+    return float(sum((p.detach().cpu().double() - o).pow(2).sum() for p, o in pairs))
 
 
 def _first_per_point(trace: list[tuple[int, float]], log_at: np.ndarray) -> list[tuple[int, float]]:
@@ -394,204 +365,6 @@ def _quantile(hist: np.ndarray, q: float) -> float:
         return 0.0
     cdf = np.cumsum(hist) / hist.sum()
     return float(np.searchsorted(cdf, q))
-
-
-def _warm_up() -> None:
-    # The first optimizer step of a process imports torch's compiler stack (~1 s): pay it
-    # before the barrier, off the clock. Draws no random number.
-    scratch = torch.nn.Parameter(torch.zeros(1))
-    scratch.grad = torch.zeros(1)
-    torch.optim.SGD([scratch], lr=0.0).step()
-
-
-def _worker(rank: int, job: _Job, data: Any, barrier: Any, results: Any) -> None:
-    try:
-        config = job.config
-        if config.cap_threads:
-            torch.set_num_threads(max(1, _cores() // config.workers))
-        if not job.sparse:  # the sparse loop never calls an optimizer
-            _warm_up()
-        loop = _sparse_loop if job.sparse else _dense_loop
-        report = loop(rank, job, data, barrier)
-        results.put(("done", rank, report))
-    except BaseException:  # noqa: B036 - the parent must hear of any failure, then we exit 1
-        results.put(("error", rank, traceback.format_exc()))
-        raise SystemExit(1) from None
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-class _Counter:
-    """The lock-free global step: worker ``rank`` writes only ``count[rank]``."""
-
-    def __init__(self, counts: torch.Tensor, rank: int) -> None:
-        self.c = counts.numpy()
-        self.rank = rank
-
-    def now(self) -> int:
-        return int(self.c.sum())
-
-    def tick(self) -> None:
-        self.c[self.rank] += 1
-
-
-class _Recorder:
-    """Staleness per update, and ``‖w_t - w*‖²`` at the log points (off the clock)."""
-
-    def __init__(self, job: _Job, params: Sequence[torch.Tensor], steps: int) -> None:
-        self.taus = np.zeros(steps, dtype=np.int64)
-        self.params, self.optimum = params, job.optimum
-        self.log_at = job.log_at
-        self.next = 0
-        self.trace: list[tuple[int, float]] = []
-        self.off_clock = 0.0
-
-    def after_write(self, t: int) -> None:
-        if self.optimum is None or self.next >= self.log_at.size or t < self.log_at[self.next]:
-            return
-        start = time.perf_counter()
-        self.trace.append((t, _dist2(self.params, self.optimum)))
-        self.next = int(np.searchsorted(self.log_at, t, side="right"))
-        self.off_clock += time.perf_counter() - start
-
-    def report(self, steps: int, seconds: float) -> dict[str, Any]:
-        return {"steps": steps, "seconds": seconds - self.off_clock, "trace": self.trace,
-                "staleness_hist": np.bincount(self.taus[:steps])}
-
-
-def _plan(job: _Job, rank: int, n: int) -> tuple[torch.Tensor, int]:
-    config = job.config
-    steps = config.steps // config.workers + (rank < config.steps % config.workers)
-    shard = (
-        shard_indices(n, config.workers, rank, config.seed) if config.shard else torch.arange(n)
-    )
-    if shard.numel() < config.batch_size:
-        raise ConfigError(f"Invalid batch_size: {config.batch_size} (exceeds a worker's shard)")
-    return shard, steps
-
-
-def _batches(job: _Job, rank: int, shard: torch.Tensor) -> Any:
-    b = job.config.batch_size
-    epoch = 0
-    while True:
-        order = epoch_order(shard, job.config.seed, rank, epoch).numpy()
-        for start in range(0, order.size - b + 1, b):
-            yield order[start : start + b]
-        epoch += 1
-
-
-def _sparse_loop(rank: int, job: _Job, d: _SparseData, barrier: Any) -> dict[str, Any]:
-    shard, steps = _plan(job, rank, len(d.y))
-    indptr, indices = d.indptr.numpy(), d.indices.numpy()
-    values, labels, inv_p = d.data.numpy(), d.y.numpy(), d.inv_p.numpy()
-    w, b = d.weight.numpy(), d.bias.numpy()
-    counter = _Counter(job.counts, rank)
-    rec = _Recorder(job, [d.weight, d.bias], steps)
-    step_size, lam = job.config.step_size, d.l2
-    batches = _batches(job, rank, shard)
-    t_read, k = 0, 0
-
-    def before_write() -> None:
-        nonlocal k
-        rec.taus[k] = counter.now() - t_read
-        k += 1
-
-    barrier.wait()
-    start = time.perf_counter()
-    for _ in range(steps):
-        idx = next(batches)
-        if idx.size == 1:
-            lo, hi = indptr[idx[0]], indptr[idx[0] + 1]
-            cols, vals = indices[lo:hi], values[lo:hi]
-            rows = np.zeros(hi - lo, dtype=np.int64)
-        else:
-            spans = [np.arange(indptr[i], indptr[i + 1]) for i in idx]
-            pos = np.concatenate(spans)
-            cols, vals = indices[pos], values[pos]
-            rows = np.repeat(np.arange(idx.size), [s.size for s in spans])
-        t_read = counter.now()
-        sparse_logistic_step(w, b, cols, vals, rows, labels[idx].astype(np.float64), inv_p,
-                             lam, step_size(t_read), before_write)
-        counter.tick()
-        rec.after_write(counter.now())
-    return rec.report(steps, time.perf_counter() - start)
-
-
-def _dense_loop(rank: int, job: _Job, d: _DenseData, barrier: Any) -> dict[str, Any]:
-    workload, model = d.workload, d.model
-    shard, steps = _plan(job, rank, workload.num_train)
-    device = torch.device(job.config.device)
-    params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=1.0)  # per-process optimizer; its lr is η_t below
-    counter = _Counter(job.counts, rank)
-    rec = _Recorder(job, params, steps)
-    batches = _batches(job, rank, shard)
-    barrier.wait()
-    start = time.perf_counter()
-    for k in range(steps):
-        idx = torch.from_numpy(next(batches))
-        t_read = counter.now()
-        x, y = workload.batch(idx, device)
-        opt.zero_grad(set_to_none=False)
-        workload.loss(model, x, y).backward()
-        opt.param_groups[0]["lr"] = job.config.step_size(t_read)
-        rec.taus[k] = counter.now() - t_read
-        opt.step()
-        counter.tick()
-        rec.after_write(counter.now())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return rec.report(steps, time.perf_counter() - start)
-
-
-def _collect(procs: list[Any], results: Any, timeout_s: float | None) -> list[dict[str, Any]]:
-    """Wait for every worker's report; on a failure or a timeout stop them all and raise."""
-    reports: dict[int, dict[str, Any]] = {}
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    failure = None
-    try:
-        while len(reports) < len(procs):
-            try:
-                kind, rank, payload = results.get(timeout=_POLL_S)
-            except queue_mod.Empty:
-                dead = [(r, p.exitcode) for r, p in enumerate(procs)
-                        if p.exitcode is not None and r not in reports]
-                if dead and failure is None:
-                    # Give a report sent just before the exit a moment to arrive.
-                    try:
-                        kind, rank, payload = results.get(timeout=1.0)
-                    except queue_mod.Empty:
-                        r, code = dead[0]
-                        failure = f"Hogwild! worker {r} died with exit code {code} and no report"
-                        break
-                elif deadline is not None and time.monotonic() > deadline:
-                    failure = f"Hogwild! run exceeded timeout_s={timeout_s}: workers stopped"
-                    break
-                else:
-                    continue
-            if kind == "error":
-                last = payload.strip().splitlines()[-1] if payload.strip() else "unknown error"
-                failure = f"Hogwild! worker {rank} failed: {last}"
-                break
-            reports[rank] = payload
-    finally:
-        for p in procs:
-            if p.is_alive() and (failure is not None or len(reports) < len(procs)):
-                p.terminate()
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        results.close()
-    if failure is not None:
-        raise SgdlabError(failure)
-    return [reports[r] for r in range(len(procs))]
 
 
 __all__ = [
