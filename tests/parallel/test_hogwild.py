@@ -271,4 +271,4 @@ def test_bench_draws_the_measurement_against_the_bound(tmp_path, monkeypatch):
     assert row["variant"] == "hogwild-1" and row["speedup vs 1"] == 1.0
     for p in rep["images"]:
         assert Path(p).stat().st_size > 10_000
-    assert json.loads((tmp_path / "hogwild.json").read_text())["rows"][0]["workers"] == 2
+    assert json.loads((tmp_path / "hogwild.json").read_text())["rows"][0]["workers"] == 1
