@@ -34,15 +34,25 @@ matching constants in ``sgdlab.workloads.constants``), which leaves F unchanged.
 for a batch of B rows, the mean of their steps (scatter-added). Coordinates no training row
 touches have ``θ*_j = 0`` and no step moves them; they start at 0.
 
+**Which bound.** A sparse step writes the whole support, so its direction is the exact
+gradient of the rescaled component: with one worker (τ = 0) it is plain SGD on those
+components, and ``E‖w_t - w*‖² <= C/(t+E)`` holds with their μ, L, N and D = 1
+(``estimate_constants(workload, sparse=True)``). ``D`` = the largest support enters where one
+sampled coordinate is written, scaled by the support size (``sgdlab.theory.sgd_bounds``), and
+in the delay analysis of several workers; for K > 1 the benchmark reports how the measurement
+compares with the sequential curve rather than claim it. (The bound draws ξ independently;
+workers reshuffle their shards every epoch, which in practice does no worse.)
+
 **Dense updates** (every other workload): each worker runs autograd on the shared parameters
 and an SGD step of its own optimizer writes into them, as in PyTorch's ``mnist_hogwild``.
 
 Workers are started with ``spawn``; each caps its threads at ``max(1, cores // K)``, draws its
 samples from a disjoint shard reshuffled every epoch, and waits at a barrier so that the clock
-starts when all have imported torch. A worker that fails sends its traceback; one that dies
-without a word is noticed by its exit code; either way the parent stops the others and raises
-:class:`~sgdlab.errors.SgdlabError`. A CUDA model is refused unless ``allow_cuda=True``:
-unsynchronised writes from several processes to one CUDA tensor have no guarantee at all.
+starts when all have imported torch (the process side lives in ``_hogwild_procs``). A worker
+that fails sends its traceback; one that dies without a word is noticed by its exit code;
+either way the parent stops the others and raises :class:`~sgdlab.errors.SgdlabError`. A CUDA
+model is refused unless ``allow_cuda=True``: unsynchronised writes from several processes to
+one CUDA tensor have no guarantee at all (and the sparse path is CPU-only).
 
 >>> shard_indices(10, workers=3, rank=1, seed=0).numel()
 3
