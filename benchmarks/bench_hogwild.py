@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sparse-steps", type=int, default=400_000)
     ap.add_argument("--fmnist-steps", type=int, default=40_000)
-    ap.add_argument("--baseline-steps", type=int, default=4_000)
+    ap.add_argument("--baseline-steps", type=int, default=1_000)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--workloads", nargs="+", default=["sparse-logreg", "logreg-fmnist"])
     ap.add_argument("--sparse-n", type=int, default=100_000, help="sparse-logreg n_samples")

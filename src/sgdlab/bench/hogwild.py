@@ -122,7 +122,7 @@ def hogwild_bench(
     workers: Sequence[int] = (1, 2, 4),
     seeds: int = 3,
     steps: dict[str, int] | None = None,
-    baseline_steps: int = 4_000,
+    baseline_steps: int = 1_000,
     baseline_workers: int = 2,
     baseline: bool = True,
     workload_options: dict[str, dict[str, Any]] | None = None,
@@ -133,7 +133,7 @@ def hogwild_bench(
     """The evidence of issue 3 (module docstring); writes plots and ``hogwild.json`` to ``out``.
 
     ``steps`` maps a workload to its updates per run (default 400,000 on sparse-logreg,
-    100,000 elsewhere). The baselines (``baseline=True``: PyTorch's example pattern, and the
+    40,000 elsewhere). The baselines (``baseline=True``: PyTorch's example pattern, and the
     same with the thread cap) run ``baseline_steps`` updates, only to measure their speed.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -148,7 +148,7 @@ def hogwild_bench(
     for name in workloads:
         plan = _Plan(
             name, (workload_options or {}).get(name, {}),
-            (steps or {}).get(name, 400_000 if name == "sparse-logreg" else 100_000), 1,
+            (steps or {}).get(name, 400_000 if name == "sparse-logreg" else 40_000), 1,
             baseline_steps,
         )
         wl = get_workload(name, **plan.options)
