@@ -256,7 +256,7 @@ def test_bench_draws_the_measurement_against_the_bound(tmp_path, monkeypatch):
 
     wl = sparse_problem()
     monkeypatch.setattr(bench, "get_workload", lambda name, **options: wl)
-    rep = bench.hogwild_bench(tmp_path, workloads=("tiny",), workers=(1,), seeds=2,
+    rep = bench.hogwild_bench(tmp_path, workloads=("tiny",), workers=(1,), seeds=1,
                               steps={"tiny": 6_000}, baseline=False, log_points=12)
     s = rep["workloads"]["tiny"]
     c = estimate_constants(wl, sparse=True)
