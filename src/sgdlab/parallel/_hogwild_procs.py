@@ -154,6 +154,7 @@ def _sparse_loop(rank: int, job: _Job, d: _SparseData, barrier: Any) -> dict[str
     step_size, lam = job.config.step_size, d.l2
     batches = _batches(job, rank, shard)
     t_read, k = 0, 0
+    one_row = np.zeros(0, dtype=np.int64)
 
     def before_write() -> None:
         nonlocal k
@@ -167,7 +168,7 @@ def _sparse_loop(rank: int, job: _Job, d: _SparseData, barrier: Any) -> dict[str
         if idx.size == 1:
             lo, hi = indptr[idx[0]], indptr[idx[0] + 1]
             cols, vals = indices[lo:hi], values[lo:hi]
-            rows = np.zeros(hi - lo, dtype=np.int64)
+            rows = one_row  # the batch-1 step does not read it
         else:
             spans = [np.arange(indptr[i], indptr[i + 1]) for i in idx]
             pos = np.concatenate(spans)
