@@ -91,6 +91,7 @@ def hogwild_once(
         "schedule": schedule,
         "eta0": step(0),
         "seconds": res.seconds,
+        "cpu_seconds": res.cpu_seconds,
         "samples_per_second": res.samples_per_second,
         "final_loss": res.evaluation["train_loss"],
         "test_loss": res.evaluation["test_loss"],
@@ -228,6 +229,11 @@ def _summarise(
             "steps": results[0].steps, "sparse": results[0].sparse,
             "samples/s": sps["median"], "samples/s min": sps["min"], "samples/s max": sps["max"],
             "speedup vs 1": sps["median"] / sps_one,
+            # Samples per CPU-second of the workers: flat in K when lock-freedom costs nothing.
+            "samples/cpu-s": float(np.median(
+                [r.steps * r.batch_size / r.cpu_seconds for r in results])),
+            "cpu share": float(np.median(
+                [r.cpu_seconds / (r.workers * r.seconds) for r in results])),
             "staleness mean": float(np.mean([r.staleness_mean for r in results])),
             "staleness p99": float(np.max([r.staleness_p99 for r in results])),
             "staleness max": int(max(r.staleness_max for r in results)),
@@ -319,7 +325,8 @@ def print_hogwild_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keep = ("workload", "variant", "samples/s", "speedup vs 1", "vs torch-example",
+    keep = ("workload", "variant", "samples/s", "speedup vs 1", "samples/cpu-s", "cpu share",
+            "vs torch-example",
             "staleness mean", "staleness p99", "staleness max", "final dist²",
             "max mean/recursion", "final loss")
     table = Table(title="sgdlab bench hogwild")

@@ -118,8 +118,14 @@ class _Recorder:
         self.next = int(np.searchsorted(self.log_at, t, side="right"))
         self.off_clock += time.perf_counter() - start
 
-    def report(self, steps: int, seconds: float) -> dict[str, Any]:
-        return {"steps": steps, "seconds": seconds - self.off_clock, "trace": self.trace,
+    def start(self) -> None:
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def report(self, steps: int) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.t0 - self.off_clock
+        # CPU time tells a worker that waited for a core apart from one that computed slowly.
+        cpu = time.process_time() - self.cpu0 - self.off_clock
+        return {"steps": steps, "seconds": seconds, "cpu_seconds": cpu, "trace": self.trace,
                 "staleness_hist": np.bincount(self.taus[:steps])}
 
 
@@ -162,7 +168,7 @@ def _sparse_loop(rank: int, job: _Job, d: _SparseData, barrier: Any) -> dict[str
         k += 1
 
     barrier.wait()
-    start = time.perf_counter()
+    rec.start()
     for _ in range(steps):
         idx = next(batches)
         if idx.size == 1:
@@ -179,7 +185,7 @@ def _sparse_loop(rank: int, job: _Job, d: _SparseData, barrier: Any) -> dict[str
                              lam, step_size(t_read), before_write)
         counter.tick()
         rec.after_write(counter.now())
-    return rec.report(steps, time.perf_counter() - start)
+    return rec.report(steps)
 
 
 def _dense_loop(rank: int, job: _Job, d: _DenseData, barrier: Any) -> dict[str, Any]:
@@ -192,7 +198,7 @@ def _dense_loop(rank: int, job: _Job, d: _DenseData, barrier: Any) -> dict[str, 
     rec = _Recorder(job, params, steps)
     batches = _batches(job, rank, shard)
     barrier.wait()
-    start = time.perf_counter()
+    rec.start()
     for k in range(steps):
         idx = torch.from_numpy(next(batches))
         t_read = counter.now()
@@ -206,7 +212,7 @@ def _dense_loop(rank: int, job: _Job, d: _DenseData, barrier: Any) -> dict[str, 
         rec.after_write(counter.now())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return rec.report(steps, time.perf_counter() - start)
+    return rec.report(steps)
 
 
 def _collect(procs: list[Any], results: Any, timeout_s: float | None) -> list[dict[str, Any]]:

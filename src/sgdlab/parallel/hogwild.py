@@ -151,7 +151,11 @@ class HogwildConfig:
 
 @dataclass
 class HogwildResult:
-    """What a run measured. ``trace`` rows are ``(t, ‖w_t - w*‖²)``, ``t`` the global step."""
+    """What a run measured. ``trace`` rows are ``(t, ‖w_t - w*‖²)``, ``t`` the global step.
+
+    ``seconds`` is the slowest worker's wall time in its loop; ``cpu_seconds`` the CPU time of
+    all workers' loops together (on a busy machine, less than ``workers × seconds``).
+    """
 
     workers: int
     steps: int
@@ -159,6 +163,7 @@ class HogwildResult:
     sparse: bool
     seconds: float
     samples_per_second: float
+    cpu_seconds: float
     staleness_mean: float
     staleness_p99: float
     staleness_max: int
@@ -260,6 +265,7 @@ def run_hogwild(
         sparse=sparse,
         seconds=seconds,
         samples_per_second=total * config.batch_size / seconds if seconds > 0 else math.inf,
+        cpu_seconds=float(sum(rep["cpu_seconds"] for rep in reports)),
         staleness_mean=float((np.arange(hist.size) * hist).sum() / max(1, hist.sum())),
         staleness_p99=_quantile(hist, 0.99),
         staleness_max=int(np.flatnonzero(hist).max()) if hist.any() else 0,
