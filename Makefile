@@ -10,12 +10,12 @@ WHEELS := $(wildcard /opt/wheels)
 FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test setup data lint typecheck pytest bench clean
+.PHONY: demo test setup data iproute2 lint typecheck pytest bench clean
 
 demo: setup data
 	$(VENV)/bin/sgdlab bench quick
 
-test: setup data lint typecheck pytest
+test: setup data iproute2 lint typecheck pytest
 
 setup: $(STAMP)
 
@@ -38,6 +38,18 @@ data:
 	else \
 		echo "note: Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'," \
 		     "or set SGDLAB_DATA to a folder holding its four IDX .gz files." >&2; \
+	fi
+
+# The slow-network testbed needs ip and tc (iproute2); as root we install them, otherwise the
+# testbed tests skip, saying why.
+iproute2:
+	@if command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null; }; \
+	else \
+		echo "note: ip/tc (iproute2) are missing: the testbed tests will skip;" \
+		     "run 'sudo apt-get install iproute2'." >&2; \
 	fi
 
 lint: setup

@@ -103,11 +103,26 @@ def train(
 
     opt_options, wl_options = _parse_sets(set_ or [])
     config = TrainConfig(
-        workload=workload, optimizer=optimizer, lr=lr, steps=steps, batch_size=batch_size,
-        seed=seed, optimizer_options=opt_options, workload_options=wl_options,
-        schedule=schedule, mu=mu, L=L, alpha=alpha, eval_every=eval_every,
-        checkpoint_every=checkpoint_every, out=out, resume=resume, db=db, device=device,
-        threads=threads, progress=None if not json_ else False,
+        workload=workload,
+        optimizer=optimizer,
+        lr=lr,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        optimizer_options=opt_options,
+        workload_options=wl_options,
+        schedule=schedule,
+        mu=mu,
+        L=L,
+        alpha=alpha,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        out=out,
+        resume=resume,
+        db=db,
+        device=device,
+        threads=threads,
+        progress=None if not json_ else False,
     )
     result = run_train(config)
     if json_:
@@ -186,16 +201,29 @@ def theory_sgd_bound(
     """Bound E||w_t - w*||^2 for SGD without bounded gradients (Nguyen et al., ICML 2018)."""
     from sgdlab.bench.theory_sgd import sgd_bound_report
 
-    rep = sgd_bound_report(mu=mu, L=L, N=N, w0_dist2=w0_dist2, steps=steps, schedule=schedule,
-                           alpha=alpha, E=E, eta=eta, D=D, plot=plot)
+    rep = sgd_bound_report(
+        mu=mu,
+        L=L,
+        N=N,
+        w0_dist2=w0_dist2,
+        steps=steps,
+        schedule=schedule,
+        alpha=alpha,
+        E=E,
+        eta=eta,
+        D=D,
+        plot=plot,
+    )
     if json_:
         _emit_json(rep)
         return
     from sgdlab.bench.report import print_mapping
 
-    print_mapping(f"SGD bound ({schedule} step)", {
-        k: v for k, v in rep.items() if not isinstance(v, dict | list)
-    } | {"final bound": rep["final"]["bound"], "final recursion": rep["final"]["recursion"]})
+    print_mapping(
+        f"SGD bound ({schedule} step)",
+        {k: v for k, v in rep.items() if not isinstance(v, dict | list)}
+        | {"final bound": rep["final"]["bound"], "final recursion": rep["final"]["recursion"]},
+    )
 
 
 @theory_app.command("biased-sgd")
@@ -216,20 +244,39 @@ def theory_biased_sgd(
     """One-step bound E||x+ - x*||^2 <= rho2 E||x - x*||^2 + H for biased SGD (an LMI)."""
     from sgdlab.bench.theory_biased import biased_sgd_report
 
-    rep = biased_sgd_report(case, L=L, m=m, alpha=alpha, delta=delta, c=c, sigma2=sigma2,
-                            beta=beta, K=K, solver=solver, U=U)
+    rep = biased_sgd_report(
+        case,
+        L=L,
+        m=m,
+        alpha=alpha,
+        delta=delta,
+        c=c,
+        sigma2=sigma2,
+        beta=beta,
+        K=K,
+        solver=solver,
+        U=U,
+    )
     if json_:
         _emit_json(rep)
         return
     from sgdlab.bench.report import print_mapping
 
     closed = rep.get("closed_form") or {}
-    print_mapping(f"biased SGD, {case}, alpha={alpha}", {
-        "rho2": rep["rho2"], "H": rep["H"], "solver": rep["solver"], "status": rep["status"],
-        "closed-form rho2": closed.get("rho2"), "closed-form H": closed.get("H"),
-        "contracts": rep["contracts"], "floor": rep["floor"],
-        "delta threshold": rep["delta_threshold"],
-    })
+    print_mapping(
+        f"biased SGD, {case}, alpha={alpha}",
+        {
+            "rho2": rep["rho2"],
+            "H": rep["H"],
+            "solver": rep["solver"],
+            "status": rep["status"],
+            "closed-form rho2": closed.get("rho2"),
+            "closed-form H": closed.get("H"),
+            "contracts": rep["contracts"],
+            "floor": rep["floor"],
+            "delta threshold": rep["delta_threshold"],
+        },
+    )
 
 
 @theory_app.command("schedule")
@@ -251,19 +298,240 @@ def theory_schedule(
     """Step sizes by sequential minimisation: U_{k+1} = min over alpha of rho2 U_k + H."""
     from sgdlab.bench.theory_biased import schedule_report
 
-    rep = schedule_report(case, L, m, delta, c, sigma2, U0=U0, steps=steps, plot=plot,
-                          beta=beta, K=K, solver=solver)
+    rep = schedule_report(
+        case, L, m, delta, c, sigma2, U0=U0, steps=steps, plot=plot, beta=beta, K=K, solver=solver
+    )
     if json_:
         _emit_json(rep)
         return
     from sgdlab.bench.report import print_mapping
 
-    print_mapping(f"sequential schedule, {case}", {
-        "steps": steps, "method": rep["method"], "final bound": rep["final_bound"],
-        "floor": rep["floor"], "first alpha": rep["alphas"][0] if rep["alphas"] else None,
-        "last alpha": rep["alphas"][-1] if rep["alphas"] else None,
-        "seconds": rep["seconds"], "plot": rep["plot"],
-    })
+    print_mapping(
+        f"sequential schedule, {case}",
+        {
+            "steps": steps,
+            "method": rep["method"],
+            "final bound": rep["final_bound"],
+            "floor": rep["floor"],
+            "first alpha": rep["alphas"][0] if rep["alphas"] else None,
+            "last alpha": rep["alphas"][-1] if rep["alphas"] else None,
+            "seconds": rep["seconds"],
+            "plot": rep["plot"],
+        },
+    )
+
+
+# --- testbed (slow network of namespaces; root only) ----------------------------------------
+
+testbed_app = typer.Typer(
+    help="A slow network on this machine: namespaces, veth, tc tbf (root).", no_args_is_help=True
+)
+app.add_typer(testbed_app, name="testbed")
+TestbedName = Annotated[str, typer.Option("--name", help="Testbed name (namespaces sgdl-NAME-*).")]
+StateDir = Annotated[Path, typer.Option("--state-dir", help="Folder of the state file.")]
+
+
+@testbed_app.command("up")
+def testbed_up(
+    hosts: Annotated[int, typer.Option("--hosts", help="Number of hosts (namespaces).")],
+    rate: Annotated[str, typer.Option(help="Link rate, tc bit units: 200mbit, 1gbit; none.")] = (
+        "200mbit"
+    ),
+    burst: Annotated[
+        int | None, typer.Option(help="tbf bucket, bytes (default: 1 ms, >= 32 KiB).")
+    ] = None,
+    latency_ms: Annotated[float, typer.Option(help="tbf queue bound, ms.")] = 25.0,
+    egress_only: Annotated[bool, typer.Option(help="Shape only what hosts send.")] = False,
+    delay_ms: Annotated[float, typer.Option(help="One-way delay, ms (needs netem).")] = 0.0,
+    name: TestbedName = "tb",
+    state_dir: StateDir = Path("/run"),
+    json_: JsonOption = False,
+) -> None:
+    """Build K hosts on one bridge, every link rate-limited; stays up until `testbed down`."""
+    from sgdlab.bench import testbed as tbc
+
+    status = tbc.up_testbed(
+        hosts,
+        rate,
+        name=name,
+        burst=burst,
+        latency_ms=latency_ms,
+        limit_ingress=not egress_only,
+        delay_ms=delay_ms,
+        state_dir=state_dir,
+    )
+    if json_:
+        _emit_json(status)
+    else:
+        tbc.print_status(status)
+
+
+@testbed_app.command("down")
+def testbed_down(
+    name: TestbedName = "tb", state_dir: StateDir = Path("/run"), json_: JsonOption = False
+) -> None:
+    """Remove the testbed: its namespaces (and the processes inside) and its state file."""
+    from sgdlab.bench import testbed as tbc
+
+    result = tbc.down_testbed(name, state_dir=state_dir)
+    if json_:
+        _emit_json(result)
+    else:
+        sys.stdout.write(
+            f"removed {len(result['removed'])} namespaces: {' '.join(result['removed']) or '-'}\n"
+        )
+
+
+@testbed_app.command("status")
+def testbed_status(
+    name: TestbedName = "tb", state_dir: StateDir = Path("/run"), json_: JsonOption = False
+) -> None:
+    """Hosts, addresses, link shape and each host's egress counters."""
+    from sgdlab.bench import testbed as tbc
+
+    status = tbc.status_of_testbed(name, state_dir=state_dir)
+    if json_:
+        _emit_json(status)
+    else:
+        tbc.print_status(status)
+
+
+# --- dist (S2: Overlap Local-SGD and the distributed baselines) ------------------------------
+
+
+@app.command()
+def dist(
+    algo: Annotated[str, typer.Option(help="sync, local, overlap, easgd or cocod.")],
+    world_size: Annotated[int, typer.Option(help="Ranks to spawn on this host.")] = 2,
+    workload: Annotated[str, typer.Option(help="Workload (see `sgdlab list`).")] = "cnn-fmnist",
+    optimizer: Annotated[str, typer.Option(help="Inner optimizer of every rank.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Learning rate of the inner optimizer.")] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="Samples per step, per rank.")] = 32,
+    tau: Annotated[int, typer.Option(help="Local steps per communication round.")] = 2,
+    alpha: Annotated[float, typer.Option(help="Pull-back or elastic weight.")] = 0.6,
+    anchor_momentum: Annotated[float, typer.Option(help="Anchor momentum beta (overlap).")] = 0.0,
+    steps: Annotated[int, typer.Option(help="Local steps per rank.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the model, partition and batches.")] = 0,
+    partition: Annotated[str, typer.Option(help="iid or dirichlet:<alpha>.")] = "iid",
+    bandwidth_mbps: Annotated[float, typer.Option(help="Injected link rate (0: none).")] = 0.0,
+    link_steps: Annotated[
+        float, typer.Option(help="Injected link on which an all-reduce takes N local steps.")
+    ] = 0.0,
+    latency_ms: Annotated[float, typer.Option(help="Injected latency per collective.")] = 0.0,
+    straggler_prob: Annotated[float, typer.Option(help="Chance a step is slowed.")] = 0.0,
+    straggler_slowdown: Annotated[float, typer.Option(help="How many times slower.")] = 1.0,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps (0: five times).")] = 0,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value: an inner hyperparameter, or workload.key=value."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before a hung run is stopped.")] = 600.0,
+    testbed: Annotated[bool, typer.Option(help="Run each rank in its testbed namespace.")] = False,
+    addr: Annotated[str, typer.Option(help="Rendezvous address (a free port is picked).")] = (
+        "127.0.0.1"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """Train on W local ranks (gloo) with a distributed algorithm; under torchrun, one rank.
+
+    Across hosts: torchrun --nnodes N --nproc-per-node 1 --node-rank R --master-addr H
+    --master-port P -m sgdlab.cli dist ... (rank 0 prints the result).
+    """
+    from sgdlab.bench import dist as bench_dist
+
+    opt_options, wl_options = _parse_sets(set_ or [])
+    config = bench_dist.DistConfig(
+        algo=algo,
+        world_size=world_size,
+        workload=workload,
+        optimizer=optimizer,
+        lr=lr,
+        batch_size=batch_size,
+        tau=tau,
+        alpha=alpha,
+        anchor_momentum=anchor_momentum,
+        steps=steps,
+        seed=seed,
+        partition=partition,
+        bandwidth_mbps=bandwidth_mbps,
+        link_steps=link_steps,
+        latency_ms=latency_ms,
+        straggler_prob=straggler_prob,
+        straggler_slowdown=straggler_slowdown,
+        eval_every=eval_every,
+        optimizer_options=opt_options,
+        workload_options=wl_options,
+    )
+    if bench_dist.under_torchrun():
+        bench_dist.torchrun_main(config, json_)
+        return
+    options = bench_dist.netns_launch_options(world_size) if testbed else {"addr": addr}
+    result = bench_dist.run_dist(config, launch_options=options, timeout_s=timeout)
+    if json_:
+        _emit_json(bench_dist.result_json(result))
+    else:
+        from sgdlab.bench.report import print_mapping
+
+        print_mapping(
+            f"sgdlab dist · {algo} · W={world_size}",
+            {k: result[k] for k in bench_dist.JSON_KEYS}
+            | {"time_to_target": result["time_to_target"]},
+        )
+
+
+@bench_app.command("overlap")
+def bench_overlap(
+    out: Annotated[Path, typer.Option(help="Folder for the figures and the table.")] = Path(
+        "sgdlab-results/overlap"
+    ),
+    grid: Annotated[str, typer.Option(help="small (about 10 minutes here) or full.")] = "small",
+    json_: JsonOption = False,
+) -> None:
+    """Overlap Local-SGD against sync, Local SGD, EASGD and CoCoD-SGD under injected delay."""
+    from sgdlab.bench.dist import overlap_benchmark
+
+    summary = overlap_benchmark(out, grid=grid, quiet=json_)
+    if json_:
+        _emit_json(summary)
+
+
+# --- bench smallbatch (S3 evidence) ----------------------------------------------------------
+
+
+@bench_app.command("smallbatch")
+def bench_smallbatch(
+    workloads: Annotated[str, typer.Option(help="Comma-separated workloads.")] = (
+        "cnn-fmnist,mlp-mnist"
+    ),
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,16,128",
+    subset: Annotated[int, typer.Option(help="Training samples (a fixed seeded subset).")] = 2000,
+    validation: Annotated[int, typer.Option(help="Held-out training samples for tuning.")] = 1000,
+    epochs: Annotated[int, typer.Option(help="Epochs at every batch size.")] = 2,
+    seeds: Annotated[int, typer.Option(help="Final seeds per variant (1..N).")] = 3,
+    lams: Annotated[str, typer.Option(help="Extra lambdas a prox variant tries.")] = "0.01,0.1",
+    ablate_batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes of the lambda=0 / no-decay ablation ('' for none).")
+    ] = "8",
+    db: DbOption = Path("sgdlab-results/results.db"),
+    out: Annotated[Path, typer.Option(help="Folder for the table, plots and records.")] = Path(
+        "sgdlab-results/smallbatch"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """Prox-SGD/prox-Adam against SGD/Adam at small batches, tuned on an equal budget."""
+    from sgdlab.bench.smallbatch import SmallBatchPlan, parse_list, run_smallbatch
+
+    plan = SmallBatchPlan(
+        workloads=parse_list(workloads, str, "workloads"),
+        batch_sizes=parse_list(batch_sizes, int, "batch sizes"),
+        subset=subset, validation=validation, epochs=epochs, seeds=seeds,
+        lams=parse_list(lams, float, "lams"),
+        ablate_batch_sizes=parse_list(ablate_batch_sizes, int, "ablation batch sizes")
+        if ablate_batch_sizes.strip() else (),
+    )
+    summary = run_smallbatch(plan, db=db, out=out, quiet=json_)
+    if json_:
+        _emit_json(summary)
 
 
 # --- hogwild (S1) ----------------------------------------------------------------------------

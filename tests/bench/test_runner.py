@@ -53,12 +53,12 @@ def test_same_seed_same_run_and_the_record(tmp_path: Path) -> None:
     assert r1.out_dir != r2.out_dir  # a second run never writes over the first
     for a, b in zip(_params(r1.out_dir).values(), _params(r2.out_dir).values(), strict=True):
         assert torch.equal(a, b)
-    assert [e["step"] for e in r1.evaluations] == [20, 40, 60]
+    assert [e["step"] for e in r1.evaluations] == [0, 20, 40, 60]
     assert r1.metric == "accuracy" and 0.5 < r1.metric_value <= 1.0
     with ResultStore(tmp_path / "r.db") as store:
         (row, _) = store.runs()
         assert row.status == "finished" and row.final_loss == r1.final_loss
-        assert [e[0] for e in store.evaluations(row.id)] == [20, 40, 60]
+        assert [e[0] for e in store.evaluations(row.id)] == [0, 20, 40, 60]
         assert store.samples(row.id)[-1][0] == 60
         assert row.versions["torch"] == torch.__version__
     events = [json.loads(line) for line in (Path(r1.out_dir) / EVENTS).read_text().splitlines()]
@@ -82,7 +82,7 @@ def test_clock_excludes_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(Workload, "evaluate", slow)
     result = train(_config(tmp_path, steps=20, eval_every=5))
-    assert result.train_seconds < 0.3  # four evaluations slept 1.2 s outside the clock
+    assert result.train_seconds < 0.3  # five evaluations slept 1.5 s outside the clock
 
 
 def test_checkpoint_resume_in_process_matches_uninterrupted(tmp_path: Path) -> None:

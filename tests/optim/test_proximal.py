@@ -337,6 +337,29 @@ def test_closure_returns_the_loss_and_follows_the_same_path(set_to_none: bool) -
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("inner", ["adam", "rmsprop"])
+def test_one_evaluation_inner_skips_the_penalty_under_a_closure(
+    inner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_closure, without = _params(), _params()
+    opt = make_proximal(inner, with_closure, lam=0.3, window=3, lr=0.05)
+    reference = make_proximal(inner, without, lam=0.3, window=3, lr=0.05)
+    # Only a line search reads the penalised loss; these optimizers must not pay for it.
+    monkeypatch.setattr(Proximal, "_penalty", lambda self, lams: pytest.fail("penalty computed"))
+    for t in range(7):
+        def closure(rows: np.ndarray = BATCHES[t]) -> torch.Tensor:
+            opt.zero_grad()
+            loss = _loss(with_closure, rows)
+            loss.backward()
+            return loss
+
+        before = _loss(with_closure, BATCHES[t]).item()
+        assert opt.step(closure).item() == before
+        _train(reference, without, range(t, t + 1))
+    for p, q in zip(with_closure, without, strict=True):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_lbfgs_inner_solves_each_proximal_problem(set_to_none: bool) -> None:
     """Window 1 and an inner solver that converges: the proximal point method, exactly.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from sgdlab.bench.scoring import GroupScore, score
 from sgdlab.bench.store import ResultStore
 from sgdlab.checkpoint import atomic_write_bytes
 
-_console = Console(stderr=False)
+# Off a terminal rich assumes 80 columns, too narrow for the results table.
+_console = Console(stderr=False, width=None if sys.stdout.isatty() else 150)
 
 
 def print_result(result: Any) -> None:

@@ -274,6 +274,8 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
         save_checkpoint(state, ckpt_path)
 
     model.train()
+    if start == 0:
+        evaluate(0)  # where every curve starts
     _warm_up_torch()
     loop_start = time.perf_counter()
     outside = 0.0  # evaluation and checkpoint time, for the harness-overhead benchmark

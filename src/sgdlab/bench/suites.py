@@ -27,9 +27,12 @@ from sgdlab.workloads import Workload, get_workload
 def quick_suite() -> list[TrainConfig]:
     runs = []
     for opt, lr, extra in (("sgd", 0.1, {}), ("sgd", 0.05, {"momentum": 0.9}), ("adam", 1e-3, {})):
-        runs.append(TrainConfig("logreg-fmnist", opt, lr, 1500, 64, optimizer_options=extra))
-        runs.append(TrainConfig("mlp-mnist", opt, lr, 1500, 64, optimizer_options=extra))
-        runs.append(TrainConfig("cnn-fmnist", opt, lr, 600, 64, optimizer_options=extra))
+        for workload, steps in (("logreg-fmnist", 1000), ("mlp-mnist", 1200), ("cnn-fmnist", 400)):
+            runs.append(
+                TrainConfig(
+                    workload, opt, lr, steps, 64, optimizer_options=extra, eval_every=steps // 5
+                )
+            )
     return runs
 
 
@@ -64,6 +67,8 @@ Showcase = Callable[[ShowcaseContext], Section]
 SHOWCASES: dict[str, list[str]] = {
     "quick": [
         "sgdlab.bench.hogwild:hogwild_showcase",
+        "sgdlab.bench.dist:overlap_showcase",
+        "sgdlab.bench.smallbatch:smallbatch_showcase",
     ],
 }
 
@@ -82,7 +87,17 @@ def run_suite(
         raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
     tag = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     configs = [
-        replace(c, seed=s, db=db, suite=tag, out=out / "runs", progress=False if quiet else None)
+        replace(
+            c,
+            seed=s,
+            db=db,
+            suite=tag,
+            out=out / "runs",
+            progress=False if quiet else None,
+            # One torch thread: these models are small, and on a shared machine a second
+            # OpenMP thread that has to wait for a core makes every step many times slower.
+            threads=c.threads or 1,
+        )
         for c in SUITES[name]()
         for s in range(seeds)
     ]

@@ -103,7 +103,9 @@ class Proximal(Optimizer):
     costs more than the arithmetic on a CPU), so the inner optimizer must not keep a reference
     to ``p.grad`` past its step (``torch.optim``'s optimizers copy what they keep). With a
     closure, the inner optimizer sees the proximal objective :math:`F_w` (loss and gradient,
-    as a line search needs), and :meth:`step` returns the closure's own first loss.
+    as a line search needs), and :meth:`step` returns the closure's own first loss; torch's
+    first-order optimizers, which call the closure once and read no loss, are handed the
+    gradients it left instead (the same step, without computing the penalty).
 
     Example:
         >>> import torch
@@ -181,6 +183,15 @@ class Proximal(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Take one proximal step of the inner optimizer; return the loss (or ``None``)."""
+        loss = None
+        if closure is not None and type(self.inner) in _ONE_EVALUATION:
+            # These evaluate the closure once, before their update, and only hand its loss
+            # back: evaluating it here and stepping on the gradients it left is the same step,
+            # without the proximal penalty on a loss nobody reads (a pass over every parameter,
+            # and a sync) nor the coupled term at k == 0 (exactly zero).
+            with torch.enable_grad():
+                loss = closure()
+            closure = None
         glob = self._global_state()
         k = glob["window_pos"]
         if k == 0:
@@ -195,16 +206,16 @@ class Proximal(Optimizer):
             # exactly zero; not so for a closure evaluated again after the iterate has moved
             # (LBFGS), nor for the decoupled pull, which acts after the inner step.
             if self.coupled and prox_on and (k > 0 or closure is not None):
-                loss = self._coupled_inner_step(lams, closure)
+                inner_loss = self._coupled_inner_step(lams, closure)
             else:
-                loss = self.inner.step(closure) if closure is not None else self.inner.step()
+                inner_loss = self.inner.step(closure) if closure is not None else self.inner.step()
             if not self.coupled and prox_on:
                 self._proximal_step(lams, [lr * scale for lr in lrs])
         finally:
             self._restore_lrs(saved_lrs)
         glob["window_pos"] = (k + 1) % self.window
         glob["step"] += 1
-        return loss
+        return loss if loss is not None else inner_loss
 
     def state_dict(self) -> dict[str, Any]:
         """Return ``{"inner": inner.state_dict(), "state": ..., "config": ...}``.
@@ -492,6 +503,19 @@ def _sgd_with_momentum(params: Iterable[Any], **hparams: Any) -> Optimizer:
     hparams.setdefault("momentum", 0.9)
     return torch.optim.SGD(params, **hparams)
 
+
+# torch.optim's first-order optimizers: their step(closure) calls the closure once, under
+# enable_grad, before the update, and returns its value unread. Exact types: a subclass may
+# override step.
+_ONE_EVALUATION: tuple[type[Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
 
 BUILTIN_INNER: dict[str, InnerFactory] = {
     "sgd": _sgd_with_momentum,

@@ -1,0 +1,76 @@
+"""Overlap Local-SGD against SyncSGD, Local SGD, EASGD and CoCoD-SGD under an injected slow link.
+
+Run (about ten minutes on two cores; the lock keeps two benchmarks from overlapping)::
+
+    flock /tmp/sgdlab-bench.lock env PYTHONPATH=src python benchmarks/bench_overlap.py --grid small
+
+The same as ``sgdlab bench overlap --grid small --out benchmarks/results/overlap``, plus the
+markdown summary written to ``benchmarks/results/overlap.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from sgdlab.bench.dist import GRIDS, overlap_benchmark, overlap_report
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)\n"
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", default="small", choices=sorted(GRIDS))
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the figures and tables from <out>/results.json; run nothing")
+    args = parser.parse_args()
+    suffix = "" if args.grid == "small" else f"-{args.grid}"
+    args.out = args.out or ROOT / "results" / f"overlap{suffix}"
+    load_before = os.getloadavg()
+    t0 = time.time()
+    if args.replot:
+        results = json.loads((args.out / "results.json").read_text())
+        summary = overlap_report(results, args.grid, args.out)
+    else:
+        summary = overlap_benchmark(args.out, grid=args.grid)
+    minutes = (time.time() - t0) / 60
+    load_after = os.getloadavg()
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    md = [
+        f"Grid `{args.grid}`: {GRIDS[args.grid]}\n",
+        f"Ran {minutes:.1f} min; load average before {load_before[0]:.2f}, after "
+        f"{load_after[0]:.2f} (`uptime`: {uptime}).\n",
+        "Each run measures its compute step time at its start and sets the injected link so "
+        "that one all-reduce of the model (0.828 MB) takes `link_steps` (= τ) local steps.\n",
+        "## Per configuration (median [min, max] over runs)\n",
+        _table(summary["table"]),
+        "## Goals (per-seed ratios, median [min, max])\n",
+        "`vs_compute`: Overlap's time per step / compute-only (goal ≤ 1.15); `sync_speedup`, "
+        "`local_speedup`: their time per step / Overlap's (goals ≥ 1.6, ≥ 1.3); "
+        "`straggle_*`: time per step with stragglers (p=0.1, s=3) / without.\n",
+        _table(summary["goals"]),
+        "## Figures\n",
+        *[f"![{Path(p).stem}]({Path(p).relative_to(ROOT / 'results')})\n"
+          for p in summary["images"]],
+    ]
+    (ROOT / "results" / f"overlap-summary{suffix}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

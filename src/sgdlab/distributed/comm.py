@@ -1,0 +1,268 @@
+r"""Communication for the distributed algorithms: averaging collectives with handles, delay and
+straggler injection, block gathering, and safe process-group set-up and teardown.
+
+This is the one module of sgdlab that talks to ``torch.distributed`` (with :mod:`.launch`, which
+only starts and ends process groups). :class:`Comm` works with no process group at all: rank 0
+of a world of 1, where every collective is the identity and costs nothing.
+
+**Averages.** :meth:`Comm.average` copies a list of tensors into one flat buffer (so the
+caller may go on changing the originals), issues one ``all_reduce`` of the sum (``async_op``
+unless blocking was asked for) and returns a :class:`Handle`; ``handle.wait()`` returns the
+mean, one tensor per input, with the inputs' shapes.
+
+**Injected delay.** With ``Injection(bandwidth_mbps=B, latency_ms=ℓ)`` a collective of a
+buffer of :math:`n` bytes completes no sooner than
+
+.. math:: t_{\text{issue}} + \ell + 8n / (B \cdot 10^6)
+
+seconds. Nothing sleeps when the collective is issued: the computing thread goes on, and only
+``wait()`` sleeps for whatever is left of that delay, so a delay shorter than the computation
+that runs meanwhile is hidden entirely. (The model charges the whole buffer once; a ring
+all-reduce moves :math:`2(W-1)/W` of it per rank, which a real link adds on top.)
+
+**Stragglers.** With ``straggler_prob=p, straggler_slowdown=s`` each local step of a rank
+takes, with probability :math:`p` drawn from a generator seeded by (seed, rank), :math:`s`
+times as long: :meth:`Comm.straggle` sleeps :math:`(s-1)\,t` after a step that computed for
+:math:`t` seconds.
+
+**Clocks.** Each handle knows when it was issued, when the collective itself finished (a
+callback on its future) and when it counts as complete (:math:`\max` of that and the injected
+delay); ``wait()`` measures how long the caller was blocked. ``comm_seconds`` is completion
+minus issue, ``wait_seconds`` the blocked part; what is not waited for was hidden.
+
+>>> comm = Comm()  # no process group: rank 0 of 1
+>>> (comm.rank, comm.world_size)
+(0, 1)
+>>> comm.average([torch.tensor([1.0, 3.0])]).wait()[0]
+tensor([1., 3.])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from sgdlab.optim import assign_blocks as _assign_blocks
+
+DEFAULT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Slow links and slow ranks, injected: see the module docstring."""
+
+    bandwidth_mbps: float = 0.0  # 0: unlimited
+    latency_ms: float = 0.0
+    straggler_prob: float = 0.0
+    straggler_slowdown: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("bandwidth_mbps", "latency_ms"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"Invalid {name}: {value}")
+        if not 0.0 <= self.straggler_prob <= 1.0:
+            raise ValueError(f"Invalid straggler_prob: {self.straggler_prob}")
+        if not math.isfinite(self.straggler_slowdown) or self.straggler_slowdown < 1.0:
+            raise ValueError(f"Invalid straggler_slowdown: {self.straggler_slowdown} (need >= 1)")
+
+    def delay_seconds(self, nbytes: int) -> float:
+        """Latency plus transfer time of ``nbytes`` at the injected bandwidth."""
+        seconds = self.latency_ms / 1e3
+        if self.bandwidth_mbps > 0:
+            seconds += 8.0 * nbytes / (self.bandwidth_mbps * 1e6)
+        return seconds
+
+
+class Handle:
+    """An averaging collective in flight. ``wait()`` once returns the mean tensors."""
+
+    def __init__(
+        self,
+        flat: torch.Tensor,
+        like: Sequence[torch.Tensor],
+        world_size: int,
+        work: dist.Work | None,
+        issued: float,
+        delay: float,
+    ) -> None:
+        self._flat, self._like, self._world = flat, list(like), world_size
+        self._work = work
+        self.issued = issued
+        self._delay = delay
+        self._finished: float | None = None if work is not None else issued
+        self._lock = threading.Lock()
+        self._waited = False
+        self.comm_seconds = 0.0
+        self.wait_seconds = 0.0
+        if work is not None:
+            work.get_future().add_done_callback(self._on_done)
+
+    def _on_done(self, _: object) -> None:
+        with self._lock:
+            self._finished = time.perf_counter()
+
+    def is_completed(self) -> bool:
+        """Whether ``wait()`` would return without blocking."""
+        if self._work is not None and not self._work.is_completed():
+            return False
+        return time.perf_counter() >= self.issued + self._delay
+
+    def wait(self) -> list[torch.Tensor]:
+        """Block until the collective and its injected delay are done; return the means."""
+        if self._waited:
+            raise RuntimeError("this handle was already waited for; a collective completes once")
+        t0 = time.perf_counter()
+        if self._work is not None:
+            self._work.wait()
+        remaining = self.issued + self._delay - time.perf_counter()
+        if remaining > 0:
+            time.sleep(remaining)
+        t1 = time.perf_counter()
+        with self._lock:
+            # The callback may run a moment after wait() returns; then the collective ended by now.
+            finished = self._finished if self._finished is not None else t1
+        self._waited = True
+        self.wait_seconds = t1 - t0
+        self.comm_seconds = max(finished, self.issued + self._delay) - self.issued
+        if self._world > 1:
+            self._flat.div_(self._world)
+        return list(_unflatten_dense_tensors(self._flat, self._like))
+
+
+class Comm:
+    """Rank, world size and the collectives the algorithms use (see the module docstring)."""
+
+    def __init__(self, injection: Injection | None = None) -> None:
+        self.injection = injection or Injection()
+        if dist.is_available() and dist.is_initialized():
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank, self.world_size = 0, 1
+        self._straggler_rng = random.Random(self.injection.seed * 1_000_003 + self.rank)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def average(self, tensors: Sequence[torch.Tensor], inject: bool = True) -> Handle:
+        """Start averaging ``tensors`` over the ranks (copied first); ``wait()`` on the handle
+        for the means (at once, for a blocking average). ``inject=False`` skips the injected
+        delay (for bookkeeping collectives outside the clock)."""
+        if not tensors:
+            raise ValueError("Invalid tensors: nothing to average")
+        flat = _flatten_dense_tensors([t.detach() for t in tensors]).clone()
+        issued = time.perf_counter()
+        work = None
+        delay = 0.0
+        if self.distributed:
+            if inject:
+                delay = self.injection.delay_seconds(flat.numel() * flat.element_size())
+            work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+        return Handle(flat, tensors, self.world_size, work, issued, delay)
+
+    def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+        """Overwrite ``tensors`` in place with rank ``src``'s values."""
+        if not self.distributed or not tensors:
+            return
+        flat = _flatten_dense_tensors([t.detach() for t in tensors]).clone()
+        dist.broadcast(flat, src=src)
+        with torch.no_grad():
+            for t, v in zip(tensors, _unflatten_dense_tensors(flat, list(tensors)), strict=True):
+                t.copy_(v)
+
+    def straggle(self, step_seconds: float) -> float:
+        """With the injected probability, sleep so the step took ``slowdown`` times as long.
+
+        Returns the seconds slept. The draw happens every step, so the pattern of slow steps
+        depends only on the seed and the rank.
+        """
+        inj = self.injection
+        if inj.straggler_prob <= 0 or inj.straggler_slowdown <= 1:
+            return 0.0
+        if self._straggler_rng.random() >= inj.straggler_prob:
+            return 0.0
+        extra = (inj.straggler_slowdown - 1.0) * max(step_seconds, 0.0)
+        time.sleep(extra)
+        return extra
+
+    def all_gather_blocks(
+        self, blocks: dict[str, torch.Tensor], owners: dict[str, int]
+    ) -> dict[str, torch.Tensor]:
+        """Every rank gets every block, each broadcast from the rank that owns it.
+
+        ``blocks`` must hold a tensor of the right shape and dtype under every key of ``owners``
+        on every rank (the owner's values are the ones that count); keys go in sorted order so
+        that all ranks issue the same broadcasts. Returns a new dict; inputs are untouched.
+        """
+        missing = sorted(set(owners) - set(blocks))
+        if missing:
+            raise ValueError(f"Invalid blocks: no tensor for {', '.join(missing)}")
+        for key, owner in owners.items():
+            if not 0 <= owner < self.world_size:
+                raise ValueError(
+                    f"Invalid owner of {key!r}: {owner} (world size {self.world_size})"
+                )
+        out = {key: blocks[key].detach().clone() for key in owners}
+        if self.distributed:
+            for key in sorted(owners):
+                dist.broadcast(out[key], src=owners[key])
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def assign_blocks(names: Sequence[str], sizes: Sequence[int], world_size: int) -> dict[str, int]:
+    """Owners for named blocks: :func:`sgdlab.optim.assign_blocks` (greedy, largest first).
+
+    >>> assign_blocks(["a", "b", "c"], [10, 6, 5], 2)
+    {'a': 0, 'b': 1, 'c': 1}
+    """
+    if len(names) != len(sizes):
+        raise ValueError(f"Invalid sizes: {len(sizes)} sizes for {len(names)} blocks")
+    return dict(zip(names, _assign_blocks(sizes, world_size), strict=True))
+
+
+def init_process_group(
+    rank: int, world_size: int, addr: str = "127.0.0.1", port: int = 29500,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Join a gloo group through TCP rendezvous at ``addr:port``; a collective that waits
+    longer than ``timeout_s`` for a peer raises instead of hanging."""
+    os.environ.setdefault("MASTER_ADDR", addr)
+    os.environ.setdefault("MASTER_PORT", str(port))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Join the group ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)."""
+    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout_s))
+
+
+def teardown_and_exit(code: int) -> None:
+    """Leave the group and end the process at once: gloo can abort at interpreter exit."""
+    try:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    finally:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

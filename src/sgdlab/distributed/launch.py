@@ -1,0 +1,222 @@
+"""Start ``world_size`` ranks as processes, gather their results, and never hang.
+
+:func:`launch` is the one way sgdlab starts ranks on this host (``sgdlab dist``, the benchmark,
+the tests). Each rank is a fresh interpreter running ``python -m sgdlab.distributed.launch
+<spec> <rank>``: it sets ``torch.set_num_threads(1)``, joins a gloo group by TCP rendezvous at
+``addr:port`` (127.0.0.1 and a free port unless given), calls ``fn(rank, world_size, payload)``,
+writes what it returns, leaves the group and ends with ``os._exit``.
+
+Because a rank is a command line, a caller can change how it runs: ``wrap(rank, argv)``
+returns the argv to execute (the network-namespace testbed prefixes ``ip netns exec <ns>``)
+and ``env_per_rank[rank]`` adds environment variables (``GLOO_SOCKET_IFNAME``, ...).
+
+**Failures end the run, quickly and with a message.** Collectives time out after
+``collective_timeout_s`` (a peer that died makes the others fail at once; one that hangs makes
+them fail by then). The launcher polls every rank: when one exits with an error the others get
+``grace_s`` to finish and are then killed, and when ``timeout_s`` passes with ranks still
+running every rank is killed. Either way :class:`RankFailure` says which rank, why, and the
+last line of its stderr. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sgdlab.errors import SgdlabError
+
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_COLLECTIVE_TIMEOUT_S = 60.0
+
+Wrap = Callable[[int, list[str]], list[str]]
+
+
+class RankFailure(SgdlabError):
+    """A rank exited with an error, or did not finish in time."""
+
+
+def free_port(addr: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on at ``addr`` now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
+        return int(s.getsockname()[1])
+
+
+def launch(
+    world_size: int,
+    target: str,
+    payload: Any = None,
+    *,
+    env_per_rank: Sequence[dict[str, str]] | None = None,
+    wrap: Wrap | None = None,
+    addr: str = "127.0.0.1",
+    port: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
+    grace_s: float = 5.0,
+) -> list[Any]:
+    """Run ``target`` (``"module:function"`` or ``"/path/file.py:function"``) on every rank.
+
+    Returns the per-rank return values, rank 0 first. Raises :class:`RankFailure` if a rank
+    fails or the run outlives ``timeout_s`` (see the module docstring).
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"Invalid world_size: {world_size}")
+    if ":" not in target:
+        raise ValueError(f"Invalid target: {target!r} (need 'module:function')")
+    if env_per_rank is not None and len(env_per_rank) != world_size:
+        raise ValueError(
+            f"Invalid env_per_rank: {len(env_per_rank)} entries for {world_size} ranks"
+        )
+    for name in ("timeout_s", "collective_timeout_s"):
+        if not locals()[name] > 0:
+            raise ValueError(f"Invalid {name}: {locals()[name]}")
+    port = port or free_port(addr)
+    workdir = Path(tempfile.mkdtemp(prefix="sgdlab-launch-"))
+    try:
+        spec = {
+            "target": target, "payload": payload, "world_size": world_size, "addr": addr,
+            "port": port, "collective_timeout_s": collective_timeout_s,
+        }
+        (workdir / "spec.pkl").write_bytes(pickle.dumps(spec))
+        procs = [_start(rank, workdir, env_per_rank, wrap) for rank in range(world_size)]
+        _watch(procs, workdir, timeout_s, grace_s)
+        return [_result(workdir, rank) for rank in range(world_size)]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start(
+    rank: int, workdir: Path, env_per_rank: Sequence[dict[str, str]] | None, wrap: Wrap | None
+) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "sgdlab.distributed.launch", str(workdir / "spec.pkl"), str(rank)]
+    if wrap is not None:
+        argv = wrap(rank, argv)
+    env = dict(os.environ)
+    # The ranks import the sgdlab this process runs, installed or from a source tree.
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    if env_per_rank is not None:
+        env.update(env_per_rank[rank])
+    out_log, err_log = workdir / f"out-{rank}.log", workdir / f"err-{rank}.log"
+    with out_log.open("wb") as out, err_log.open("wb") as err:
+        return subprocess.Popen(argv, stdout=out, stderr=err, env=env, start_new_session=True)
+
+
+def _watch(
+    procs: list[subprocess.Popen[bytes]], workdir: Path, timeout_s: float, grace_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    failed: tuple[int, int] | None = None
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            if failed is None:
+                failed = next(((r, c) for r, c in enumerate(codes) if c not in (None, 0)), None)
+                if failed is not None:
+                    deadline = min(deadline, time.monotonic() + grace_s)
+            if all(c is not None for c in codes):
+                break
+            if time.monotonic() > deadline:
+                if failed is not None:
+                    break
+                running = [r for r, c in enumerate(codes) if c is None]
+                raise RankFailure(
+                    f"rank {', '.join(map(str, running))} still running after {timeout_s:g} s "
+                    f"(hung?); all ranks were stopped{_last_line(workdir, running[0])}"
+                )
+            time.sleep(0.05)
+        if failed is not None:
+            rank, code = _first_failure(workdir, failed)
+            # The first rank to fail is the cause; the others usually fail because it did.
+            raise RankFailure(
+                f"rank {rank} failed with exit code {code}{_last_line(workdir, rank)}"
+            )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait()
+
+
+def _first_failure(workdir: Path, seen: tuple[int, int]) -> tuple[int, int]:
+    """The rank whose error came first (each failing rank stamps the time), and its code."""
+    stamps = []
+    for path in workdir.glob("failed-*"):
+        try:
+            stamps.append((float(path.read_text()), int(path.name.split("-")[1])))
+        except ValueError:
+            continue
+    return (min(stamps)[1], 1) if stamps else seen
+
+
+def _last_line(workdir: Path, rank: int) -> str:
+    path = workdir / f"err-{rank}.log"
+    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return f": {lines[-1].strip()}" if lines else ""
+
+
+def _result(workdir: Path, rank: int) -> Any:
+    path = workdir / f"result-{rank}.pkl"
+    if not path.exists():
+        raise RankFailure(f"rank {rank} exited without a result{_last_line(workdir, rank)}")
+    return pickle.loads(path.read_bytes())
+
+
+def resolve(target: str) -> Callable[..., Any]:
+    """The function ``"package.module:name"`` or ``"/path/to/file.py:name"`` names."""
+    where, _, name = target.rpartition(":")
+    if where.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(Path(where).stem, where)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"Invalid target: cannot load {where}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    fn: Callable[..., Any] = getattr(module, name)
+    return fn
+
+
+def _rank_main(spec_path: str, rank: int) -> None:
+    import torch
+
+    from sgdlab.distributed.comm import init_process_group, teardown_and_exit
+
+    code = 0
+    try:
+        spec = pickle.loads(Path(spec_path).read_bytes())
+        torch.set_num_threads(1)
+        world_size = spec["world_size"]
+        if world_size > 1:
+            init_process_group(rank, world_size, spec["addr"], spec["port"],
+                               spec["collective_timeout_s"])
+        result = resolve(spec["target"])(rank, world_size, spec["payload"])
+        out = Path(spec_path).with_name(f"result-{rank}.pkl")
+        tmp = out.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(result))
+        os.replace(tmp, out)
+    except BaseException as exc:  # noqa: B036 - report anything, then exit with a code
+        Path(spec_path).with_name(f"failed-{rank}").write_text(repr(time.time()))
+        traceback.print_exc()
+        sys.stderr.write(f"{type(exc).__name__}: {exc}\n".splitlines()[0] + "\n")
+        code = 1
+    teardown_and_exit(code)
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1], int(sys.argv[2]))

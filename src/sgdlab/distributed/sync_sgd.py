@@ -1,0 +1,66 @@
+r"""Fully synchronous SGD: gradients averaged over the ranks before every step.
+
+.. math:: g = \frac1W \sum_{i=1}^W \nabla f(x; \xi_i), \qquad x \leftarrow \text{inner}(x, g).
+
+The baseline every communication-saving method is measured against: one blocking all-reduce
+per step, so nothing is hidden. Floating-point buffers (BatchNorm statistics) travel in the
+same all-reduce and are set to their mean, so every rank holds the same model after every step.
+With a ``closure`` it is called once (the gradients it leaves are averaged), then the inner
+step runs without it; inner optimizers that re-evaluate the closure (L-BFGS) would evaluate
+unaveraged gradients, so they are refused.
+
+>>> import torch
+>>> model = torch.nn.Linear(2, 1)
+>>> opt = SyncSGD(model, torch.optim.SGD(model.parameters(), lr=0.1))
+>>> model(torch.ones(1, 2)).sum().backward(); _ = opt.step(); opt.zero_grad()
+>>> opt.local_steps, len(opt.rounds)
+(1, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from sgdlab.distributed.comm import Comm
+from sgdlab.distributed.core import CooperativeSGD
+
+
+class SyncSGD(CooperativeSGD):
+    """Gradients all-reduced every step (a round per step)."""
+
+    def __init__(
+        self, model: nn.Module, inner: torch.optim.Optimizer, comm: Comm | None = None
+    ) -> None:
+        if isinstance(inner, torch.optim.LBFGS):
+            raise ValueError("Invalid inner optimizer: LBFGS re-evaluates its closure")
+        super().__init__(model, inner, tau=1, comm=comm)
+        self._params = [p for g in inner.param_groups for p in g["params"]]
+        self._buffers = self.tensors[len(list(model.parameters())):]
+
+    def _local_step(self, closure: Callable[[], Any] | None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        means = self._average_list(grads + self._buffers)
+        for p, g in zip(self._params, means, strict=False):
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.copy_(g)
+        for b, m in zip(self._buffers, means[len(self._params):], strict=True):
+            b.copy_(m)
+        with torch.enable_grad():
+            self.inner.step()
+        return loss
+
+    def _average_list(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self._finish(self._start(tensors))
+
+    def _round(self) -> None:
+        """Nothing more: the step itself communicated."""
