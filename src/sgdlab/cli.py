@@ -573,6 +573,69 @@ def bench_mlbfgs(
         _emit_json(summary)
 
 
+# --- hogwild (S1) ----------------------------------------------------------------------------
+
+
+@app.command()
+def hogwild(
+    workload: Annotated[str, typer.Option(help="Workload name (see `sgdlab list`).")],
+    workers: Annotated[int, typer.Option(help="Lock-free worker processes.")] = 2,
+    steps: Annotated[int, typer.Option(help="Updates by all workers together.")] = 100_000,
+    lr: Annotated[float, typer.Option(help="Constant step (ignored when diminishing).")] = 0.1,
+    schedule: Annotated[
+        str, typer.Option(help="constant, or diminishing: alpha/(mu(t+E)).")
+    ] = "constant",
+    mu: Annotated[float | None, typer.Option("--mu", help="Strong convexity.")] = None,
+    L: Annotated[float | None, typer.Option("--L", help="Component smoothness.")] = None,
+    alpha: Annotated[float, typer.Option(help="alpha > 1 of the diminishing step.")] = 2.0,
+    batch_size: Annotated[int, typer.Option(help="Samples per update.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the model, the shards and the order.")] = 0,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="workload.key=value: a workload option.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda[:N] with --allow-cuda.")] = "cpu",
+    allow_cuda: Annotated[
+        bool, typer.Option("--allow-cuda", help="Run lock-free on a CUDA model (no guarantee).")
+    ] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Hogwild!: lock-free parallel SGD on one model in shared memory."""
+    from sgdlab.bench.hogwild import hogwild_once
+
+    opt_options, wl_options = _parse_sets(set_ or [])
+    if opt_options:
+        raise typer.BadParameter(f"--set takes only workload.key=value here, got {opt_options}")
+    rep = hogwild_once(workload, workers, steps, lr=lr, schedule=schedule, mu=mu, L=L,
+                       alpha=alpha, seed=seed, batch_size=batch_size,
+                       workload_options=wl_options, device=device, allow_cuda=allow_cuda)
+    if json_:
+        _emit_json(rep)
+        return
+    from sgdlab.bench.report import print_mapping
+
+    print_mapping(f"Hogwild! {workload} · {workers} workers", {
+        k: v for k, v in rep.items() if not isinstance(v, list)
+    })
+
+
+@bench_app.command("hogwild")
+def bench_hogwild(
+    out: Annotated[Path, typer.Option(help="Folder for the plots and hogwild.json.")] = Path(
+        "sgdlab-results/hogwild"
+    ),
+    seeds: Annotated[int, typer.Option(help="Seeds per variant.")] = 3,
+    json_: JsonOption = False,
+) -> None:
+    """Hogwild! evidence: 1/2/4 workers vs the bound, and vs PyTorch's mnist_hogwild pattern."""
+    from sgdlab.bench.hogwild import hogwild_bench, print_hogwild_table
+
+    rep = hogwild_bench(out, seeds=seeds, progress=None if json_ else print)
+    if json_:
+        _emit_json({k: v for k, v in rep.items() if k != "workloads"})
+        return
+    print_hogwild_table(rep)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every user error into ``error: …`` and exit 2."""
     try:

@@ -66,6 +66,7 @@ Showcase = Callable[[ShowcaseContext], Section]
 # "module:function" so that a suite imports only what it runs.
 SHOWCASES: dict[str, list[str]] = {
     "quick": [
+        "sgdlab.bench.hogwild:hogwild_showcase",
         "sgdlab.bench.dist:overlap_showcase",
         "sgdlab.bench.smallbatch:smallbatch_showcase",
         "sgdlab.bench.mlbfgs:quick_showcase",
