@@ -64,6 +64,7 @@ Showcase = Callable[[ShowcaseContext], Section]
 SHOWCASES: dict[str, list[str]] = {
     "quick": [
         "sgdlab.bench.hogwild:hogwild_showcase",
+        "sgdlab.bench.biased_practice:biased_practice_showcase",
     ],
 }
 
