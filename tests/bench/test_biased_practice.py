@@ -175,3 +175,16 @@ def test_experiment_rejects_bad_input(breast_cancer):
         logistic_problem(breast_cancer, rows=0)
     with pytest.raises(ConfigError, match=r"needs a dense convex linear workload"):
         logistic_problem(get_workload("sparse-logreg", n_samples=200))
+
+
+def test_cli_bench_biased_sgd_prints_json_and_rejects_bad_case(tmp_path, capsys):
+    from sgdlab.cli import main
+
+    plot = tmp_path / "q.png"
+    argv = ["bench", "biased-sgd", "--workload", "quadratic", "--steps", "200", "--seeds", "2",
+            "--plot", str(plot), "--json"]
+    assert main(argv) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep["steps"] == 200 and len(rep["rows"]) == 4 and plot.exists()
+    assert main(["bench", "biased-sgd", "--case", "bogus", "--plot", str(plot)]) == 2
+    assert "error: Invalid case: 'bogus'" in capsys.readouterr().err
