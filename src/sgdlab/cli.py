@@ -636,6 +636,56 @@ def bench_hogwild(
     print_hogwild_table(rep)
 
 
+# --- biased SGD against practice (S4) --------------------------------------------------------
+
+
+@bench_app.command("biased-sgd")
+def bench_biased_sgd(
+    workload: Annotated[
+        str, typer.Option(help="A dense logreg-* workload, or 'quadratic' (synthetic).")
+    ] = "logreg-breast-cancer",
+    l2: Annotated[float | None, typer.Option(help="lambda of the workload (its default).")] = None,
+    rows: Annotated[int | None, typer.Option(help="A seeded subset of the training rows.")] = None,
+    case: Annotated[str, typer.Option(help="smooth or smooth-convex.")] = "smooth-convex",
+    delta: Annotated[float, typer.Option(help="Relative gradient error.")] = 0.0,
+    c: Annotated[
+        float | None, typer.Option("--c", help="Absolute error (default: floor = ||x*||^2/10).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="SGD steps.")] = 4000,
+    seeds: Annotated[int, typer.Option(help="Independent runs per variant.")] = 8,
+    alpha: Annotated[
+        float | None, typer.Option(help="Constant step (default: the schedule's first).")
+    ] = None,
+    plot: Annotated[Path, typer.Option(help="Write the figure here.")] = Path(
+        "sgdlab-results/biased-sgd/biased-practice.png"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """Biased SGD (relative + absolute error) run for real, under the bound of the LMI."""
+    from sgdlab.bench.biased_practice import logistic_problem, practice_report, quadratic_problem
+
+    if workload == "quadratic":
+        problem = quadratic_problem(lam=0.05 if l2 is None else l2)
+    else:
+        from sgdlab.workloads import get_workload
+
+        options: dict[str, Any] = {} if l2 is None else {"l2": l2}
+        wl = get_workload(workload, **options)
+        problem = logistic_problem(wl, rows=rows)
+    rep = practice_report(problem, case, delta=delta, c=c, steps=steps, seeds=seeds,
+                          alpha=alpha, plot=plot)
+    if json_:
+        _emit_json(rep)
+        return
+    from sgdlab.bench.report import print_mapping
+
+    print_mapping(f"biased SGD on {rep['problem']}, case {case}", {
+        k: v for k, v in rep.items() if k != "rows"
+    })
+    for row in rep["rows"]:
+        print_mapping(f"{row['plan']} steps, {row['direction']} error", row)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every user error into ``error: …`` and exit 2."""
     try:

@@ -67,6 +67,7 @@ Showcase = Callable[[ShowcaseContext], Section]
 SHOWCASES: dict[str, list[str]] = {
     "quick": [
         "sgdlab.bench.hogwild:hogwild_showcase",
+        "sgdlab.bench.biased_practice:biased_practice_showcase",
         "sgdlab.bench.dist:overlap_showcase",
         "sgdlab.bench.smallbatch:smallbatch_showcase",
         "sgdlab.bench.mlbfgs:quick_showcase",
