@@ -1,6 +1,7 @@
 """Data sets, partitioners, models, and workloads (data + model + loss + metric + target)."""
 
 from sgdlab.workloads.base import SparseRows, Workload
+from sgdlab.workloads.constants import ProblemConstants, estimate_constants
 from sgdlab.workloads.registry import (
     WorkloadSpec,
     get_workload,
@@ -10,6 +11,8 @@ from sgdlab.workloads.registry import (
 )
 
 __all__ = [
+    "ProblemConstants",
+    "estimate_constants",
     "SparseRows",
     "Workload",
     "WorkloadSpec",
