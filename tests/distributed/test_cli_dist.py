@@ -25,7 +25,9 @@ def test_dist_json_has_the_required_keys_and_the_times_split_the_wall(
         "overlap", 2, 2, 30)
     assert result["wall_seconds"] == pytest.approx(
         result["compute_seconds"] + result["wait_seconds"])
-    assert result["comm_seconds"] >= 15 * 0.002  # 15 rounds, each at least the latency
+    # 15 rounds; Overlap waits on the previous round's all-reduce, so the last one may still be
+    # in flight when training ends: at least 14 completed, each taking at least the latency.
+    assert result["comm_seconds"] >= 14 * 0.002 * (1 - 1e-9)
     assert 0.0 <= result["hidden_fraction"] <= 1.0
     assert result["metric_value"] > 0.8
     checksums = {r["final_checksum"] for r in result["ranks"]}
