@@ -68,3 +68,21 @@ def under_sync_sgd(rank: int, world_size: int, steps: int) -> dict[str, Any]:
     losses = _train(model, opt, seed=rank + 1, steps=steps)
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     return {"first": losses[0], "last": sum(losses[-4:]) / 4, "params": flat.tolist()}
+
+
+def as_inner_of(rank: int, world_size: int, payload: dict[str, Any]) -> dict[str, Any]:
+    """mL-BFGS (unsharded: ranks' gradients differ) inside a local-step algorithm."""
+    from sgdlab.distributed import ALGORITHMS
+
+    model = _mlp()
+    inner = MLBFGS(model.parameters(), **KW)
+    opt = ALGORITHMS[payload["algo"]](model, inner, tau=4, **payload.get("kw", {}))
+    losses = _train(model, opt, seed=rank + 1, steps=payload["steps"])
+    opt.synchronize()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return {
+        "first": losses[0],
+        "last": sum(losses[-4:]) / 4,
+        "params": flat.tolist(),
+        "state": sorted(opt.state_dict()),
+    }

@@ -39,3 +39,17 @@ def test_trains_under_sync_sgd() -> None:
     results = _run(2, "under_sync_sgd", steps=40)
     assert results[0]["params"] == results[1]["params"]  # one model on every rank
     assert all(r["last"] < r["first"] for r in results)
+
+
+@pytest.mark.parametrize(("algo", "kw"), [("local", {}), ("overlap", {"alpha": 0.6})])
+def test_is_the_inner_optimizer_of_local_step_algorithms(algo: str, kw: dict[str, float]) -> None:
+    results = launch(
+        2,
+        f"{PROGRAMS}:as_inner_of",
+        {"algo": algo, "kw": kw, "steps": 40},
+        timeout_s=90.0,
+        collective_timeout_s=30.0,
+        grace_s=2.0,
+    )
+    assert all(r["last"] < r["first"] for r in results)
+    assert results[0]["params"] == results[1]["params"]  # synchronize(): one model on all ranks
