@@ -1,5 +1,7 @@
+#!/usr/bin/env bash
+# S2 part (a): every algorithm on a real 2-host testbed (root). See results/overlap-testbed.md.
 set -u
-cd /work/main
+cd "$(dirname "$0")/.."  # the repository root
 S=.venv/bin/sgdlab
 uptime
 $S testbed up --hosts 2 --rate 400mbit >/dev/null || exit 1
