@@ -22,6 +22,18 @@ from sgdlab.checkpoint import atomic_write_bytes
 _console = Console(stderr=False, width=None if sys.stdout.isatty() else 150)
 
 
+_COLUMNS = (
+    "workload",
+    "optimizer",
+    "runs",
+    "final loss",
+    "metric",
+    "time to target s",
+    "train s",
+    "ms/step",
+)
+
+
 def print_result(result: Any) -> None:
     t = Table(title=f"run {result.run_id}: {result.workload} · {result.optimizer}")
     t.add_column("steps")
@@ -112,16 +124,7 @@ def print_catalogue(cat: dict[str, Any]) -> None:
 
 def _score_table(scores: list[GroupScore]) -> Table:
     t = Table(title="results (median [min, max] over seeds)")
-    for col in (
-        "workload",
-        "optimizer",
-        "runs",
-        "final loss",
-        "metric",
-        "time to target s",
-        "train s",
-        "ms/step",
-    ):
+    for col in _COLUMNS:
         t.add_column(col)
     for s in scores:
         t.add_row(
@@ -231,16 +234,7 @@ def _figure(p: Path) -> str:
 def _html(
     title: str, scores: list[GroupScore], images: list[Path], sections: Sequence[Any] = ()
 ) -> str:
-    head = [
-        "workload",
-        "optimizer",
-        "runs",
-        "final loss",
-        "metric",
-        "time to target s",
-        "train s",
-        "ms/step",
-    ]
+    head = _COLUMNS
     rows = "".join(
         "<tr>"
         + "".join(

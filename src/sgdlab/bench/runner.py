@@ -29,6 +29,7 @@ from sgdlab.bench.store import ResultStore
 from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sgdlab.errors import CheckpointError, ConfigError, DivergenceError
 from sgdlab.optim import DiminishingLR, load_optimizer
+from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 from sgdlab.workloads import Workload, get_workload
 
 CHECKPOINT = "checkpoint.pt"
@@ -130,15 +131,6 @@ class _EventLog:
 
 
 _warmed_up = False
-_SINGLE_PASS = (
-    torch.optim.SGD,
-    torch.optim.Adam,
-    torch.optim.AdamW,
-    torch.optim.RMSprop,
-    torch.optim.Adagrad,
-    torch.optim.NAdam,
-    torch.optim.RAdam,
-)
 
 
 def _warm_up_torch() -> None:
@@ -284,7 +276,7 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
 
     # torch's first-order optimizers evaluate a closure exactly once, before their update: for
     # them calling it here is the same computation without the per-step closure machinery.
-    single_pass = type(opt) in _SINGLE_PASS
+    single_pass = type(opt) in SINGLE_PASS_OPTIMIZERS
     model.train()
     if start == 0:
         evaluate(0)  # where every curve starts

@@ -65,6 +65,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sgdlab.errors import ConfigError
+from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 
 __all__ = ["BUILTIN_INNER", "INNER_DECAYS", "LAM_SCHEDULES", "Proximal", "make_proximal"]
 
@@ -504,18 +505,8 @@ def _sgd_with_momentum(params: Iterable[Any], **hparams: Any) -> Optimizer:
     return torch.optim.SGD(params, **hparams)
 
 
-# torch.optim's first-order optimizers: their step(closure) calls the closure once, under
-# enable_grad, before the update, and returns its value unread. Exact types: a subclass may
-# override step.
-_ONE_EVALUATION: tuple[type[Optimizer], ...] = (
-    torch.optim.SGD,
-    torch.optim.Adam,
-    torch.optim.AdamW,
-    torch.optim.RMSprop,
-    torch.optim.Adagrad,
-    torch.optim.NAdam,
-    torch.optim.RAdam,
-)
+# Their step(closure) evaluates the closure once and returns its value unread.
+_ONE_EVALUATION = SINGLE_PASS_OPTIMIZERS
 
 BUILTIN_INNER: dict[str, InnerFactory] = {
     "sgd": _sgd_with_momentum,

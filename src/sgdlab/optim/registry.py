@@ -47,6 +47,18 @@ class OptimizerSpec:
 
 _REGISTRY: dict[str, OptimizerSpec] = {}
 
+# torch.optim's first-order optimizers: their step(closure) calls the closure once, under
+# enable_grad, before the update. Exact types only: a subclass may override step.
+SINGLE_PASS_OPTIMIZERS: tuple[type[torch.optim.Optimizer], ...] = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+)
+
 
 def register_optimizer(
     name: str, factory: OptimizerFactory, description: str, family: str = "sgdlab"

@@ -43,7 +43,6 @@ import importlib.util
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -56,6 +55,7 @@ from typing import Any, BinaryIO, TypeAlias
 import numpy as np
 import scipy.sparse as sp
 
+from sgdlab.checkpoint import atomic_write
 from sgdlab.errors import ConfigError, DataError
 from sgdlab.workloads import _cifar
 from sgdlab.workloads._safe_pickle import safe_load
@@ -237,19 +237,6 @@ def _read_part(entry: Path, spec: dict[str, Any]) -> Array:
     return sp.csr_matrix((data, indices, indptr), shape=tuple(spec["shape"]))
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_npy(f: BinaryIO, array: np.ndarray) -> None:
     np.save(f, array, allow_pickle=False)
 
@@ -272,15 +259,15 @@ def _write_cache(entry: Path, decoded: _Decoded) -> None:
             if isinstance(a, sp.csr_matrix):
                 a.sort_indices()
                 comps = {"data": a.data, "indices": a.indices, "indptr": a.indptr}
-                _atomic_write(entry / f"{part}.npz", partial(_save_npz, arrays=comps))
+                atomic_write(entry / f"{part}.npz", partial(_save_npz, arrays=comps))
                 parts[part] = {"kind": "csr", "file": f"{part}.npz", "shape": list(a.shape)}
                 parts[part].update({k: _describe(v) for k, v in comps.items()})
             else:
                 a = np.ascontiguousarray(a)
-                _atomic_write(entry / f"{part}.npy", partial(_save_npy, array=a))
+                atomic_write(entry / f"{part}.npy", partial(_save_npy, array=a))
                 parts[part] = {"kind": "dense", "file": f"{part}.npy", "array": _describe(a)}
         manifest = {"format": _CACHE_FORMAT, "num_classes": decoded.num_classes, "parts": parts}
-        _atomic_write(entry / "manifest.json", partial(_save_json, obj=manifest))
+        atomic_write(entry / "manifest.json", partial(_save_json, obj=manifest))
         dir_fd = os.open(entry, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
