@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgdlab.distributed.comm import Comm, Handle
-from sgdlab.distributed.core import CooperativeSGD, clone_all, copy_all
+from sgdlab.distributed.comm import Comm
+from sgdlab.distributed.core import InFlightAverage, clone_all, copy_all
 
 
-class CoCoDSGD(CooperativeSGD):
+class CoCoDSGD(InFlightAverage):
     """The stale average plus each worker's own progress since, averaged in the background."""
 
     def __init__(
@@ -40,38 +40,18 @@ class CoCoDSGD(CooperativeSGD):
     ) -> None:
         super().__init__(model, inner, tau=tau, comm=comm)
         self.snapshot = clone_all(self.tensors)
-        self._handle: Handle | None = None
-        self._result: list[torch.Tensor] | None = None
-
-    @property
-    def pending(self) -> bool:
-        return self._handle is not None or self._result is not None
 
     def _round(self) -> None:
-        mean, self._result = self._result, None
-        if self._handle is not None:
-            mean, self._handle = self._finish(self._handle), None
+        mean = self._take_result()
         if mean is not None:
             for x, s, m in zip(self.tensors, self.snapshot, mean, strict=True):
                 x.add_(m - s)
         copy_all(self.snapshot, self.tensors)
         self._handle = self._start(self.tensors)
 
-    def _forget_pending(self) -> None:
-        self._handle, self._result = None, None
-
     def _extra_state(self) -> dict[str, Any]:
-        if self._handle is not None:
-            with self.paused():
-                self._result = self._handle.wait()
-                self._inflight.remove(self._handle)
-            self._handle = None
-        return {
-            "snapshot": clone_all(self.snapshot),
-            "pending": clone_all(self._result) if self._result is not None else None,
-        }
+        return {"snapshot": clone_all(self.snapshot), **self._pending_state()}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         copy_all(self.snapshot, extra["snapshot"])
-        self._handle = None
-        self._result = clone_all(extra["pending"]) if extra["pending"] is not None else None
+        self._load_pending_state(extra)

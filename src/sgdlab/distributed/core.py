@@ -239,6 +239,44 @@ def hidden_fraction(comm_seconds: float, wait_seconds: float) -> float:
     return min(1.0, max(0.0, 1.0 - wait_seconds / comm_seconds))
 
 
+class InFlightAverage(CooperativeSGD):
+    """A cooperative algorithm that keeps one average in flight from one round to the next
+    (Overlap Local-SGD, CoCoD-SGD): it starts an all-reduce at the end of a round and takes
+    its result at the end of the next. A checkpoint waits for it and stores the result."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handle: Handle | None = None
+        self._result: list[torch.Tensor] | None = None  # a waited result not yet used
+
+    @property
+    def pending(self) -> bool:
+        """Whether an average is in flight (or done and not yet applied)."""
+        return self._handle is not None or self._result is not None
+
+    def _take_result(self) -> list[torch.Tensor] | None:
+        """The average started last round (waiting for it if need be), or None."""
+        mean, self._result = self._result, None
+        if self._handle is not None:
+            mean, self._handle = self._finish(self._handle), None
+        return mean
+
+    def _forget_pending(self) -> None:
+        self._handle, self._result = None, None
+
+    def _pending_state(self) -> dict[str, Any]:
+        if self._handle is not None:
+            with self.paused():
+                self._result = self._handle.wait()
+                self._inflight.remove(self._handle)
+            self._handle = None
+        return {"pending": clone_all(self._result) if self._result is not None else None}
+
+    def _load_pending_state(self, extra: dict[str, Any]) -> None:
+        self._handle = None
+        self._result = clone_all(extra["pending"]) if extra["pending"] is not None else None
+
+
 def clone_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.detach().clone() for t in tensors]
 

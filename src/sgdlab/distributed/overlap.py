@@ -38,11 +38,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgdlab.distributed.comm import Comm, Handle
-from sgdlab.distributed.core import CooperativeSGD, clone_all, copy_all
+from sgdlab.distributed.comm import Comm
+from sgdlab.distributed.core import InFlightAverage, clone_all, copy_all
 
 
-class OverlapLocalSGD(CooperativeSGD):
+class OverlapLocalSGD(InFlightAverage):
     """Local steps pulled toward a one-round-stale anchor averaged in the background."""
 
     def __init__(
@@ -58,13 +58,6 @@ class OverlapLocalSGD(CooperativeSGD):
         self.anchor_momentum = anchor_momentum
         self.anchor = clone_all(self.tensors)
         self.velocity = [torch.zeros_like(t) for t in self.tensors] if anchor_momentum else []
-        self._handle: Handle | None = None
-        self._result: list[torch.Tensor] | None = None  # a waited result not yet used
-
-    @property
-    def pending(self) -> bool:
-        """Whether an anchor average is in flight (or done and not yet applied)."""
-        return self._handle is not None or self._result is not None
 
     def _round(self) -> None:
         mean = self._take_result()
@@ -73,12 +66,6 @@ class OverlapLocalSGD(CooperativeSGD):
         for x, z in zip(self.tensors, self.anchor, strict=True):
             x.sub_(self.alpha * (x - z))
         self._handle = self._start(self.tensors)
-
-    def _take_result(self) -> list[torch.Tensor] | None:
-        mean, self._result = self._result, None
-        if self._handle is not None:
-            mean, self._handle = self._finish(self._handle), None
-        return mean
 
     def _update_anchor(self, mean: list[torch.Tensor]) -> None:
         beta = self.anchor_momentum
@@ -90,24 +77,15 @@ class OverlapLocalSGD(CooperativeSGD):
             v.mul_(beta).add_((z - m) / gamma)
             z.sub_(gamma * v)
 
-    def _forget_pending(self) -> None:
-        self._handle, self._result = None, None
-
     def _extra_state(self) -> dict[str, Any]:
-        if self._handle is not None:
-            with self.paused():
-                self._result = self._handle.wait()
-                self._inflight.remove(self._handle)
-            self._handle = None
         return {
             "alpha": self.alpha, "anchor_momentum": self.anchor_momentum,
             "anchor": clone_all(self.anchor), "velocity": clone_all(self.velocity),
-            "pending": clone_all(self._result) if self._result is not None else None,
+            **self._pending_state(),
         }
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         copy_all(self.anchor, extra["anchor"])
         if self.velocity:
             copy_all(self.velocity, extra["velocity"])
-        self._handle = None
-        self._result = clone_all(extra["pending"]) if extra["pending"] is not None else None
+        self._load_pending_state(extra)
