@@ -26,17 +26,14 @@ from sgdlab.parallel.hogwild import (
 )
 from sgdlab.workloads.base import SparseRows, Workload
 from sgdlab.workloads.constants import estimate_constants, feature_frequency
-from sgdlab.workloads.convex import compute_optimum, smoothness_bound
-from sgdlab.workloads.models import LinearClassifier
+from sgdlab.workloads.convex import compute_optimum
+from sgdlab.workloads.registry import linear_workload
 from sgdlab.workloads.sparse import generate_rcv1like
 
 
 def _workload(x, y, classes: int, l2: float) -> Workload:
-    d = x.shape[1]
-    return Workload(
-        name="tiny", x_train=x, y_train=y, x_test=x, y_test=y, num_classes=classes,
-        make_module=lambda: LinearClassifier(d, classes), l2=l2, mu=l2,
-        L=smoothness_bound(x, classes, l2), train_eval_size=None,
+    return linear_workload(
+        "tiny", x, y, x, y, classes, l2,
         optimum_fn=lambda w: compute_optimum(w, grad_tol=1e-9, max_rounds=10),
     )
 

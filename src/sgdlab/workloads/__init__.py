@@ -5,6 +5,7 @@ from sgdlab.workloads.constants import ProblemConstants, estimate_constants
 from sgdlab.workloads.registry import (
     WorkloadSpec,
     get_workload,
+    linear_workload,
     workload_names,
     workload_options,
     workload_spec,
@@ -17,6 +18,7 @@ __all__ = [
     "Workload",
     "WorkloadSpec",
     "get_workload",
+    "linear_workload",
     "workload_names",
     "workload_options",
     "workload_spec",

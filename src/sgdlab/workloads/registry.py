@@ -118,7 +118,7 @@ def _tensors(ds: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     )
 
 
-def _logreg(
+def linear_workload(
     name: str,
     xtr: torch.Tensor | SparseRows,
     ytr: torch.Tensor,
@@ -126,9 +126,12 @@ def _logreg(
     yte: torch.Tensor,
     num_classes: int,
     l2: float,
-    target: float,
-    options: dict[str, Any],
+    target: float = 0.0,
+    options: dict[str, Any] | None = None,
+    optimum_fn: Callable[[Workload], Any] = cached_optimum,
 ) -> Workload:
+    """L2-regularised logistic regression on the given data (binary when ``num_classes == 2``),
+    with its constants μ = λ and L (see ``convex.py``) and its optimum."""
     _check_positive("l2", l2)
     in_features = xtr.shape[1] if isinstance(xtr, SparseRows) else int(xtr[0].numel())
     return Workload(
@@ -144,8 +147,8 @@ def _logreg(
         mu=l2,
         L=smoothness_bound(xtr, num_classes, l2),
         train_eval_size=None,
-        options=options,
-        optimum_fn=cached_optimum,
+        options=options or {},
+        optimum_fn=optimum_fn,
     )
 
 
@@ -155,7 +158,7 @@ def _logreg_fmnist(cache_dir: Path | None = None, l2: float = 1e-3) -> Workload:
     # Centring the pixels removes the large common direction of the Hessian (better conditioned).
     mean = xtr.mean(0, keepdim=True)
     xtr, xte = (xtr - mean).flatten(1), (xte - mean).flatten(1)
-    return _logreg("logreg-fmnist", xtr, ytr, xte, yte, 10, l2, 0.82, {"l2": l2})
+    return linear_workload("logreg-fmnist", xtr, ytr, xte, yte, 10, l2, 0.82, {"l2": l2})
 
 
 @_register(
@@ -163,7 +166,7 @@ def _logreg_fmnist(cache_dir: Path | None = None, l2: float = 1e-3) -> Workload:
 )
 def _logreg_breast_cancer(cache_dir: Path | None = None, l2: float = 1e-2) -> Workload:
     xtr, ytr, xte, yte = _tensors(load_dataset("breast-cancer", cache_dir=cache_dir))
-    return _logreg("logreg-breast-cancer", xtr, ytr, xte, yte, 2, l2, 0.95, {"l2": l2})
+    return linear_workload("logreg-breast-cancer", xtr, ytr, xte, yte, 2, l2, 0.95, {"l2": l2})
 
 
 @_register(
@@ -181,7 +184,7 @@ def _sparse_logreg(
     ds = load_dataset("sparse-rcv1like", cache_dir=cache_dir, n_samples=n_samples, seed=seed)
     ytr = torch.from_numpy(np.asarray(ds.y_train, dtype=np.int64))
     yte = torch.from_numpy(np.asarray(ds.y_test, dtype=np.int64))
-    return _logreg(
+    return linear_workload(
         "sparse-logreg",
         SparseRows(ds.x_train),
         ytr,
