@@ -73,6 +73,7 @@ import numpy as np
 from sgdlab.errors import ConfigError, SolverError
 from sgdlab.theory._biased_lmi import (
     SOLVERS,
+    LMISolution,
     certificate_residual,
     constraint_matrices,
     solve_lmi,
@@ -192,17 +193,7 @@ def one_step_bound(
     """
     _check_alpha(alpha)
     _check_mode(setting, U, rho2_max)
-    mats = constraint_matrices(setting.case, setting.m, setting.L, setting.delta, setting.beta)
-    sol = solve_lmi(
-        mats,
-        setting.moment_constant,
-        setting.c**2,
-        with_error=setting.biased,
-        alpha=alpha,
-        U=U,
-        rho2_max=rho2_max,
-        solver=solver,
-    )
+    sol = _solve(setting, alpha, U, rho2_max, solver)
     return OneStepBound(
         rho2=sol.rho2,
         H=sol.H,
@@ -280,17 +271,7 @@ def sequential_step(
 ) -> tuple[float, float]:
     """One step of the sequential SDP: ``(α, U⁺)`` minimising ``ρ²U + H`` over ``α`` and ``λ``."""
     _check_U(U)
-    mats = constraint_matrices(setting.case, setting.m, setting.L, setting.delta, setting.beta)
-    sol = solve_lmi(
-        mats,
-        setting.moment_constant,
-        setting.c**2,
-        with_error=setting.biased,
-        alpha=None,
-        U=U,
-        rho2_max=None,
-        solver=solver,
-    )
+    sol = _solve(setting, None, U, None, solver)
     if not sol.feasible:
         # α = 0, ρ² = 1 is always a certificate, so a failure here is the solver's, not ours.
         raise SolverError(f"{solver} failed on the sequential biased-SGD LMI: {sol.status}")
@@ -367,6 +348,27 @@ def contraction_threshold(setting: BiasedSGDSetting) -> float:
     if setting.case == "smooth-convex":
         return math.sqrt(setting.m / (2.0 * setting.L))
     return setting.m / math.sqrt(setting.moment[0])
+
+
+def _solve(
+    setting: BiasedSGDSetting,
+    alpha: float | None,
+    U: float | None,
+    rho2_max: float | None,
+    solver: str,
+) -> LMISolution:
+    """The LMI of ``setting`` for a fixed ``alpha`` (or ``alpha`` a variable when None)."""
+    mats = constraint_matrices(setting.case, setting.m, setting.L, setting.delta, setting.beta)
+    return solve_lmi(
+        mats,
+        setting.moment_constant,
+        setting.c**2,
+        with_error=setting.biased,
+        alpha=alpha,
+        U=U,
+        rho2_max=rho2_max,
+        solver=solver,
+    )
 
 
 def _coefficients(
