@@ -279,12 +279,8 @@ def constant_bound(
     >>> constant_bound(mu=1.0, L=1.0, N=1.0, w0_dist2=1.0, steps=2, eta=0.5).bound
     array([1.5 , 1.  , 0.75])
     """
-    _check_problem(mu, L, D)
-    _check_start(N, w0_dist2)
-    _check_eta(eta, L, D)
-    t = np.arange(_check_steps(steps) + 1)
-    decay = np.exp(t * math.log1p(-mu * eta))
-    bound = decay * w0_dist2 + eta * D * N / mu
+    t, log_a = _constant_steps(mu, L, N, w0_dist2, steps, eta, D)
+    bound = np.exp(t * log_a) * w0_dist2 + eta * D * N / mu
     return _curve(t, bound, "constant", mu, L, N, w0_dist2, D, eta=eta)
 
 
@@ -296,13 +292,19 @@ def constant_recursion(
     >>> constant_recursion(mu=1.0, L=1.0, N=1.0, w0_dist2=1.0, steps=2, eta=0.5).bound
     array([1.   , 0.75 , 0.625])
     """
+    t, log_a = _constant_steps(mu, L, N, w0_dist2, steps, eta, D)
+    bound = np.exp(t * log_a) * w0_dist2 - np.expm1(t * log_a) * (eta * D * N / mu)
+    return _curve(t, bound, "constant-recursion", mu, L, N, w0_dist2, D, eta=eta)
+
+
+def _constant_steps(
+    mu: float, L: float, N: float, w0_dist2: float, steps: int, eta: float, D: int
+) -> tuple[np.ndarray, float]:
+    """Checked inputs of a constant-step curve: the steps ``t`` and ``log(1 - μη)``."""
     _check_problem(mu, L, D)
     _check_start(N, w0_dist2)
     _check_eta(eta, L, D)
-    t = np.arange(_check_steps(steps) + 1)
-    log_a = math.log1p(-mu * eta)
-    bound = np.exp(t * log_a) * w0_dist2 - np.expm1(t * log_a) * (eta * D * N / mu)
-    return _curve(t, bound, "constant-recursion", mu, L, N, w0_dist2, D, eta=eta)
+    return np.arange(_check_steps(steps) + 1), math.log1p(-mu * eta)
 
 
 def recursion_bound(
