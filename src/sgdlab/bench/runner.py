@@ -14,6 +14,7 @@ uninterrupted one (same parameters, same final loss).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -299,7 +300,7 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
             done = step + 1
             if done % log_every == 0 or done == config.steps:
                 value = float(torch.as_tensor(loss).detach()) if loss is not None else float("nan")
-                if not torch.isfinite(torch.tensor(value)):
+                if not math.isfinite(value):
                     log.close()
                     store.finish_run(run_id, status="diverged", steps_done=done)
                     raise DivergenceError(
