@@ -425,6 +425,18 @@ def dist(
         list[str] | None,
         typer.Option("--set", help="key=value: an inner hyperparameter, or workload.key=value."),
     ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Checkpoint every rank every N steps (0: never).")
+    ] = 0,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the run's checkpoints, final model and result.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in --checkpoint-dir.")
+    ] = False,
+    collective_timeout: Annotated[
+        float, typer.Option(help="Seconds a rank waits for a silent peer before failing.")
+    ] = 60.0,
     timeout: Annotated[float, typer.Option(help="Seconds before a hung run is stopped.")] = 600.0,
     testbed: Annotated[bool, typer.Option(help="Run each rank in its testbed namespace.")] = False,
     addr: Annotated[str, typer.Option(help="Rendezvous address (a free port is picked).")] = (
@@ -435,7 +447,8 @@ def dist(
     """Train on W local ranks (gloo) with a distributed algorithm; under torchrun, one rank.
 
     Across hosts: torchrun --nnodes N --nproc-per-node 1 --node-rank R --master-addr H
-    --master-port P -m sgdlab.cli dist ... (rank 0 prints the result).
+    --master-port P -m sgdlab.cli dist ... (rank 0 prints the result). With --max-restarts and
+    --checkpoint-dir, ranks torchrun restarts continue from the newest checkpoint.
     """
     from sgdlab.bench import dist as bench_dist
 
@@ -461,6 +474,10 @@ def dist(
         eval_every=eval_every,
         optimizer_options=opt_options,
         workload_options=wl_options,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir is not None else "",
+        resume=resume,
+        collective_timeout_s=collective_timeout,
     )
     if bench_dist.under_torchrun():
         bench_dist.torchrun_main(config, json_)

@@ -32,12 +32,17 @@ class DivergenceError(SgdlabError):
     """Training produced a NaN or infinite loss."""
 
 
+class CommError(SgdlabError):
+    """A collective failed: a peer rank died, stalled past the timeout, or left the group."""
+
+
 class SolverError(SgdlabError):
     """A convex solver is missing or failed in a way that is not infeasibility."""
 
 
 __all__ = [
     "CheckpointError",
+    "CommError",
     "ConfigError",
     "DataError",
     "DivergenceError",

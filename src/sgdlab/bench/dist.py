@@ -22,7 +22,7 @@ from typing import Any
 
 from sgdlab.distributed.launch import DEFAULT_TIMEOUT_S, launch
 from sgdlab.distributed.train import DistConfig
-from sgdlab.errors import ConfigError
+from sgdlab.errors import ConfigError, SgdlabError
 
 JSON_KEYS = (
     "algo", "world_size", "tau", "steps", "wall_seconds", "compute_seconds", "comm_seconds",
@@ -53,7 +53,9 @@ def run_dist_many(
     if len(sizes) != 1:
         raise ConfigError(f"run_dist_many needs one world size, got {sorted(sizes)}")
     per_rank = launch(configs[0].world_size, "sgdlab.distributed.train:rank_entry_many", configs,
-                      timeout_s=timeout_s, **(launch_options or {}))
+                      timeout_s=timeout_s,
+                      collective_timeout_s=min(c.collective_timeout_s for c in configs),
+                      **(launch_options or {}))
     results = []
     for i, _ in enumerate(configs):
         result = dict(per_rank[0][i])
@@ -246,7 +248,7 @@ def torchrun_main(config: DistConfig, json_: bool) -> None:
             import json
 
             sys.stdout.write(json.dumps(line, default=str) + "\n")
-    except (ConfigError, ValueError) as exc:
+    except (SgdlabError, ValueError) as exc:
         sys.stderr.write(f"error: {str(exc).splitlines()[0]}\n")
         code = 2
     teardown_and_exit(code)

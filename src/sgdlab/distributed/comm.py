@@ -25,6 +25,12 @@ takes, with probability :math:`p` drawn from a generator seeded by (seed, rank),
 times as long: :meth:`Comm.straggle` sleeps :math:`(s-1)\,t` after a step that computed for
 :math:`t` seconds.
 
+**Failures.** Every collective here turns the backend's error into one
+:class:`~sgdlab.errors.CommError` line saying what failed and why: a peer that died closes its
+connections and the others fail at once; a peer that stalls leaves them waiting until the
+group's timeout (``timeout_s`` of :func:`init_process_group`, 60 s by default), then they fail.
+No rank waits forever.
+
 **Clocks.** Each handle knows when it was issued, when the collective itself finished (a
 callback on its future) and when it counts as complete (:math:`\max` of that and the injected
 delay); ``wait()`` measures how long the caller was blocked. ``comm_seconds`` is completion
@@ -39,22 +45,58 @@ tensor([1., 3.])
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 import random
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from sgdlab.errors import CommError
 from sgdlab.optim import assign_blocks as _assign_blocks
 
 DEFAULT_TIMEOUT_S = 60.0
+
+_TIMED_OUT = re.compile(r"Timed out waiting (\d+)\s*ms")
+_PEER_GONE = ("Connection reset", "Connection closed", "Broken pipe", "Read error",
+              "Connection refused", "Socket closed", "EOF")
+
+
+def comm_error(what: str, exc: BaseException) -> CommError:
+    """One line for a failed collective: a stalled peer (timeout), a dead one, or the reason.
+
+    >>> comm_error("all-reduce", RuntimeError("[x.cc:78] Timed out waiting 3000ms for recv"))
+    CommError('all-reduce failed: no answer from a peer within 3 s (a rank stalled or died)')
+    """
+    text = str(exc)
+    timed_out = _TIMED_OUT.search(text)
+    if timed_out:
+        seconds = int(timed_out.group(1)) / 1e3
+        reason = f"no answer from a peer within {seconds:g} s (a rank stalled or died)"
+    elif any(marker in text for marker in _PEER_GONE):
+        reason = "a peer rank died (its connection closed)"
+    else:
+        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return CommError(f"{what} failed: {reason}")
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Turn a backend error inside the block into :func:`comm_error`'s one line."""
+    try:
+        yield
+    except RuntimeError as exc:  # gloo raises DistBackendError, a RuntimeError
+        raise comm_error(what, exc) from None
 
 
 @dataclass(frozen=True)
@@ -125,7 +167,8 @@ class Handle:
             raise RuntimeError("this handle was already waited for; a collective completes once")
         t0 = time.perf_counter()
         if self._work is not None:
-            self._work.wait()
+            with collective("all-reduce"):
+                self._work.wait()
         remaining = self.issued + self._delay - time.perf_counter()
         if remaining > 0:
             time.sleep(remaining)
@@ -156,6 +199,16 @@ class Comm:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the straggler draws so far and the injected link rate."""
+        return {"straggler_rng": self._straggler_rng.getstate(),
+                "bandwidth_mbps": self.injection.bandwidth_mbps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["straggler_rng"]
+        self._straggler_rng.setstate((version, tuple(internal), gauss))
+        self.injection = dataclasses.replace(self.injection, bandwidth_mbps=state["bandwidth_mbps"])
+
     def average(self, tensors: Sequence[torch.Tensor], inject: bool = True) -> Handle:
         """Start averaging ``tensors`` over the ranks (copied first); ``wait()`` on the handle
         for the means (at once, for a blocking average). ``inject=False`` skips the injected
@@ -169,7 +222,8 @@ class Comm:
         if self.distributed:
             if inject:
                 delay = self.injection.delay_seconds(flat.numel() * flat.element_size())
-            work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+            with collective("all-reduce"):
+                work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
         return Handle(flat, tensors, self.world_size, work, issued, delay)
 
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
@@ -177,7 +231,8 @@ class Comm:
         if not self.distributed or not tensors:
             return
         flat = _flatten_dense_tensors([t.detach() for t in tensors]).clone()
-        dist.broadcast(flat, src=src)
+        with collective("broadcast"):
+            dist.broadcast(flat, src=src)
         with torch.no_grad():
             for t, v in zip(tensors, _unflatten_dense_tensors(flat, list(tensors)), strict=True):
                 t.copy_(v)
@@ -216,13 +271,24 @@ class Comm:
                 )
         out = {key: blocks[key].detach().clone() for key in owners}
         if self.distributed:
-            for key in sorted(owners):
-                dist.broadcast(out[key], src=owners[key])
+            with collective("block broadcast"):
+                for key in sorted(owners):
+                    dist.broadcast(out[key], src=owners[key])
         return out
 
     def barrier(self) -> None:
         if self.distributed:
-            dist.barrier()
+            with collective("barrier"):
+                dist.barrier()
+
+    def min_int(self, value: int) -> int:
+        """The least of every rank's ``value`` (a blocking collective; ``value`` alone at W=1)."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        with collective("all-reduce (min)"):
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
 
 
 def assign_blocks(names: Sequence[str], sizes: Sequence[int], world_size: int) -> dict[str, int]:

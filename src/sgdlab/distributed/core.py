@@ -85,6 +85,7 @@ class CooperativeSGD(torch.optim.Optimizer):
         self._round_wait = 0.0
         self._round_comm = 0.0
         self._inflight: list[Handle] = []
+        self._pause_depth = 0
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -140,11 +141,22 @@ class CooperativeSGD(torch.optim.Optimizer):
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        """Exclude the block's time from every clock, in-flight collectives' deadlines included."""
+        """Exclude the block's time from every clock, in-flight collectives' deadlines included.
+
+        Re-entrant: a pause inside a pause is part of the outer one, counted once."""
+        if self._pause_depth:
+            self._pause_depth += 1
+            try:
+                yield
+            finally:
+                self._pause_depth -= 1
+            return
         t0 = time.perf_counter()
+        self._pause_depth = 1
         try:
             yield
         finally:
+            self._pause_depth = 0
             pause = time.perf_counter() - t0
             if self._round_start is not None:
                 self._round_start += pause

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from sgdlab.distributed.comm import Comm
+from sgdlab.distributed.comm import Comm, collective
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -74,7 +74,8 @@ class BlockExchange:
             buffer[offset : offset + sizes[b]] = local[b].reshape(-1)
             offset += sizes[b]
         gathered = [torch.empty_like(buffer) for _ in range(self.world_size)]
-        dist.all_gather(gathered, buffer)
+        with collective("all-gather of mL-BFGS directions"):
+            dist.all_gather(gathered, buffer)
         out: dict[int, Tensor] = {}
         cursor = [0] * self.world_size
         for b, owner in enumerate(owners):
@@ -93,7 +94,8 @@ class BlockExchange:
             info[b] = d.numel()
         if local:
             info[-1] = _DTYPES.index(next(iter(local.values())).dtype) + 1
-        dist.all_reduce(info, op=dist.ReduceOp.MAX)
+        with collective("all-reduce (block sizes)"):
+            dist.all_reduce(info, op=dist.ReduceOp.MAX)
         sizes = [int(v) for v in info[:-1]]
         dtype = _DTYPES[int(info[-1]) - 1] if int(info[-1]) else torch.float32
         self._layout = (key, sizes, dtype)

@@ -14,6 +14,20 @@ copies. ``wall_seconds`` is rank 0's training time from the first step to the la
 ``compute_seconds + wait_seconds`` splits it; ``comm_seconds`` overlaps compute by the hidden
 part.
 
+**Checkpoints** (``checkpoint_every`` > 0, into ``checkpoint_dir``) are consistent cuts
+(:mod:`sgdlab.distributed.checkpoints`): every rank's model, algorithm state (anchors, an
+average in flight), inner optimizer, random generators, losses and clocks at the same step.
+``resume`` continues from the newest cut every rank holds and ends with the parameters of an
+uninterrupted run. Under ``torchrun --max-restarts N`` restarted ranks
+(``TORCHELASTIC_RESTART_COUNT`` > 0) resume by themselves. A fresh run refuses a
+``checkpoint_dir`` that already holds checkpoints. At the end rank 0 writes the averaged model
+(``model.pt``) and the result (``result.json``) there.
+
+**Failures.** A NaN or infinite loss stops the rank with a :class:`~sgdlab.errors.DivergenceError`
+naming the step and the last complete checkpoint, and no checkpoint is written from non-finite
+values. A collective that fails (a peer died, or stalled past ``collective_timeout_s``) stops
+the rank with a :class:`~sgdlab.errors.CommError` naming the rank and step.
+
 Across hosts, the same entry runs under ``torchrun`` (gloo; name the interface with
 ``GLOO_SOCKET_IFNAME`` if the hosts have several)::
 
@@ -24,30 +38,49 @@ Across hosts, the same entry runs under ``torchrun`` (gloo; name the interface w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 import math
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from sgdlab.checkpoint import atomic_write_bytes, save_checkpoint
+from sgdlab.distributed.checkpoints import MODEL, RESULT, CutStore, step_dir
 from sgdlab.distributed.cocod import CoCoDSGD
-from sgdlab.distributed.comm import Comm, Injection, init_from_env, teardown_and_exit
-from sgdlab.distributed.core import CooperativeSGD
+from sgdlab.distributed.comm import (
+    DEFAULT_TIMEOUT_S,
+    Comm,
+    Injection,
+    init_from_env,
+    teardown_and_exit,
+)
+from sgdlab.distributed.core import CooperativeSGD, RoundStats
 from sgdlab.distributed.easgd import EASGD
 from sgdlab.distributed.local_sgd import LocalSGD
 from sgdlab.distributed.overlap import OverlapLocalSGD
 from sgdlab.distributed.sync_sgd import SyncSGD
-from sgdlab.errors import ConfigError
+from sgdlab.errors import CheckpointError, CommError, ConfigError, DivergenceError
 from sgdlab.optim import load_optimizer
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.partition import partition_dirichlet, partition_iid
 
 ALGOS = ("sync", "local", "overlap", "easgd", "cocod")
+
+# Fields that change nothing about the trajectory: a run may resume with other values (more
+# steps extend it: no schedule depends on the step count).
+_NOT_IN_KEY = ("steps", "eval_every", "eval_samples", "checkpoint_every", "checkpoint_dir",
+               "resume", "collective_timeout_s")
 
 
 @dataclass
@@ -75,6 +108,15 @@ class DistConfig:
     eval_samples: int = 2000  # test and training samples each evaluation uses (0: all)
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     workload_options: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 0  # > 0: a consistent cut every N steps, into checkpoint_dir
+    checkpoint_dir: str = ""
+    resume: bool = False  # continue from the newest cut in checkpoint_dir
+    collective_timeout_s: float = DEFAULT_TIMEOUT_S  # a peer silent this long fails the run
+
+    def key(self) -> str:
+        """A short hash of everything that determines the trajectory."""
+        d = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_KEY}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def validate(self) -> None:
         if self.algo not in ALGOS:
@@ -86,11 +128,15 @@ class DistConfig:
             raise ConfigError(f"invalid link-steps: {self.link_steps}")
         if self.link_steps and self.bandwidth_mbps:
             raise ConfigError("give --link-steps or --bandwidth-mbps, not both")
-        for name in ("seed", "eval_every", "eval_samples"):
+        for name in ("seed", "eval_every", "eval_samples", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
         if not math.isfinite(self.lr) or self.lr < 0:
             raise ConfigError(f"invalid lr: {self.lr}")
+        if (self.checkpoint_every or self.resume) and not self.checkpoint_dir:
+            raise ConfigError("--checkpoint-every and --resume need --checkpoint-dir")
+        if not math.isfinite(self.collective_timeout_s) or self.collective_timeout_s <= 0:
+            raise ConfigError(f"invalid collective-timeout: {self.collective_timeout_s}")
         if self.algo == "sync" and self.tau != 1:
             self.tau = 1  # sync communicates every step by definition
         partition_alpha(self.partition)
@@ -191,51 +237,174 @@ def _train_rank(rank: int, config: DistConfig, workload: Workload) -> dict[str, 
     comm = Comm(config.injection())
     opt = build_algorithm(config, model, inner, comm)
     _warm_up_torch()
-    if config.link_steps:
+    cuts = None
+    if config.checkpoint_dir:
+        cuts = CutStore(Path(config.checkpoint_dir), comm, config.key())
+    run = _RankRun(rank, model, opt, comm, cuts)
+    start = run.resume(config) if cuts is not None else 0
+    if start == 0 and config.link_steps:
         mbps = _link_for(config, workload, model, part, comm)
         comm.injection = dataclasses.replace(comm.injection, bandwidth_mbps=mbps)
     eval_every = config.eval_every or max(1, config.steps // 5)
     per_epoch = len(part) // config.batch_size
     perm = part
-    snapshots: list[tuple[int, float, list[torch.Tensor]]] = []
-    losses: list[tuple[int, float, float]] = []
     comm.barrier()
     opt.start_clock()
-    clock, excluded = time.perf_counter(), 0.0
-    for step in range(config.steps):
-        epoch, pos = divmod(step, per_epoch)
-        if pos == 0:
-            g = torch.Generator().manual_seed((config.seed * 1_000_003 + rank) * 10_007 + epoch)
-            perm = part[torch.randperm(len(part), generator=g)]
-        x, y = workload.batch(perm[pos * config.batch_size : (pos + 1) * config.batch_size])
-        loss = workload.loss(model, x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        done = step + 1
-        wall = time.perf_counter() - clock - excluded
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise ConfigError(
-                f"training diverged at step {done} (loss {value}); try a smaller --lr"
-            )
-        losses.append((done, wall, value))
-        if done % eval_every == 0 or done == config.steps:
-            t0 = time.perf_counter()
-            averaged = opt.averaged_tensors()
-            if rank == 0:
-                snapshots.append((done, wall, averaged))
-            excluded += time.perf_counter() - t0
+    run.start_clock()
+    step = start
+    try:
+        for step in range(start, config.steps):
+            epoch, pos = divmod(step, per_epoch)
+            if pos == 0 or step == start:
+                g = torch.Generator().manual_seed((config.seed * 1_000_003 + rank) * 10_007 + epoch)
+                perm = part[torch.randperm(len(part), generator=g)]
+            x, y = workload.batch(perm[pos * config.batch_size : (pos + 1) * config.batch_size])
+            loss = workload.loss(model, x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            done = step + 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise run.diverged(done, f"loss {value}", config)
+            wall = run.wall()
+            run.losses.append((done, wall, value))
+            if done % eval_every == 0 or done == config.steps:
+                with run.excluded():
+                    averaged = opt.averaged_tensors()
+                    if rank == 0:
+                        run.snapshots.append((done, wall, averaged))
+            if config.checkpoint_every and done % config.checkpoint_every == 0 \
+                    and done < config.steps:
+                run.checkpoint(done, config)
+    except CommError as exc:
+        raise CommError(f"rank {rank}, step {step + 1}: {exc}") from None
     summary = opt.summary()
     opt.synchronize()
     checksum = float(sum(float(t.detach().double().sum()) for t in opt.tensors))
     out: dict[str, Any] = {"rank": rank, **summary, "steps": config.steps,
                            "final_checksum": checksum,
-                           "link_mbps": comm.injection.bandwidth_mbps}
+                           "link_mbps": comm.injection.bandwidth_mbps,
+                           "resumed_from": start}
     if rank == 0:
-        out.update(_evaluate(workload, model, opt.tensors, snapshots, config))
-        out["losses"] = losses
+        out.update(_evaluate(workload, model, opt.tensors, run.snapshots, config))
+        out["losses"] = run.losses
+        if cuts is not None:
+            root = Path(config.checkpoint_dir)
+            save_checkpoint({"key": config.key(), "step": config.steps,
+                             "model": model.state_dict()}, root / MODEL)
+            atomic_write_bytes(root / RESULT, json.dumps(out, default=str).encode())
     return out
+
+
+def first_nonfinite(tree: Any, path: str = "") -> str | None:
+    """The path of the first floating-point tensor in ``tree`` holding a NaN or an infinity.
+
+    >>> first_nonfinite({"model": {"w": torch.tensor([1.0, float("nan")])}})
+    'model.w'
+    >>> first_nonfinite([torch.ones(2), {"n": 3}]) is None
+    True
+    """
+    if isinstance(tree, torch.Tensor):
+        ok = not tree.is_floating_point() or bool(torch.isfinite(tree).all())
+        return None if ok else path
+    items: Any = tree.items() if isinstance(tree, dict) else (
+        enumerate(tree) if isinstance(tree, list | tuple) else ())
+    for key, value in items:
+        found = first_nonfinite(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+class _RankRun:
+    """One rank's run-level state beside the model and optimizer: its clock (which excludes
+    evaluation and checkpointing), losses, rank 0's evaluation snapshots, and its checkpoints."""
+
+    def __init__(self, rank: int, model: nn.Module, opt: CooperativeSGD, comm: Comm,
+                 cuts: CutStore | None) -> None:
+        self.rank, self.model, self.opt, self.comm, self.cuts = rank, model, opt, comm, cuts
+        self.losses: list[tuple[int, float, float]] = []
+        self.snapshots: list[tuple[int, float, list[torch.Tensor]]] = []
+        self.last_cut: int | None = None
+        self._wall_before = 0.0  # training seconds of the run before it was resumed
+        self._clock = time.perf_counter()
+        self._excluded = 0.0
+
+    def start_clock(self) -> None:
+        self._clock, self._excluded = time.perf_counter(), 0.0
+
+    def wall(self) -> float:
+        return self._wall_before + time.perf_counter() - self._clock - self._excluded
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """A block outside every clock (evaluation, checkpoints)."""
+        t0 = time.perf_counter()
+        with self.opt.paused():
+            yield
+        self._excluded += time.perf_counter() - t0
+
+    def checkpoint(self, step: int, config: DistConfig) -> None:
+        """Write this rank's part of the cut at ``step`` (all ranks call it at the same step)."""
+        assert self.cuts is not None
+        wall = self.wall()
+        with self.excluded():
+            model, optimizer = self.model.state_dict(), self.opt.state_dict()
+            bad = first_nonfinite({"model": model, "optimizer": optimizer})
+            if bad is not None:
+                raise self.diverged(step, f"{bad} is not finite", config)
+            self.cuts.save(step, {
+                "model": model,
+                "optimizer": optimizer,
+                "comm": self.comm.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "wall_seconds": wall,
+                "rounds": [[r.round, r.step, r.compute_seconds, r.comm_seconds, r.wait_seconds]
+                           for r in self.opt.rounds],
+                "losses": [list(row) for row in self.losses],
+                "snapshots": [{"step": st, "wall_seconds": w, "tensors": ts}
+                              for st, w, ts in self.snapshots],
+            })
+            self.last_cut = step
+
+    def resume(self, config: DistConfig) -> int:
+        """Load the newest cut when resuming (a collective); the step to start from."""
+        assert self.cuts is not None
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+        if not (config.resume or restarted):
+            self.cuts.check_fresh()
+            return 0
+        step = self.cuts.latest()
+        if step is None:
+            if restarted:  # torchrun restarted us before the first checkpoint: start over
+                return 0
+            raise CheckpointError(
+                f"nothing to resume under {config.checkpoint_dir}: no checkpoint every rank holds"
+            )
+        state = self.cuts.load(step)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.comm.load_state_dict(state["comm"])
+        torch.set_rng_state(state["torch_rng"])
+        self._wall_before = float(state["wall_seconds"])
+        self.opt.rounds = [RoundStats(int(a), int(b), c, d, e) for a, b, c, d, e in state["rounds"]]
+        self.losses = [(int(a), float(b), float(c)) for a, b, c in state["losses"]]
+        self.snapshots = [(int(d["step"]), float(d["wall_seconds"]), list(d["tensors"]))
+                          for d in state["snapshots"]]
+        self.last_cut = step
+        return step
+
+    def diverged(self, step: int, what: str, config: DistConfig) -> DivergenceError:
+        if self.last_cut is not None:
+            cut = step_dir(Path(config.checkpoint_dir), self.last_cut)
+            where = f"the last good checkpoint is {cut} (step {self.last_cut}; --resume continues)"
+        else:
+            where = "no checkpoint was written"
+        return DivergenceError(
+            f"training diverged on rank {self.rank} at step {step} ({what}); {where}; "
+            "try a smaller --lr"
+        )
 
 
 def _link_for(
@@ -304,7 +473,7 @@ def run_under_torchrun(config: DistConfig) -> dict[str, Any] | None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    init_from_env()
+    init_from_env(config.collective_timeout_s)
     result = rank_entry(dist.get_rank(), dist.get_world_size(), config)
     return result if dist.get_rank() == 0 else None
 
