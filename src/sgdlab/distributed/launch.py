@@ -25,6 +25,7 @@ import importlib.util
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -141,7 +142,15 @@ def _watch(
             time.sleep(0.05)
         if failed is not None:
             rank, code = _first_failure(workdir, failed)
-            # The first rank to fail is the cause; the others usually fail because it did.
+            # The first rank to fail is the cause; the others usually fail because it did. A
+            # rank killed by a signal (before we killed anything) wrote no error of its own.
+            killed = [(r, -c) for r, c in enumerate(codes) if c is not None and c < 0]
+            if killed:
+                dead, signum = killed[0]
+                message = f"rank {dead} was killed by {_signal_name(signum)}"
+                if rank != dead:
+                    message += f"; rank {rank}{_last_line(workdir, rank)}"
+                raise RankFailure(message)
             raise RankFailure(
                 f"rank {rank} failed with exit code {code}{_last_line(workdir, rank)}"
             )
@@ -151,6 +160,13 @@ def _watch(
                 p.kill()
         for p in procs:
             p.wait()
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _first_failure(workdir: Path, seen: tuple[int, int]) -> tuple[int, int]:
