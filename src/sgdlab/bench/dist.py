@@ -16,12 +16,12 @@ from __future__ import annotations
 import importlib
 import math
 import statistics
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from sgdlab.distributed.launch import DEFAULT_TIMEOUT_S, launch
-from sgdlab.distributed.train import DistConfig
+from sgdlab.distributed.train import DistConfig, rank_entry_many
 from sgdlab.errors import ConfigError, SgdlabError
 
 JSON_KEYS = (
@@ -52,8 +52,8 @@ def run_dist_many(
     sizes = {c.world_size for c in configs}
     if len(sizes) != 1:
         raise ConfigError(f"run_dist_many needs one world size, got {sorted(sizes)}")
-    per_rank = launch(configs[0].world_size, "sgdlab.distributed.train:rank_entry_many", configs,
-                      timeout_s=timeout_s,
+    per_rank = launch(configs[0].world_size, "sgdlab.bench.dist:rank_entry_dicts",
+                      [asdict(c) for c in configs], timeout_s=timeout_s,
                       collective_timeout_s=min(c.collective_timeout_s for c in configs),
                       **(launch_options or {}))
     results = []
@@ -67,6 +67,18 @@ def run_dist_many(
         result["seconds_per_step"] = result["wall_seconds"] / result["steps"]
         results.append(result)
     return results
+
+
+def rank_entry_dicts(
+    rank: int, world_size: int, configs: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """What each rank of :func:`run_dist_many` runs: ``rank_entry_many`` of the configurations.
+
+    They cross :func:`launch` as ``dataclasses.asdict`` dicts because launch reads payloads
+    with ``torch.load(weights_only=True)``, which builds no class instances; they become
+    :class:`DistConfig` again here (rather than allow-listing the class in every load).
+    """
+    return rank_entry_many(rank, world_size, [DistConfig(**c) for c in configs])
 
 
 def run_dist(

@@ -1,7 +1,9 @@
 """Results in SQLite: one row per run, its evaluations, and samples of its training loss.
 
-Every statement uses bound parameters; nothing read from the database is ever executed or
-unpickled. The default database is ``./sgdlab-results/results.db``.
+Every statement is a constant string with bound parameters (``?``): no value, and no name a
+caller passes, is ever formatted into SQL (a test checks every ``execute`` call in ``src/``).
+Nothing read from the database is ever executed or unpickled. The default database is
+``./sgdlab-results/results.db``.
 
 Tables:
     runs         config (JSON), package versions, machine, status and the final figures
@@ -79,6 +81,16 @@ _FINAL_FIELDS = (
     "train_seconds",
     "time_to_target",
     "step_to_target",
+)
+# finish_run sets only the fields it is given: each column takes a flag and a value, and keeps
+# its old value when the flag is 0. Built once, from the constant column names above.
+_FINISH_SQL = (
+    "UPDATE runs SET status = ?, finished = ?, extra = ?, "
+    + ", ".join(f"{name} = CASE WHEN ? THEN ? ELSE {name} END" for name in _FINAL_FIELDS)
+    + " WHERE id = ?"
+)
+_RUNS_SQL = (
+    "SELECT * FROM runs WHERE (? IS NULL OR suite = ?) AND (? IS NULL OR status = ?) ORDER BY id"
 )
 
 
@@ -229,25 +241,14 @@ class ResultStore:
         unknown = set(final) - set(_FINAL_FIELDS)
         if unknown:
             raise ValueError(f"unknown result fields: {sorted(unknown)}")
-        sets = ", ".join(f"{k} = ?" for k in final)  # keys checked against _FINAL_FIELDS above
+        flagged = [x for name in _FINAL_FIELDS for x in (name in final, final.get(name))]
         with self._tx() as db:
-            db.execute(
-                f"UPDATE runs SET status = ?, finished = ?, extra = ?{', ' if sets else ''}{sets}"
-                " WHERE id = ?",
-                (status, _now(), json.dumps(extra or {}), *final.values(), run_id),
-            )
+            db.execute(_FINISH_SQL, (status, _now(), json.dumps(extra or {}), *flagged, run_id))
 
     def runs(self, suite: str | None = None, status: str | None = "finished") -> list[RunRow]:
-        query, args = "SELECT * FROM runs WHERE 1 = 1", []
-        if suite is not None:
-            query += " AND suite = ?"
-            args.append(suite)
-        if status is not None:
-            query += " AND status = ?"
-            args.append(status)
         self._db.row_factory = sqlite3.Row
         try:
-            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+            rows = self._db.execute(_RUNS_SQL, (suite, suite, status, status)).fetchall()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"results database {self.path}: {exc}") from None
         finally:

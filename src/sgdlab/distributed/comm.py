@@ -307,18 +307,99 @@ def init_process_group(
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Join a gloo group through TCP rendezvous at ``addr:port``; a collective that waits
-    longer than ``timeout_s`` for a peer raises instead of hanging."""
+    longer than ``timeout_s`` for a peer raises instead of hanging.
+
+    **Nothing listens beyond** ``addr``. Rank 0 hosts the rendezvous store on a socket it binds
+    to ``addr:port`` itself: given only a host and a port, ``TCPStore`` listens on every
+    interface (``::``) whatever the host. For a loopback ``addr`` (the default) gloo is pinned
+    to the loopback interface with ``GLOO_SOCKET_IFNAME`` (unless it is set already), where it
+    would otherwise listen on the address the host name resolves to. A local group is thus
+    reachable from this host only; ranks on other hosts need an ``addr`` they can reach.
+    """
     os.environ.setdefault("MASTER_ADDR", addr)
     os.environ.setdefault("MASTER_PORT", str(port))
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world_size,
-        timeout=timedelta(seconds=timeout_s),
-    )
+    timeout = timedelta(seconds=timeout_s)
+    _pin_gloo_to_loopback(addr)
+    if rank == 0:
+        store = dist.TCPStore(addr, port, world_size, is_master=True, timeout=timeout,
+                              master_listen_fd=_listen(addr, port))
+    else:
+        store = dist.TCPStore(addr, port, world_size, is_master=False, timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                            timeout=timeout)
+
+
+def _listen(addr: str, port: int) -> int:
+    """A socket listening on ``addr:port`` only; the store that is given it owns it."""
+    import socket
+
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen for the rendezvous on {addr}:{port}: "
+                                 f"{exc.strerror}") from None
+    return sock.detach()
+
+
+def _pin_gloo_to_loopback(addr: str) -> None:
+    """Set ``GLOO_SOCKET_IFNAME`` to the loopback interface if ``addr`` is a loopback address
+    and nobody chose an interface (a testbed sets it to each namespace's link)."""
+    import ipaddress
+    import socket
+
+    if "GLOO_SOCKET_IFNAME" in os.environ:
+        return
+    try:
+        host = socket.getaddrinfo(addr, None, type=socket.SOCK_STREAM)[0][4][0]
+        loopback = ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except (OSError, ValueError):
+        return  # an unknown host fails the rendezvous itself, with its own message
+    if loopback:
+        names = [name for _, name in socket.if_nameindex()]
+        os.environ["GLOO_SOCKET_IFNAME"] = next(
+            (n for n in names if _is_loopback_interface(n)), "lo0" if "lo0" in names else "lo")
+
+
+def _is_loopback_interface(name: str) -> bool:
+    iff_loopback = 0x8  # <linux/if.h>
+    try:
+        with open(f"/sys/class/net/{name}/flags") as f:
+            return bool(int(f.read(), 16) & iff_loopback)
+    except (OSError, ValueError):
+        return False
 
 
 def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Join the group ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)."""
-    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=timeout_s))
+    """Join the group ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
+
+    Under torchrun's elastic agent the agent hosts the rendezvous store (it listens where
+    torchrun's ``--master-addr``/``--rdzv-endpoint`` say); otherwise rank 0 hosts it bound to
+    ``MASTER_ADDR`` as :func:`init_process_group` does. Either way a loopback ``MASTER_ADDR``
+    pins gloo to the loopback interface.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):
+        _pin_gloo_to_loopback(os.environ.get("MASTER_ADDR", ""))
+        dist.init_process_group("gloo", init_method="env://",
+                                timeout=timedelta(seconds=timeout_s))
+        return
+    env = {}
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ValueError(f"Invalid environment: {name} is not set (run under torchrun, or "
+                             "set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)")
+        env[name] = os.environ[name]
+    try:
+        rank, world_size, port = (int(env[k]) for k in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
+    except ValueError:
+        raise ValueError(f"Invalid environment: RANK={env['RANK']!r}, WORLD_SIZE="
+                         f"{env['WORLD_SIZE']!r}, MASTER_PORT={env['MASTER_PORT']!r} "
+                         "(need integers)") from None
+    init_process_group(rank, world_size, env["MASTER_ADDR"], port, timeout_s)
 
 
 def teardown_and_exit(code: int) -> None:

@@ -6,6 +6,20 @@ the tests). Each rank is a fresh interpreter running ``python -m sgdlab.distribu
 ``addr:port`` (127.0.0.1 and a free port unless given), calls ``fn(rank, world_size, payload)``,
 writes what it returns, leaves the group and ends with ``os._exit``.
 
+**Nothing read from a file can run code.** The spec (target, world size, rendezvous address
+and port, timeout) is JSON; the payload and each rank's result are ``torch.save`` files read
+back with ``torch.load(weights_only=True)``, which builds only tensors, numbers, strings,
+bytes and plain containers (dict, list, tuple, set) and calls no function the file names. A
+payload or a result of any other type is refused with a one-line error (a rank that returns
+one fails the run); callers convert at the boundary (``sgdlab dist`` sends
+``dataclasses.asdict`` of its configurations, see :mod:`sgdlab.bench.dist`). The files live in
+a private temporary folder (mode 0700), removed when the run ends.
+
+**Nothing listens beyond** ``addr``: rank 0 binds the rendezvous to ``addr:port`` itself, and
+for a loopback ``addr`` gloo uses the loopback interface (see
+:func:`sgdlab.distributed.comm.init_process_group`). A testbed names its own address and sets
+``GLOO_SOCKET_IFNAME`` per rank.
+
 Because a rank is a command line, a caller can change how it runs: ``wrap(rank, argv)``
 returns the argv to execute (the network-namespace testbed prefixes ``ip netns exec <ns>``)
 and ``env_per_rank[rank]`` adds environment variables (``GLOO_SOCKET_IFNAME``, ...).
@@ -22,8 +36,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
+import json
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -35,6 +50,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from sgdlab.errors import SgdlabError
 
@@ -50,8 +67,9 @@ class RankFailure(SgdlabError):
 
 def free_port(addr: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on at ``addr`` now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((addr, 0))
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(addr, 0, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as s:
+        s.bind(sockaddr)
         return int(s.getsockname()[1])
 
 
@@ -84,14 +102,17 @@ def launch(
     for name in ("timeout_s", "collective_timeout_s"):
         if not locals()[name] > 0:
             raise ValueError(f"Invalid {name}: {locals()[name]}")
+    payload_bytes = _safe_dumps(payload, "payload")
     port = port or free_port(addr)
-    workdir = Path(tempfile.mkdtemp(prefix="sgdlab-launch-"))
+    workdir = Path(tempfile.mkdtemp(prefix="sgdlab-launch-"))  # mode 0700: ours only
     try:
+        workdir.chmod(0o700)
         spec = {
-            "target": target, "payload": payload, "world_size": world_size, "addr": addr,
-            "port": port, "collective_timeout_s": collective_timeout_s,
+            "target": target, "world_size": world_size, "addr": addr, "port": port,
+            "collective_timeout_s": collective_timeout_s,
         }
-        (workdir / "spec.pkl").write_bytes(pickle.dumps(spec))
+        (workdir / "spec.json").write_text(json.dumps(spec))
+        (workdir / "payload.pt").write_bytes(payload_bytes)
         procs = [_start(rank, workdir, env_per_rank, wrap) for rank in range(world_size)]
         _watch(procs, workdir, timeout_s, grace_s)
         return [_result(workdir, rank) for rank in range(world_size)]
@@ -102,7 +123,8 @@ def launch(
 def _start(
     rank: int, workdir: Path, env_per_rank: Sequence[dict[str, str]] | None, wrap: Wrap | None
 ) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "sgdlab.distributed.launch", str(workdir / "spec.pkl"), str(rank)]
+    argv = [sys.executable, "-m", "sgdlab.distributed.launch", str(workdir / "spec.json"),
+            str(rank)]
     if wrap is not None:
         argv = wrap(rank, argv)
     env = dict(os.environ)
@@ -187,10 +209,53 @@ def _last_line(workdir: Path, rank: int) -> str:
 
 
 def _result(workdir: Path, rank: int) -> Any:
-    path = workdir / f"result-{rank}.pkl"
+    path = workdir / f"result-{rank}.pt"
     if not path.exists():
         raise RankFailure(f"rank {rank} exited without a result{_last_line(workdir, rank)}")
-    return pickle.loads(path.read_bytes())
+    try:
+        return _safe_loads(path.read_bytes(), f"rank {rank}'s result")
+    except ValueError as exc:
+        raise RankFailure(str(exc)) from None
+
+
+def _safe_dumps(obj: Any, what: str) -> bytes:
+    """``torch.save`` bytes of ``obj``, checked to load back with ``weights_only=True``.
+
+    Raises ``ValueError("Invalid <what>: ...")`` for anything else (a class instance, a NumPy
+    array or scalar, a function): better at the sender, in one line, than a refused file later.
+    """
+    buffer = io.BytesIO()
+    try:
+        torch.save(obj, buffer)
+        _load(buffer.getvalue())
+    except Exception as exc:  # torch.save raises what pickle raises: many types
+        raise ValueError(
+            f"Invalid {what}: {_reason(exc)} (send tensors, numbers, strings and plain "
+            "containers; convert a dataclass with dataclasses.asdict)"
+        ) from None
+    return buffer.getvalue()
+
+
+def _safe_loads(data: bytes, what: str) -> Any:
+    """What :func:`_safe_dumps` wrote, read with ``weights_only=True``: no code runs.
+    Raises ``ValueError`` naming ``what`` for a refused global or a broken file."""
+    try:
+        return _load(data)
+    except Exception as exc:  # a refused global, a truncated or foreign file
+        raise ValueError(f"{what} is not a weights_only torch file: {_reason(exc)}") from None
+
+
+def _load(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """One informative line. torch's weights_only refusal spans several lines, advises loading
+    with ``weights_only=False`` (never what we want) and puts the reason after a mark."""
+    text = str(exc)
+    _, marked, after = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (after if marked else text).splitlines() if line.strip()]
+    return lines[0].split(". Please")[0] if lines else type(exc).__name__
 
 
 def resolve(target: str) -> Callable[..., Any]:
@@ -209,22 +274,22 @@ def resolve(target: str) -> Callable[..., Any]:
 
 
 def _rank_main(spec_path: str, rank: int) -> None:
-    import torch
-
     from sgdlab.distributed.comm import init_process_group, teardown_and_exit
 
     code = 0
     try:
-        spec = pickle.loads(Path(spec_path).read_bytes())
+        workdir = Path(spec_path).parent
+        spec = json.loads(Path(spec_path).read_text())
+        payload = _safe_loads((workdir / "payload.pt").read_bytes(), "the payload")
         torch.set_num_threads(1)
         world_size = spec["world_size"]
         if world_size > 1:
             init_process_group(rank, world_size, spec["addr"], spec["port"],
                                spec["collective_timeout_s"])
-        result = resolve(spec["target"])(rank, world_size, spec["payload"])
-        out = Path(spec_path).with_name(f"result-{rank}.pkl")
+        result = resolve(spec["target"])(rank, world_size, payload)
+        out = workdir / f"result-{rank}.pt"
         tmp = out.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(result))
+        tmp.write_bytes(_safe_dumps(result, f"result of rank {rank}"))
         os.replace(tmp, out)
     except BaseException as exc:  # noqa: B036 - report anything, then exit with a code
         Path(spec_path).with_name(f"failed-{rank}").write_text(repr(time.time()))
