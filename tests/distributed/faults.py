@@ -42,19 +42,6 @@ def launched_ranks(parent: int) -> dict[int, int]:
     return out
 
 
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root``."""
-    children: dict[int, list[int]] = {}
-    for pid in _pids():
-        children.setdefault(_ppid(pid), []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def tagged(tag: str, **env: str) -> list[int]:
     """Live processes whose environment holds ``SGDLAB_TEST_TAG=tag`` and every ``env`` pair."""
     want = [f"SGDLAB_TEST_TAG={tag}".encode()] + [f"{k}={v}".encode() for k, v in env.items()]

@@ -129,8 +129,7 @@ def test_torchrun_restarts_a_killed_rank_and_resumes_from_the_checkpoint(tmp_pat
     finally:
         if elastic.poll() is None:
             elastic.kill()
-    Path("/tmp/exp/err.txt").write_text(err)
-    assert elastic.returncode == 0, err[:6000]
+    assert elastic.returncode == 0, [ln for ln in err.splitlines() if "error" in ln.lower()][-8:]
     assert tagged(tag, RANK="1", TORCHELASTIC_RESTART_COUNT="1") == []  # all ended
     result = json.loads((root / "result.json").read_text())
     assert result["resumed_from"] >= 30, "the restarted ranks did not resume"

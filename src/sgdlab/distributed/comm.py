@@ -382,11 +382,6 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     ``MASTER_ADDR`` as :func:`init_process_group` does. Either way a loopback ``MASTER_ADDR``
     pins gloo to the loopback interface.
     """
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):
-        _pin_gloo_to_loopback(os.environ.get("MASTER_ADDR", ""))
-        dist.init_process_group("gloo", init_method="env://",
-                                timeout=timedelta(seconds=timeout_s))
-        return
     env = {}
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         if not os.environ.get(name):
@@ -399,6 +394,19 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         raise ValueError(f"Invalid environment: RANK={env['RANK']!r}, WORLD_SIZE="
                          f"{env['WORLD_SIZE']!r}, MASTER_PORT={env['MASTER_PORT']!r} "
                          "(need integers)") from None
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True):
+        # The agent keeps one store across restarts, and gloo's keys do not name the attempt:
+        # a restarted rank could read a dead peer's address and hang connecting to it. Keys
+        # under a prefix per attempt are always this attempt's.
+        _pin_gloo_to_loopback(env["MASTER_ADDR"])
+        timeout = timedelta(seconds=timeout_s)
+        agent = dist.TCPStore(env["MASTER_ADDR"], port, world_size, is_master=False,
+                              timeout=timeout)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"sgdlab/attempt-{attempt}", agent)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                                timeout=timeout)
+        return
     init_process_group(rank, world_size, env["MASTER_ADDR"], port, timeout_s)
 
 
