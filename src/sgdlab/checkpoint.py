@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,26 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def load_reason(exc: BaseException) -> str:
+    """One informative line for a failed ``torch.load(weights_only=True)``.
+
+    torch's refusal spans several lines, is coloured, advises loading with
+    ``weights_only=False`` (never what we want: that runs the file's code) and puts the reason
+    after a mark; this returns the reason alone.
+
+    >>> load_reason(RuntimeError("Weights only load failed. Re-running with weights_only=False "
+    ...     "will likely succeed. WeightsUnpickler error: Unsupported global: GLOBAL os.system"))
+    'Unsupported global: GLOBAL os.system'
+    """
+    text = _ANSI.sub("", str(exc))
+    _, marked, after = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (after if marked else text).splitlines() if line.strip()]
+    return lines[0].split(". Please")[0] if lines else type(exc).__name__
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, refusing anything else."""
     if not path.is_file():
@@ -65,9 +86,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {path} is unreadable (corrupt or truncated): {reason}"
+            f"checkpoint {path} is unreadable (corrupt, truncated or not ours): {load_reason(exc)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an sgdlab checkpoint (format {FORMAT_VERSION})")

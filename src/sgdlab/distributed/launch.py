@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from sgdlab.checkpoint import load_reason
 from sgdlab.errors import SgdlabError
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -230,7 +231,7 @@ def _safe_dumps(obj: Any, what: str) -> bytes:
         _load(buffer.getvalue())
     except Exception as exc:  # torch.save raises what pickle raises: many types
         raise ValueError(
-            f"Invalid {what}: {_reason(exc)} (send tensors, numbers, strings and plain "
+            f"Invalid {what}: {load_reason(exc)} (send tensors, numbers, strings and plain "
             "containers; convert a dataclass with dataclasses.asdict)"
         ) from None
     return buffer.getvalue()
@@ -242,20 +243,11 @@ def _safe_loads(data: bytes, what: str) -> Any:
     try:
         return _load(data)
     except Exception as exc:  # a refused global, a truncated or foreign file
-        raise ValueError(f"{what} is not a weights_only torch file: {_reason(exc)}") from None
+        raise ValueError(f"{what} is not a weights_only torch file: {load_reason(exc)}") from None
 
 
 def _load(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-
-
-def _reason(exc: BaseException) -> str:
-    """One informative line. torch's weights_only refusal spans several lines, advises loading
-    with ``weights_only=False`` (never what we want) and puts the reason after a mark."""
-    text = str(exc)
-    _, marked, after = text.partition("WeightsUnpickler error:")
-    lines = [line.strip() for line in (after if marked else text).splitlines() if line.strip()]
-    return lines[0].split(". Please")[0] if lines else type(exc).__name__
 
 
 def resolve(target: str) -> Callable[..., Any]:
