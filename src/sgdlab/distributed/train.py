@@ -398,7 +398,7 @@ class _RankRun:
     def diverged(self, step: int, what: str, config: DistConfig) -> DivergenceError:
         if self.last_cut is not None:
             cut = step_dir(Path(config.checkpoint_dir), self.last_cut)
-            where = f"the last good checkpoint is {cut} (step {self.last_cut}; --resume continues)"
+            where = f"the last good checkpoint is {cut} (step {self.last_cut})"
         else:
             where = "no checkpoint was written"
         return DivergenceError(
