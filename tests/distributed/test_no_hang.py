@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import torch
-from faults import alive, complete_cuts, kill, launched_ranks, tagged, wait_until
+from faults import alive, complete_cuts, kill, tagged, wait_until
 
 from sgdlab.bench.dist import run_dist
 from sgdlab.checkpoint import load_checkpoint
@@ -41,31 +41,27 @@ def slow_run(root: Path, **kw: Any) -> DistConfig:
                       checkpoint_dir=str(root), checkpoint_every=20, **kw)
 
 
-def _run_in_thread(config: DistConfig) -> tuple[threading.Thread, list[Any]]:
+def _run_in_thread(config: DistConfig) -> tuple[threading.Thread, list[Any], list[int]]:
+    """Start the run; returns its thread, a box for its outcome and the ranks' pids, once
+    the first checkpoint shows the ranks are training."""
     box: list[Any] = []
+    pids: list[int] = []
 
     def run() -> None:
         try:
-            box.append(run_dist(config, timeout_s=240))
+            box.append(run_dist(config, {"on_start": pids.extend}, timeout_s=240))
         except BaseException as exc:  # noqa: B036 - handed to the test
             box.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread, box
-
-
-def _ranks_once_training(root: Path) -> dict[int, int]:
-    wait_until(lambda: complete_cuts(root), 60, "the first checkpoint")
-    ranks = wait_until(lambda: launched_ranks(os.getpid()), 10, "the rank processes")
-    assert isinstance(ranks, dict) and len(ranks) == 2
-    return ranks
+    wait_until(lambda: complete_cuts(Path(config.checkpoint_dir)), 60, "the first checkpoint")
+    return thread, box, pids
 
 
 @pytest.mark.slow
 def test_a_dead_rank_ends_the_run_at_once_naming_it(tmp_path: Path) -> None:
-    thread, box = _run_in_thread(slow_run(tmp_path / "ck", collective_timeout_s=60.0))
-    ranks = _ranks_once_training(tmp_path / "ck")
+    thread, box, ranks = _run_in_thread(slow_run(tmp_path / "ck", collective_timeout_s=60.0))
     t0 = time.monotonic()
     kill([ranks[1]])
     thread.join(30)
@@ -78,14 +74,13 @@ def test_a_dead_rank_ends_the_run_at_once_naming_it(tmp_path: Path) -> None:
     assert "\n" not in message
     assert "rank 1 was killed by SIGKILL" in message
     assert "a peer rank died" in message
-    assert not any(alive(p) for p in ranks.values())
+    assert not any(alive(p) for p in ranks)
 
 
 @pytest.mark.slow
 def test_a_stalled_rank_ends_the_run_within_the_collective_timeout(tmp_path: Path) -> None:
     timeout = 4.0
-    thread, box = _run_in_thread(slow_run(tmp_path / "ck", collective_timeout_s=timeout))
-    ranks = _ranks_once_training(tmp_path / "ck")
+    thread, box, ranks = _run_in_thread(slow_run(tmp_path / "ck", collective_timeout_s=timeout))
     t0 = time.monotonic()
     kill([ranks[1]], signal.SIGSTOP)  # alive but silent: no connection closes
     thread.join(60)
@@ -97,7 +92,7 @@ def test_a_stalled_rank_ends_the_run_within_the_collective_timeout(tmp_path: Pat
     assert isinstance(exc, RankFailure)
     assert f"no answer from a peer within {timeout:g} s" in str(exc)
     assert "rank 0" in str(exc)
-    assert not any(alive(p) for p in ranks.values()), "the stalled rank was left behind"
+    assert not any(alive(p) for p in ranks), "the stalled rank was left behind"
 
 
 @pytest.mark.slow

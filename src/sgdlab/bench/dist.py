@@ -61,7 +61,8 @@ def run_dist_many(
         result = dict(per_rank[0][i])
         result["ranks"] = [
             {k: r[i][k] for k in ("rank", "wall_seconds", "compute_seconds", "wait_seconds",
-                                  "comm_seconds", "final_checksum", "link_mbps")}
+                                  "comm_seconds", "final_checksum", "link_mbps",
+                                  "checkpoints", "checkpoint_seconds")}
             for r in per_rank
         ]
         result["seconds_per_step"] = result["wall_seconds"] / result["steps"]

@@ -86,11 +86,14 @@ def launch(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
     grace_s: float = 5.0,
+    on_start: Callable[[list[int]], object] | None = None,
 ) -> list[Any]:
     """Run ``target`` (``"module:function"`` or ``"/path/file.py:function"``) on every rank.
 
     Returns the per-rank return values, rank 0 first. Raises :class:`RankFailure` if a rank
-    fails or the run outlives ``timeout_s`` (see the module docstring).
+    fails or the run outlives ``timeout_s`` (see the module docstring). ``on_start`` is called
+    with the ranks' process ids, rank 0 first, once they have started (to monitor them, or to
+    fault them on purpose).
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"Invalid world_size: {world_size}")
@@ -115,6 +118,8 @@ def launch(
         (workdir / "spec.json").write_text(json.dumps(spec))
         (workdir / "payload.pt").write_bytes(payload_bytes)
         procs = [_start(rank, workdir, env_per_rank, wrap) for rank in range(world_size)]
+        if on_start is not None:
+            on_start([p.pid for p in procs])
         _watch(procs, workdir, timeout_s, grace_s)
         return [_result(workdir, rank) for rank in range(world_size)]
     finally:

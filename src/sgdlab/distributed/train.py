@@ -285,7 +285,8 @@ def _train_rank(rank: int, config: DistConfig, workload: Workload) -> dict[str, 
     out: dict[str, Any] = {"rank": rank, **summary, "steps": config.steps,
                            "final_checksum": checksum,
                            "link_mbps": comm.injection.bandwidth_mbps,
-                           "resumed_from": start}
+                           "resumed_from": start, "checkpoints": run.checkpoints,
+                           "checkpoint_seconds": run.checkpoint_seconds}
     if rank == 0:
         out.update(_evaluate(workload, model, opt.tensors, run.snapshots, config))
         out["losses"] = run.losses
@@ -327,6 +328,7 @@ class _RankRun:
         self.losses: list[tuple[int, float, float]] = []
         self.snapshots: list[tuple[int, float, list[torch.Tensor]]] = []
         self.last_cut: int | None = None
+        self.checkpoints, self.checkpoint_seconds = 0, 0.0  # written by this process
         self._wall_before = 0.0  # training seconds of the run before it was resumed
         self._clock = time.perf_counter()
         self._excluded = 0.0
@@ -348,7 +350,7 @@ class _RankRun:
     def checkpoint(self, step: int, config: DistConfig) -> None:
         """Write this rank's part of the cut at ``step`` (all ranks call it at the same step)."""
         assert self.cuts is not None
-        wall = self.wall()
+        wall, t0 = self.wall(), time.perf_counter()
         with self.excluded():
             model, optimizer = self.model.state_dict(), self.opt.state_dict()
             bad = first_nonfinite({"model": model, "optimizer": optimizer})
@@ -367,6 +369,8 @@ class _RankRun:
                               for st, w, ts in self.snapshots],
             })
             self.last_cut = step
+        self.checkpoints += 1
+        self.checkpoint_seconds += time.perf_counter() - t0
 
     def resume(self, config: DistConfig) -> int:
         """Load the newest cut when resuming (a collective); the step to start from."""
