@@ -40,6 +40,12 @@ def test_dist_json_has_the_required_keys_and_the_times_split_the_wall(
     (["--algo", "local", "--partition", "dirichlet:-1"], "invalid partition"),
     (["--algo", "local", "--bandwidth-mbps", "-5"], "Invalid bandwidth_mbps: -5.0"),
     (["--algo", "local", "--bandwidth-mbps", "5", "--link-steps", "2"], "not both"),
+    (["--algo", "local", "--checkpoint-every", "5"], "need --checkpoint-dir"),
+    (["--algo", "local", "--resume"], "need --checkpoint-dir"),
+    (["--algo", "local", "--checkpoint-every", "-1", "--checkpoint-dir", "x"],
+     "invalid checkpoint-every: -1"),
+    (["--algo", "local", "--collective-timeout", "0"], "invalid collective-timeout: 0.0"),
+    (["--algo", "local", "--collective-timeout", "nan"], "invalid collective-timeout: nan"),
 ])
 def test_bad_input_is_one_line_and_exit_2(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
