@@ -120,8 +120,13 @@ class CutStore:
         for step in steps_on_disk(self.root, self.comm.rank):
             if step < keep_from:
                 rank_file(self.root, step, self.comm.rank).unlink(missing_ok=True)
+                # The last rank out removes the folder; another may be doing so right now.
                 folder = step_dir(self.root, step)
-                if not any(p.name.startswith("rank-") for p in folder.iterdir()):
+                try:
+                    empty = not any(p.name.startswith("rank-") for p in folder.iterdir())
+                except FileNotFoundError:
+                    continue
+                if empty:
                     shutil.rmtree(folder, ignore_errors=True)
         self._complete = [s for s in self._complete if s >= keep_from]
 
