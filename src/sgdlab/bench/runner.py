@@ -26,8 +26,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -40,17 +39,21 @@ from sgdlab.bench.nonfinite import (
     nonfinite_state,
     unloadable_state,
 )
+from sgdlab.bench.runfiles import (
+    CHECKPOINT,
+    EVENTS,
+    MODEL,
+    RESULT,
+    EventLog,
+    new_run_dir,
+    resumable_run_dir,
+)
 from sgdlab.bench.store import ResultStore
 from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sgdlab.errors import CheckpointError, ConfigError, DivergenceError
 from sgdlab.optim import DiminishingLR, load_optimizer
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 from sgdlab.workloads import Workload, get_workload
-
-CHECKPOINT = "checkpoint.pt"
-EVENTS = "events.jsonl"
-RESULT = "result.json"
-MODEL = "model.pt"
 
 
 @dataclass
@@ -125,27 +128,6 @@ def machine(device: str) -> dict[str, Any]:
     return info
 
 
-class _EventLog:
-    """Append-only JSONL; its byte length is saved with each checkpoint."""
-
-    def __init__(self, path: Path, truncate_to: int | None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if truncate_to is not None and path.exists():
-            with path.open("r+b") as f:
-                f.truncate(truncate_to)
-        self._f: IO[str] = path.open("a", encoding="utf-8")
-
-    def write(self, event: str, **fields: Any) -> None:
-        self._f.write(json.dumps({"event": event, **fields}) + "\n")
-
-    def offset(self) -> int:
-        self._f.flush()
-        return self._f.tell()
-
-    def close(self) -> None:
-        self._f.close()
-
-
 _warmed_up = False
 
 
@@ -202,7 +184,7 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
     torch.manual_seed(config.seed)
     model, opt, sched = _build(config, workload, device)
     sampler = EpochSampler(workload.num_train, config.batch_size, config.seed)
-    out = _resumable_run_dir(config.out_dir()) if config.resume else _new_run_dir(config.out_dir())
+    out = resumable_run_dir(config.out_dir()) if config.resume else new_run_dir(config.out_dir())
     ckpt_path = out / CHECKPOINT
 
     store = ResultStore(config.db)
@@ -250,7 +232,7 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
             out_dir=str(out),
         )
 
-    log = _EventLog(out / EVENTS, log_offset)
+    log = EventLog(out / EVENTS, log_offset)
     if config.resume:
         log.write("resume", step=start, run_id=run_id)
     else:
@@ -268,7 +250,12 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
         opt.zero_grad(set_to_none=True)
         loss = workload.loss(model, x, y)
         loss.backward()
-        evaluated.append(guard.check(loss))  # raises NonFinite before anything uses the gradient
+        try:  # raises NonFinite before anything uses the gradient
+            evaluated.append(guard.check(loss))
+        except NonFinite as exc:
+            if evaluated:  # L-BFGS and the like: the step had moved the iterate already
+                exc.what += f" (evaluation {len(evaluated) + 1} of the step)"
+            raise
         return loss
 
     def evaluate(step: int) -> None:
@@ -371,9 +358,8 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
                     diverge(
                         done,
                         step,
-                        f"{exc.what}, the {consecutive}th step in a row skipped "
-                        "(--on-nonfinite skip gives up after "
-                        f"{MAX_CONSECUTIVE_SKIPS})",
+                        f"{exc.what}, {consecutive} steps in a row skipped "
+                        "(the limit of --on-nonfinite skip)",
                     )
                 loss = None
             else:
@@ -452,31 +438,6 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
     save_checkpoint({"model": model.state_dict(), "step": config.steps}, out / MODEL)
     atomic_write_bytes(out / RESULT, json.dumps(result.to_json(), indent=1).encode())
     return result
-
-
-def _new_run_dir(base: Path) -> Path:
-    """A fresh ``base/run-NNNN``: earlier runs' files are never touched."""
-    base.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[4:]) for p in base.glob("run-*") if p.name[4:].isdigit()]
-    number = max(taken, default=0) + 1
-    while True:
-        path = base / f"run-{number:04d}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            number += 1
-
-
-def _resumable_run_dir(base: Path) -> Path:
-    """The newest ``base/run-NNNN`` that has a checkpoint and no result yet."""
-    runs = sorted(
-        (p for p in base.glob("run-*") if p.name[4:].isdigit()), key=lambda p: int(p.name[4:])
-    )
-    for path in reversed(runs):
-        if (path / CHECKPOINT).exists() and not (path / RESULT).exists():
-            return path
-    raise CheckpointError(f"nothing to resume under {base}: no unfinished run with a checkpoint")
 
 
 class _progress:
