@@ -139,6 +139,11 @@ def train(
         from sgdlab.bench.report import print_result
 
         print_result(result)
+        if result.skipped_steps:
+            sys.stdout.write(
+                f"{result.skipped_steps} steps skipped for a NaN or Inf (--on-nonfinite skip); "
+                f"'skip' events in {Path(result.out_dir) / 'events.jsonl'}\n"
+            )
 
 
 @app.command("list")

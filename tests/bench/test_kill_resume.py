@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,10 +114,28 @@ def _park_each_step() -> None:
     EpochSampler.indices = slowed  # type: ignore[method-assign]  # the child's copy only
 
 
+_FORKED: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_child_left() -> Iterator[None]:
+    """A failed assertion must not leave a parked victim behind: kill our own children."""
+    yield
+    while _FORKED:
+        pid = _FORKED.pop()
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass  # reaped already
+
+
 def _fork(args: list[str], logs: Path, victim: bool = False) -> int:
     """Run ``sgdlab <args>`` in a forked child; its stdout and stderr go to ``logs.*``."""
     pid = os.fork()
     if pid:
+        _FORKED.append(pid)
         return pid
     code = 70
     try:  # the child: never return into pytest

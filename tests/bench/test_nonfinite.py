@@ -329,6 +329,22 @@ def test_the_guard_confirms_an_overflowed_sum_element_by_element() -> None:
         guard.check(loss)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_guard_reads_one_value_per_gradient_or_all_in_one_transfer(device: str) -> None:
+    """On a GPU the loss and the gradients' sums come back in one transfer; the CPU adds
+    floats. Only the device's type is read, so both paths run here on CPU tensors."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1)).to(torch.bfloat16)
+    loss = model(torch.ones(2, 3, dtype=torch.bfloat16)).float().sum()
+    loss.backward()
+    guard = FiniteGuard(model, torch.device(device))
+    assert guard.check(loss) == loss.item()
+    model[1].bias.grad = torch.tensor([math.nan], dtype=torch.bfloat16)
+    with pytest.raises(NonFinite, match="the gradient of parameter '1.bias' has nan"):
+        guard.check(loss)
+    with pytest.raises(NonFinite, match="the loss is inf"):
+        guard.check(torch.tensor(math.inf))
+
+
 def test_bad_policy_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="invalid on-nonfinite 'ignore'; choose stop or skip"):
         train(_config(tmp_path, "sgd", on_nonfinite="ignore"))

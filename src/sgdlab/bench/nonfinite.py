@@ -68,7 +68,11 @@ class FiniteGuard:
         """The loss as a float; raise :class:`NonFinite` if it or a gradient is not finite."""
         grads = [p.grad for p in self._params if p.grad is not None]
         if self._one_transfer:
-            sums = torch.stack([loss.detach().reshape(()), *(g.sum() for g in grads)])
+            # float64 throughout: stack needs one dtype (a bf16 model, a float32 loss), and the
+            # loss must come back as it is, for the log.
+            sums = torch.stack(
+                [loss.detach().reshape(()).double(), *(g.sum().double() for g in grads)]
+            )
             values = sums.tolist()  # the one transfer (and synchronisation) of the step
             value, total = values[0], sum(values)
         else:
