@@ -95,6 +95,13 @@ def train(
     db: DbOption = Path("sgdlab-results/results.db"),
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
+    on_nonfinite: Annotated[
+        str,
+        typer.Option(
+            help="stop: a NaN or Inf loss or gradient ends the run; skip: that step is undone "
+            "and counted (too many in a row end the run)."
+        ),
+    ] = "stop",
     json_: JsonOption = False,
 ) -> None:
     """Train one workload with one optimizer and record the run."""
@@ -123,6 +130,7 @@ def train(
         device=device,
         threads=threads,
         progress=None if not json_ else False,
+        on_nonfinite=on_nonfinite,
     )
     result = run_train(config)
     if json_:
@@ -131,6 +139,11 @@ def train(
         from sgdlab.bench.report import print_result
 
         print_result(result)
+        if result.skipped_steps:
+            sys.stdout.write(
+                f"{result.skipped_steps} steps skipped for a NaN or Inf (--on-nonfinite skip); "
+                f"'skip' events in {Path(result.out_dir) / 'events.jsonl'}\n"
+            )
 
 
 @app.command("list")

@@ -143,7 +143,7 @@ def test_checkpoint_refuses_pickled_objects(tmp_path: Path) -> None:
 
 
 def test_divergence_stops_with_the_step(tmp_path: Path) -> None:
-    with pytest.raises(DivergenceError, match=r"loss is (nan|inf) at step \d+"):
+    with pytest.raises(DivergenceError, match=r"diverged at step \d+: the loss is (nan|inf)"):
         train(_config(tmp_path, lr=1e30, steps=200, log_every=1))
     with ResultStore(tmp_path / "r.db") as store:
         assert store.runs(status="diverged")

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sgdlab.bench.nonfinite import POLICIES
 from sgdlab.bench.store import DEFAULT_DB
 from sgdlab.errors import ConfigError
 
@@ -25,12 +26,19 @@ _NOT_IN_KEY = (
     "suite",
     "eval_every",
     "log_every",
+    # What a NaN does: a run that never meets one is the same under either policy, and a run
+    # stopped by a NaN may be resumed with ``skip`` to step over the batch that caused it.
+    "on_nonfinite",
 )
 
 
 @dataclass
 class TrainConfig:
-    """One training run. ``optimizer_options`` and ``workload_options`` come from ``--set``."""
+    """One training run. ``optimizer_options`` and ``workload_options`` come from ``--set``.
+
+    ``on_nonfinite`` is what a NaN or infinite loss or gradient does: ``"stop"`` the run (the
+    default) or ``"skip"`` the step; see :mod:`sgdlab.bench.nonfinite`.
+    """
 
     workload: str
     optimizer: str = "sgd"
@@ -54,6 +62,7 @@ class TrainConfig:
     threads: int = 0
     suite: str = ""
     progress: bool | None = None
+    on_nonfinite: str = "stop"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size"):
@@ -76,6 +85,10 @@ class TrainConfig:
             )
         if self.schedule == "constant" and (self.mu is not None or self.L is not None):
             raise ConfigError("--mu and --L only apply with --schedule diminishing")
+        if self.on_nonfinite not in POLICIES:
+            raise ConfigError(
+                f"invalid on-nonfinite {self.on_nonfinite!r}; choose {' or '.join(POLICIES)}"
+            )
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(f"invalid device {self.device!r}; use cpu or cuda[:N]")
 

@@ -9,34 +9,51 @@ would have drawn. A checkpoint holds the model, the optimizer, the scheduler, th
 the clock and the event log's length; ``resume`` truncates the log to that length and forgets
 what the database recorded after that step, so the resumed run ends exactly as an
 uninterrupted one (same parameters, same final loss).
+
+Every loss evaluation's loss and gradients, and the state about to be checkpointed, are
+checked for NaN and infinity (see :mod:`sgdlab.bench.nonfinite`): a non-finite step stops the
+run with a :class:`~sgdlab.errors.DivergenceError` that names the step, what was not finite and
+the last good checkpoint, and marks it ``diverged`` in the store; with ``on_nonfinite="skip"``
+the step is undone and counted instead. No checkpoint is ever written with a NaN in it, so a
+run stopped by one resumes from the last good state.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any, NoReturn
 
 import torch
 
 from sgdlab.bench.config import TrainConfig
+from sgdlab.bench.nonfinite import (
+    MAX_CONSECUTIVE_SKIPS,
+    FiniteGuard,
+    NonFinite,
+    Snapshot,
+    nonfinite_state,
+    unloadable_state,
+)
+from sgdlab.bench.runfiles import (
+    CHECKPOINT,
+    EVENTS,
+    MODEL,
+    RESULT,
+    EventLog,
+    new_run_dir,
+    resumable_run_dir,
+)
 from sgdlab.bench.store import ResultStore
 from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sgdlab.errors import CheckpointError, ConfigError, DivergenceError
 from sgdlab.optim import DiminishingLR, load_optimizer
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 from sgdlab.workloads import Workload, get_workload
-
-CHECKPOINT = "checkpoint.pt"
-EVENTS = "events.jsonl"
-RESULT = "result.json"
-MODEL = "model.pt"
 
 
 @dataclass
@@ -57,6 +74,7 @@ class RunResult:
     out_dir: str
     loop_seconds: float = 0.0
     outside_clock_seconds: float = 0.0
+    skipped_steps: int = 0
     evaluations: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -108,27 +126,6 @@ def machine(device: str) -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
-
-
-class _EventLog:
-    """Append-only JSONL; its byte length is saved with each checkpoint."""
-
-    def __init__(self, path: Path, truncate_to: int | None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if truncate_to is not None and path.exists():
-            with path.open("r+b") as f:
-                f.truncate(truncate_to)
-        self._f: IO[str] = path.open("a", encoding="utf-8")
-
-    def write(self, event: str, **fields: Any) -> None:
-        self._f.write(json.dumps({"event": event, **fields}) + "\n")
-
-    def offset(self) -> int:
-        self._f.flush()
-        return self._f.tell()
-
-    def close(self) -> None:
-        self._f.close()
 
 
 _warmed_up = False
@@ -187,12 +184,15 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
     torch.manual_seed(config.seed)
     model, opt, sched = _build(config, workload, device)
     sampler = EpochSampler(workload.num_train, config.batch_size, config.seed)
-    out = _resumable_run_dir(config.out_dir()) if config.resume else _new_run_dir(config.out_dir())
+    out = resumable_run_dir(config.out_dir()) if config.resume else new_run_dir(config.out_dir())
     ckpt_path = out / CHECKPOINT
 
     store = ResultStore(config.db)
     start, train_seconds, log_offset, run_id = 0, 0.0, None, 0
     reached: tuple[float, int] | None = None
+    skipped = consecutive = 0  # steps skipped under --on-nonfinite skip: in all, and in a row
+    last_good: int | None = None  # the step of the newest checkpoint on disk
+    checked_loadable = False  # whether a checkpoint of this optimizer's state can be read back
     if config.resume:
         state = load_checkpoint(ckpt_path)
         if state.get("key") != config.key():
@@ -214,6 +214,9 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
             (float(state["reached"][0]), int(state["reached"][1])) if state["reached"] else None
         )
         run_id = state["run_id"]
+        skipped = int(state.get("skipped_steps", 0))
+        consecutive = int(state.get("consecutive_skips", 0))
+        last_good, checked_loadable = start, True
         if store.has_run(run_id):
             store.resume_run(run_id, start)
         else:
@@ -229,7 +232,7 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
             out_dir=str(out),
         )
 
-    log = _EventLog(out / EVENTS, log_offset)
+    log = EventLog(out / EVENTS, log_offset)
     if config.resume:
         log.write("resume", step=start, run_id=run_id)
     else:
@@ -240,11 +243,19 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
     samples: list[tuple[int, float, float]] = []
 
     x = y = torch.empty(0)
+    guard = FiniteGuard(model, device)
+    evaluated: list[float] = []  # the loss of each closure evaluation of the current step
 
     def closure() -> Any:  # torch types closures as returning float; ours return the loss tensor
         opt.zero_grad(set_to_none=True)
         loss = workload.loss(model, x, y)
         loss.backward()
+        try:  # raises NonFinite before anything uses the gradient
+            evaluated.append(guard.check(loss))
+        except NonFinite as exc:
+            if evaluated:  # L-BFGS and the like: the step had moved the iterate already
+                exc.what += f" (evaluation {len(evaluated) + 1} of the step)"
+            raise
         return loss
 
     def evaluate(step: int) -> None:
@@ -258,8 +269,10 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
             reached = (train_seconds, step)
 
     def checkpoint(step: int) -> None:
-        store.add_samples(run_id, samples)
-        samples.clear()
+        nonlocal last_good, checked_loadable
+        bad = nonfinite_state(model, opt)
+        if bad is not None:
+            diverge(step, step, f"{bad}, found before writing its checkpoint")
         state = {
             "key": config.key(),
             "step": step,
@@ -270,14 +283,51 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
             "scheduler": sched.state_dict() if sched is not None else None,
             "rng": torch.get_rng_state(),
             "reached": list(reached) if reached else None,
+            "skipped_steps": skipped,
+            "consecutive_skips": consecutive,
         }
+        if not checked_loadable:
+            why = unloadable_state(state)
+            if why is not None:
+                raise CheckpointError(
+                    f"optimizer {config.optimizer} keeps {why} in its state, which a checkpoint "
+                    "cannot hold (read with weights_only=True): it could never be resumed; "
+                    "run it without --checkpoint-every"
+                )
+            checked_loadable = True
+        store.add_samples(run_id, samples)
+        samples.clear()
         log.write("checkpoint", step=step)
         state["log_offset"] = log.offset()
         save_checkpoint(state, ckpt_path)
+        last_good = step
+
+    def diverge(step: int, steps_done: int, what: str) -> NoReturn:
+        """Mark the run diverged and stop, naming the step, the culprit and the checkpoint."""
+        store.add_samples(run_id, samples)
+        where = (
+            f"last good checkpoint: {ckpt_path} (step {last_good})"
+            if last_good is not None
+            else "no checkpoint was written (see --checkpoint-every)"
+        )
+        log.write("diverged", step=step, what=what, checkpoint=last_good)
+        log.close()
+        store.finish_run(
+            run_id, status="diverged", steps_done=steps_done, extra={"skipped_steps": skipped}
+        )
+        store.close()
+        raise DivergenceError(
+            f"training diverged at step {step}: {what} (optimizer {config.optimizer}, "
+            f"lr {config.lr}); {where}"
+        )
 
     # torch's first-order optimizers evaluate a closure exactly once, before their update: for
-    # them calling it here is the same computation without the per-step closure machinery.
+    # them calling it here is the same computation without the per-step closure machinery, and
+    # the gradient is checked before step() so a skipped step needs nothing put back. Any
+    # other optimizer may change its state before a closure fails the check: under ``skip``
+    # the runner snapshots model and optimizer before each of its steps.
     single_pass = type(opt) in SINGLE_PASS_OPTIMIZERS
+    snapshot_each_step = config.on_nonfinite == "skip" and not single_pass
     model.train()
     if start == 0:
         evaluate(0)  # where every curve starts
@@ -287,26 +337,39 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
     with _progress(config, start) as bar:
         for step in range(start, config.steps):
             t0 = time.perf_counter()
+            done = step + 1  # steps are numbered from 1, as in the log and the checkpoints
             x, y = workload.batch(sampler.indices(step), device)
-            if single_pass:
-                loss = closure()
-                opt.step()
+            evaluated.clear()
+            before = Snapshot(model, opt) if snapshot_each_step else None
+            try:
+                if single_pass:
+                    loss = closure()
+                    opt.step()
+                else:
+                    loss = opt.step(closure)
+            except NonFinite as exc:
+                if config.on_nonfinite == "stop":
+                    diverge(done, step, exc.what)
+                if before is not None:
+                    before.restore(model, opt)
+                skipped, consecutive = skipped + 1, consecutive + 1
+                log.write("skip", step=done, what=exc.what, in_a_row=consecutive)
+                if consecutive >= MAX_CONSECUTIVE_SKIPS:
+                    diverge(
+                        done,
+                        step,
+                        f"{exc.what}, {consecutive} steps in a row skipped "
+                        "(the limit of --on-nonfinite skip)",
+                    )
+                loss = None
             else:
-                loss = opt.step(closure)
-            if sched is not None:
-                sched.step()
+                consecutive = 0
+                if sched is not None:
+                    sched.step()
             _sync(device)
             train_seconds += time.perf_counter() - t0
-            done = step + 1
-            if done % log_every == 0 or done == config.steps:
-                value = float(torch.as_tensor(loss).detach()) if loss is not None else float("nan")
-                if not math.isfinite(value):
-                    log.close()
-                    store.finish_run(run_id, status="diverged", steps_done=done)
-                    raise DivergenceError(
-                        f"training diverged: loss is {value} at step {done} "
-                        f"(optimizer {config.optimizer}, lr {config.lr}); try a smaller --lr"
-                    )
+            if loss is not None and (done % log_every == 0 or done == config.steps):
+                value = evaluated[0] if evaluated else float(torch.as_tensor(loss).detach())
                 samples.append((done, train_seconds, value))
                 log.write(
                     "step",
@@ -329,6 +392,9 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
                 checkpoint(done)
                 outside += time.perf_counter() - t1
     loop_seconds = time.perf_counter() - loop_start
+    bad = nonfinite_state(model)
+    if bad is not None:  # an optimizer can make a NaN from finite gradients on the last step
+        diverge(config.steps, config.steps, f"{bad}, found at the end of the run")
 
     store.add_samples(run_id, samples)
     last = (
@@ -352,10 +418,11 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
         evaluations=evaluations,
         loop_seconds=loop_seconds,
         outside_clock_seconds=outside,
+        skipped_steps=skipped,
     )
     store.finish_run(
         run_id,
-        extra={"target": workload.target},
+        extra={"target": workload.target, "skipped_steps": skipped},
         steps_done=config.steps,
         final_loss=result.final_loss,
         metric=result.metric,
@@ -371,31 +438,6 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
     save_checkpoint({"model": model.state_dict(), "step": config.steps}, out / MODEL)
     atomic_write_bytes(out / RESULT, json.dumps(result.to_json(), indent=1).encode())
     return result
-
-
-def _new_run_dir(base: Path) -> Path:
-    """A fresh ``base/run-NNNN``: earlier runs' files are never touched."""
-    base.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[4:]) for p in base.glob("run-*") if p.name[4:].isdigit()]
-    number = max(taken, default=0) + 1
-    while True:
-        path = base / f"run-{number:04d}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            number += 1
-
-
-def _resumable_run_dir(base: Path) -> Path:
-    """The newest ``base/run-NNNN`` that has a checkpoint and no result yet."""
-    runs = sorted(
-        (p for p in base.glob("run-*") if p.name[4:].isdigit()), key=lambda p: int(p.name[4:])
-    )
-    for path in reversed(runs):
-        if (path / CHECKPOINT).exists() and not (path / RESULT).exists():
-            return path
-    raise CheckpointError(f"nothing to resume under {base}: no unfinished run with a checkpoint")
 
 
 class _progress:
