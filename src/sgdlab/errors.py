@@ -29,7 +29,7 @@ class StoreError(SgdlabError):
 
 
 class DivergenceError(SgdlabError):
-    """Training produced a NaN or infinite loss."""
+    """Training met a NaN or an infinity: in the loss, a gradient, or the state to checkpoint."""
 
 
 class CommError(SgdlabError):
