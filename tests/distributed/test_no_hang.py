@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,6 +75,7 @@ def test_a_dead_rank_ends_the_run_at_once_naming_it(tmp_path: Path) -> None:
     assert "\n" not in message
     assert "rank 1 was killed by SIGKILL" in message
     assert "a peer rank died" in message
+    assert re.search(r"the newest complete checkpoint is \S+/step-\d{8}: add --resume", message)
     assert not any(alive(p) for p in ranks)
 
 

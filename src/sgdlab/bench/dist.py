@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from sgdlab.distributed.launch import DEFAULT_TIMEOUT_S, launch
+from sgdlab.distributed.launch import DEFAULT_TIMEOUT_S, RankFailure, launch
 from sgdlab.distributed.train import DistConfig, rank_entry_many
 from sgdlab.errors import ConfigError, SgdlabError
 
@@ -52,10 +52,13 @@ def run_dist_many(
     sizes = {c.world_size for c in configs}
     if len(sizes) != 1:
         raise ConfigError(f"run_dist_many needs one world size, got {sorted(sizes)}")
-    per_rank = launch(configs[0].world_size, "sgdlab.bench.dist:rank_entry_dicts",
-                      [asdict(c) for c in configs], timeout_s=timeout_s,
-                      collective_timeout_s=min(c.collective_timeout_s for c in configs),
-                      **(launch_options or {}))
+    try:
+        per_rank = launch(configs[0].world_size, "sgdlab.bench.dist:rank_entry_dicts",
+                          [asdict(c) for c in configs], timeout_s=timeout_s,
+                          collective_timeout_s=min(c.collective_timeout_s for c in configs),
+                          **(launch_options or {}))
+    except RankFailure as exc:
+        raise RankFailure(f"{exc}{_resume_hint(configs)}") from None
     results = []
     for i, _ in enumerate(configs):
         result = dict(per_rank[0][i])
@@ -68,6 +71,16 @@ def run_dist_many(
         result["seconds_per_step"] = result["wall_seconds"] / result["steps"]
         results.append(result)
     return results
+
+
+def _resume_hint(configs: list[DistConfig]) -> str:
+    """Where a failed run can resume from: its newest complete checkpoint, if it wrote one."""
+    for config in configs:
+        root = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+        cuts = sorted(root.glob("step-*/COMPLETE")) if root is not None else []
+        if cuts:
+            return f" (the newest complete checkpoint is {cuts[-1].parent}: add --resume)"
+    return ""
 
 
 def rank_entry_dicts(
