@@ -68,6 +68,8 @@ class TrainConfig:
                 )
         if not math.isfinite(self.lr) or self.lr < 0:
             raise ConfigError(f"invalid lr: {self.lr}")
+        if "lr" in self.optimizer_options:
+            raise ConfigError("give the learning rate with --lr, not --set lr=...")
         if self.seed < 0:
             raise ConfigError(f"invalid seed: {self.seed} (must be >= 0)")
         if self.schedule not in SCHEDULES:
