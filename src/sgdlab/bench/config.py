@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from sgdlab.bench.store import DEFAULT_DB
 from sgdlab.errors import ConfigError
 
 SCHEDULES = ("constant", "diminishing")
+_COUNTS = ("eval_every", "log_every", "checkpoint_every", "threads")  # integers >= 0
 
 # Fields that change nothing about the trajectory: left out of the run's key, so a resumed run
 # may, say, write its checkpoints at another interval.
@@ -56,17 +58,21 @@ class TrainConfig:
     progress: bool | None = None
 
     def validate(self) -> None:
+        for name in ("steps", "batch_size", "seed", *_COUNTS):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"invalid {name.replace('_', '-')}: {value!r} (an integer)")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 1)"
                 )
-        for name in ("eval_every", "log_every", "checkpoint_every", "threads"):
+        for name in _COUNTS:
             if getattr(self, name) < 0:
                 raise ConfigError(
                     f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 0)"
                 )
-        if not math.isfinite(self.lr) or self.lr < 0:
+        if isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr < 0:
             raise ConfigError(f"invalid lr: {self.lr}")
         if "lr" in self.optimizer_options:
             raise ConfigError("give the learning rate with --lr, not --set lr=...")
@@ -78,7 +84,7 @@ class TrainConfig:
             )
         if self.schedule == "constant" and (self.mu is not None or self.L is not None):
             raise ConfigError("--mu and --L only apply with --schedule diminishing")
-        if self.device != "cpu" and not self.device.startswith("cuda"):
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"invalid device {self.device!r}; use cpu or cuda[:N]")
 
     def key(self) -> str:
