@@ -354,11 +354,11 @@ def overlap_benchmark(out: Path, grid: str = "small", quiet: bool = False) -> di
     if grid not in GRIDS:
         raise ConfigError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
     spec = GRIDS[grid]
+    out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the runs
     console = Console(stderr=True, quiet=quiet)
     configs = benchmark_configs(spec)
     console.print(f"{len(configs)} runs on {spec['world_size']} ranks")
     results = run_dist_many(configs, timeout_s=3600.0 * (4 if grid == "full" else 1))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "losses"} for r in results], default=str, indent=1))
     return overlap_report(results, grid, out)

@@ -87,6 +87,8 @@ def run_suite(
     """Train every run of suite ``name`` (``seeds`` seeds each), then report on this invocation."""
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
+    ResultStore(db).close()  # a bad --db or --out fails now, not after the runs
+    out.mkdir(parents=True, exist_ok=True)
     tag = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     configs = [
         replace(
