@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -113,7 +114,10 @@ def load_optimizer(name: str, params: Iterable[Any], **hparams: Any) -> torch.op
     _check_hparams(spec, hparams)
     checked = spec.family != "peer"
     try:
-        opt = spec.factory(params, **hparams)
+        # Warnings wait for the value checks below: a refused value gets one line, not two.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt = spec.factory(params, **hparams)
     except ValueError:
         raise  # the optimizer's own "Invalid ..." line
     except (TypeError, IndexError, KeyError) as exc:  # lr="abc", betas=0.9, an unknown name
@@ -122,6 +126,8 @@ def load_optimizer(name: str, params: Iterable[Any], **hparams: Any) -> torch.op
         raise ConfigError(f"optimizer {spec.name!r}: {str(exc).splitlines()[0]}") from None
     if checked:
         _check_values(hparams)  # what the optimizer accepted silently: lr=nan, momentum=1.5
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return opt
 
 
