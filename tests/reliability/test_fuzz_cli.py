@@ -305,6 +305,8 @@ def bad_argv(draw: st.DrawFn, commands: list[str] | None = None) -> list[str]:
     argv = list(prefix)
     for opt, value in pairs:
         argv += [opt] if value is None else [opt, value]
+    if draw(st.booleans()):
+        argv.append("--json")
     if mode == "unknown-option":
         argv.insert(draw(st.integers(len(prefix), len(argv))),
                     draw(st.from_regex(r"--[a-z][a-z-]{0,10}", fullmatch=True).filter(
@@ -317,8 +319,6 @@ def bad_argv(draw: st.DrawFn, commands: list[str] | None = None) -> list[str]:
     elif mode == "no-value":
         takes_value = [o for o in {**required, **bad} if o not in bad or bad[o] is not FLAG]
         argv.append(draw(st.sampled_from(sorted(takes_value))))
-    if draw(st.booleans()):
-        argv.append("--json")
     return argv
 
 
