@@ -198,7 +198,7 @@ def _describe(a: np.ndarray) -> dict[str, Any]:
 def _read_cache(entry: Path) -> _Decoded | None:
     manifest_path = entry / "manifest.json"
     try:
-        text = manifest_path.read_text()
+        text = manifest_path.read_bytes()  # decoded below: a corrupt byte is a corrupt cache
     except OSError:  # never built, a build that did not finish, or no cache folder at all
         return None
     try:
@@ -207,7 +207,8 @@ def _read_cache(entry: Path) -> _Decoded | None:
             raise ValueError(f"format {manifest.get('format')!r}")
         parts = {p: _read_part(entry, manifest["parts"][p]) for p in _PARTS}
         return _Decoded(parts, int(manifest["num_classes"]))
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError,
+            NotImplementedError, zipfile.BadZipFile) as exc:  # whatever a corrupt part raises
         warnings.warn(
             f"discarding corrupt data cache {entry} ({type(exc).__name__}: {exc}); rebuilding",
             RuntimeWarning,
