@@ -183,9 +183,15 @@ class ResultStore:
             )
             return int(cur.lastrowid or 0)
 
+    def _read(self, query: str, args: Sequence[Any]) -> list[Any]:
+        """Rows of a read-only query; a corrupt database is one StoreError line."""
+        try:
+            return self._db.execute(query, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"results database {self.path}: {exc}") from None
+
     def has_run(self, run_id: int) -> bool:
-        row = self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return row is not None
+        return bool(self._read("SELECT 1 FROM runs WHERE id = ?", (run_id,)))
 
     def resume_run(self, run_id: int, step: int) -> None:
         """Forget what a killed run recorded after ``step`` and mark it running again."""
@@ -256,18 +262,18 @@ class ResultStore:
 
     def evaluations(self, run_id: int) -> list[tuple[int, float, float, float, float]]:
         """(step, train_seconds, train_loss, test_loss, metric_value) rows in step order."""
-        return self._db.execute(
+        return self._read(
             "SELECT step, train_seconds, train_loss, test_loss, metric_value FROM evaluations"
             " WHERE run_id = ? ORDER BY step",
             (run_id,),
-        ).fetchall()
+        )
 
     def samples(self, run_id: int) -> list[tuple[int, float, float]]:
         """(step, train_seconds, loss) rows in step order."""
-        return self._db.execute(
+        return self._read(
             "SELECT step, train_seconds, loss FROM samples WHERE run_id = ? ORDER BY step",
             (run_id,),
-        ).fetchall()
+        )
 
 
 def _row(r: sqlite3.Row) -> RunRow:
