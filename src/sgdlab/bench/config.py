@@ -30,6 +30,23 @@ _NOT_IN_KEY = (
 )
 
 
+def check_output_paths(db: Path | None = None, out: Path | None = None) -> None:
+    """Refuse, creating nothing, a ``--db`` or ``--out`` that cannot be written: a suite
+    checks them before its first run, not after hours of runs."""
+    for path, what, folder in ((db, "--db", False), (out, "--out", True)):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.exists() and path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            raise ConfigError(f"invalid {what} {path}: it is {kind}")
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"invalid {what} {path}: {parent} is a file, not a folder")
+
+
 @dataclass
 class TrainConfig:
     """One training run. ``optimizer_options`` and ``workload_options`` come from ``--set``."""

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sgdlab.bench.config import check_output_paths
 from sgdlab.distributed.launch import DEFAULT_TIMEOUT_S, launch
 from sgdlab.distributed.train import DistConfig
 from sgdlab.errors import ConfigError
@@ -354,11 +355,12 @@ def overlap_benchmark(out: Path, grid: str = "small", quiet: bool = False) -> di
     if grid not in GRIDS:
         raise ConfigError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
     spec = GRIDS[grid]
-    out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the runs
+    check_output_paths(out=out)
     console = Console(stderr=True, quiet=quiet)
     configs = benchmark_configs(spec)
     console.print(f"{len(configs)} runs on {spec['world_size']} ranks")
     results = run_dist_many(configs, timeout_s=3600.0 * (4 if grid == "full" else 1))
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "losses"} for r in results], default=str, indent=1))
     return overlap_report(results, grid, out)
