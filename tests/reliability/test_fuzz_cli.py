@@ -121,7 +121,8 @@ COMMANDS: dict[str, Command] = {
             "--alpha": NOT_FLOAT,
             "--batch-size": ints(0, -1, 10**9),
             "--seed": ints(-1),
-            "--set": st.sampled_from(["momentum=0.9", "workload.nope=1", "novalue", "workload.l2=x"]),
+            "--set": st.sampled_from(["momentum=0.9", "workload.nope=1", "novalue",
+                                      "workload.l2=x"]),
             "--device": st.sampled_from(["gpu", "cuda", "cuda:0", "", "cuda:abc"]),
         },
     ),
@@ -395,7 +396,8 @@ def test_out_of_process_equals_in_process(argv: list[str], workdir: Path) -> Non
     with chdir(workdir):
         code, _, err = run_cli(argv)
     src = Path(__file__).resolve().parents[2] / "src"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-m", "sgdlab.cli", *argv], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stderr) == (code, err), argv

@@ -212,7 +212,8 @@ SGD_BOUNDS: dict[str, tuple[Callable[..., Any], dict[str, Any], dict[str, list[A
                          "etas": [[NAN], [-0.1], [[0.1]], "abc", None, [0.1, INF], [10.0]]}),
     "gradient_second_moment_bound": (sb.gradient_second_moment_bound,
                                      {"gap": 1.0, "L": 2.0, "N": 1.0},
-                                     {"gap": [g for g in NONNEG_BAD_T if not isinstance(g, list | tuple)],
+                                     {"gap": [g for g in NONNEG_BAD_T
+                                              if not isinstance(g, list | tuple)],
                                       "L": POSITIVE_BAD_T, "N": NONNEG_BAD_T}),
     "noise_constant": (sb.noise_constant, {"grads_at_opt": [[1.0, 0.0], [0.0, 1.0]]},
                        {"grads_at_opt": [[[NAN, 0.0]], [1.0, 2.0], "abc", None, [[INF]], []],

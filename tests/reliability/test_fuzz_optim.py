@@ -101,7 +101,9 @@ def bool_knobs(name: str) -> list[str]:
     """Knobs whose default is a bool (or None, as torch's foreach/fused)."""
     p = torch.nn.Parameter(torch.zeros(2))
     defaults = load_optimizer(name, [p], lr=0.1).defaults
-    return sorted(k for k, v in defaults.items() if isinstance(v, bool) or k in ("foreach", "fused"))
+    return sorted(
+        k for k, v in defaults.items() if isinstance(v, bool) or k in ("foreach", "fused")
+    )
 
 
 def knobs(name: str) -> list[str]:
@@ -189,7 +191,8 @@ def test_bad_hyperparameter_through_the_cli(
 ) -> None:
     name, knob, value = case
     cwd = tmp_path_factory.mktemp("cwd")
-    tail = ["--lr", str(value)] if knob == "lr" and _real(value) else ["--set", _set_arg(knob, value)]
+    tail = (["--lr", str(value)] if knob == "lr" and _real(value)
+            else ["--set", _set_arg(knob, value)])
     argv = ["train", "--workload", "logreg-breast-cancer", "--optimizer", name, "--steps", "2",
             "--batch-size", "8", *tail]
     with chdir(cwd):
