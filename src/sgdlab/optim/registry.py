@@ -174,9 +174,10 @@ def _count(value: Any) -> bool:
 _NONNEG = _within(0.0, math.inf)
 _UNIT = _within(0.0, 1.0)
 # The domains of the knobs torch's optimizers and ours share, checked where the optimizer itself
-# did not refuse a value with its own ValueError: torch accepts SGD(lr=nan), SGD(momentum=1.5) and Adam(amsgrad="no") silently, raises
-# TypeError or IndexError for lr="abc" or betas=0.9, and LBFGS refuses a bad line_search_fn
-# only inside step(). A value from `--set` deserves "Invalid <knob>: <value>" up front.
+# did not refuse a value with its own ValueError: torch accepts SGD(lr=nan), SGD(momentum=1.5)
+# and Adam(amsgrad="no") silently, raises TypeError or IndexError for lr="abc" or betas=0.9, and
+# LBFGS refuses a bad line_search_fn only inside step(). A value from `--set` deserves
+# "Invalid <knob>: <value>" up front.
 _DOMAINS: dict[str, Callable[[Any], bool]] = {
     "lr": _NONNEG,
     "momentum": _UNIT,
