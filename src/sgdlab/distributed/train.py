@@ -46,6 +46,7 @@ from sgdlab.errors import ConfigError
 from sgdlab.optim import load_optimizer
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.partition import partition_dirichlet, partition_iid
+from sgdlab.workloads.registry import workload_options
 
 ALGOS = ("sync", "local", "overlap", "easgd", "cocod")
 
@@ -93,6 +94,12 @@ class DistConfig:
             raise ConfigError(f"invalid lr: {self.lr}")
         if "lr" in self.optimizer_options:
             raise ConfigError("give the learning rate with --lr, not --set lr=...")
+        # Unknown names and bad hyperparameters: one line here, not a failure in every rank.
+        unknown = sorted(set(self.workload_options) - set(workload_options(self.workload)))
+        if unknown:
+            raise ConfigError(f"workload {self.workload!r} has no option {', '.join(unknown)}")
+        load_optimizer(self.optimizer, [nn.Parameter(torch.zeros(1))], lr=self.lr,
+                       **self.optimizer_options)
         # The algorithms check these too, but inside the ranks: a bad one should not spawn them.
         if not (math.isfinite(self.alpha) and 0 <= self.alpha <= 1) or (
             self.algo == "easgd" and self.alpha == 0
