@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import re
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sgdlab.bench.store import DEFAULT_DB
-from sgdlab.errors import ConfigError
+from sgdlab.errors import ConfigError, StoreError
 
 SCHEDULES = ("constant", "diminishing")
 _COUNTS = ("eval_every", "log_every", "checkpoint_every", "threads")  # integers >= 0
@@ -45,6 +47,13 @@ def check_output_paths(db: Path | None = None, out: Path | None = None) -> None:
             parent = parent.parent
         if not parent.is_dir():
             raise ConfigError(f"invalid {what} {path}: {parent} is a file, not a folder")
+    if db is not None and Path(db).is_file():  # read only: an existing file must be a database
+        try:
+            with contextlib.closing(sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro",
+                                                    uri=True)) as conn:
+                conn.execute("PRAGMA schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open results database {db}: {exc}") from None
 
 
 @dataclass
