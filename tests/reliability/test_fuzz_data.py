@@ -297,5 +297,5 @@ def test_corrupt_results_db_is_one_store_error_and_untouched(
     if code == 0:  # a byte SQLite never reads (free space in a page): nothing to report
         return
     assert_one_error_line(code, err, argv)
-    assert db.read_bytes() == broken, "a corrupt database was written to"
+    assert db.read_bytes() == broken, f"a corrupt database was written to ({err.strip()})"
     shutil.rmtree(root)
