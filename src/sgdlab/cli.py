@@ -729,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     except TyperException as exc:
         sys.stderr.write(f"error: {exc.format_message().splitlines()[0]}\n")
         return 2
-    except (SgdlabError, ValueError) as exc:
+    except (SgdlabError, ValueError, OSError) as exc:  # OSError: a bad path (--out is a file)
         if os.environ.get("SGDLAB_DEBUG"):
             raise
         sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")

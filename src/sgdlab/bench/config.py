@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import re
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sgdlab.bench.nonfinite import POLICIES
 from sgdlab.bench.store import DEFAULT_DB
-from sgdlab.errors import ConfigError
+from sgdlab.errors import ConfigError, StoreError
 
 SCHEDULES = ("constant", "diminishing")
+_COUNTS = ("eval_every", "log_every", "checkpoint_every", "threads")  # integers >= 0
 
 # Fields that change nothing about the trajectory: left out of the run's key, so a resumed run
 # may, say, write its checkpoints at another interval.
@@ -30,6 +34,30 @@ _NOT_IN_KEY = (
     # stopped by a NaN may be resumed with ``skip`` to step over the batch that caused it.
     "on_nonfinite",
 )
+
+
+def check_output_paths(db: Path | None = None, out: Path | None = None) -> None:
+    """Refuse, creating nothing, a ``--db`` or ``--out`` that cannot be written: a suite
+    checks them before its first run, not after hours of runs."""
+    for path, what, folder in ((db, "--db", False), (out, "--out", True)):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.exists() and path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            raise ConfigError(f"invalid {what} {path}: it is {kind}")
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"invalid {what} {path}: {parent} is a file, not a folder")
+    if db is not None and Path(db).is_file():  # read only: an existing file must be a database
+        try:
+            with contextlib.closing(sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro",
+                                                    uri=True)) as conn:
+                conn.execute("PRAGMA schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open results database {db}: {exc}") from None
 
 
 @dataclass
@@ -65,18 +93,24 @@ class TrainConfig:
     on_nonfinite: str = "stop"
 
     def validate(self) -> None:
+        for name in ("steps", "batch_size", "seed", *_COUNTS):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"invalid {name.replace('_', '-')}: {value!r} (an integer)")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 1)"
                 )
-        for name in ("eval_every", "log_every", "checkpoint_every", "threads"):
+        for name in _COUNTS:
             if getattr(self, name) < 0:
                 raise ConfigError(
                     f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 0)"
                 )
-        if not math.isfinite(self.lr) or self.lr < 0:
+        if isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr < 0:
             raise ConfigError(f"invalid lr: {self.lr}")
+        if "lr" in self.optimizer_options:
+            raise ConfigError("give the learning rate with --lr, not --set lr=...")
         if self.seed < 0:
             raise ConfigError(f"invalid seed: {self.seed} (must be >= 0)")
         if self.schedule not in SCHEDULES:
@@ -89,7 +123,7 @@ class TrainConfig:
             raise ConfigError(
                 f"invalid on-nonfinite {self.on_nonfinite!r}; choose {' or '.join(POLICIES)}"
             )
-        if self.device != "cpu" and not self.device.startswith("cuda"):
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"invalid device {self.device!r}; use cpu or cuda[:N]")
 
     def key(self) -> str:

@@ -20,6 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from sgdlab.bench.config import check_output_paths
 from sgdlab.distributed.launch import DEFAULT_TIMEOUT_S, RankFailure, launch
 from sgdlab.distributed.train import DistConfig, rank_entry_many
 from sgdlab.errors import ConfigError, SgdlabError
@@ -382,6 +383,7 @@ def overlap_benchmark(out: Path, grid: str = "small", quiet: bool = False) -> di
     if grid not in GRIDS:
         raise ConfigError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
     spec = GRIDS[grid]
+    check_output_paths(out=out)
     console = Console(stderr=True, quiet=quiet)
     configs = benchmark_configs(spec)
     console.print(f"{len(configs)} runs on {spec['world_size']} ranks")

@@ -56,7 +56,7 @@ import torch
 from rich.console import Console
 
 from sgdlab.bench._mlbfgs_tables import cost_row, display_row, print_summary, summary_markdown
-from sgdlab.bench.config import TrainConfig
+from sgdlab.bench.config import TrainConfig, check_output_paths
 from sgdlab.bench.plots import plot_workload
 from sgdlab.bench.report import build_report
 from sgdlab.bench.runner import RunResult, _warm_up_torch, train
@@ -67,6 +67,7 @@ from sgdlab.errors import ConfigError, DivergenceError
 from sgdlab.optim import load_optimizer
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.base import Batch
+from sgdlab.workloads.registry import workload_spec
 
 __all__ = [
     "CONTENDERS",
@@ -435,6 +436,9 @@ def step_cost(
 def run_mlbfgs_bench(cfg: MlbfgsBenchConfig, quiet: bool = False) -> dict[str, Any]:
     """Tune, run the seeds, measure step cost, score, plot and report; returns a summary."""
     cfg.validate()
+    for wname in cfg.workloads:  # an unknown workload fails before the database is created
+        workload_spec(wname)
+    check_output_paths(cfg.db, cfg.out)
     console = Console(stderr=True, quiet=quiet)
     tag = f"mlbfgs-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     started = time.perf_counter()

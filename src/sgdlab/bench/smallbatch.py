@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from sgdlab.bench.config import TrainConfig
+from sgdlab.bench.config import TrainConfig, check_output_paths
 from sgdlab.bench.runner import train
 from sgdlab.errors import ConfigError, DivergenceError
 from sgdlab.workloads import Workload, get_workload
@@ -175,6 +175,7 @@ def run_smallbatch(
     JSON-ready summary: the suite tag, the table rows, the chosen settings and the file paths.
     """
     plan.validate()
+    check_output_paths(db, out)
     from rich.console import Console
 
     bench = _Bench(

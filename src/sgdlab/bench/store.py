@@ -136,10 +136,20 @@ class ResultStore:
             raise StoreError(f"no results database at {self.path}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            existing = self.path.is_file() and self.path.stat().st_size > 0
             self._db = sqlite3.connect(self.path, timeout=30.0)
             self._db.execute("PRAGMA foreign_keys = ON")
+            # SQLite finds a damaged page only when it reads it, possibly after it has written
+            # to the file: check the whole file once, before any write.
+            if existing and (bad := self._db.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
+                self._db.close()
+                raise StoreError(f"results database {self.path} is corrupt: {bad}")
             with self._db:
                 self._db.executescript(_SCHEMA)
+            missing = _missing_columns(self._db)
+            if missing:  # a damaged schema, or another program's database of the same name
+                self._db.close()
+                raise StoreError(f"results database {self.path} lacks columns {missing}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open results database {self.path}: {exc}") from None
 
@@ -195,9 +205,15 @@ class ResultStore:
             )
             return int(cur.lastrowid or 0)
 
+    def _read(self, query: str, args: Sequence[Any]) -> list[Any]:
+        """Rows of a read-only query; a corrupt database is one StoreError line."""
+        try:
+            return self._db.execute(query, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"results database {self.path}: {exc}") from None
+
     def has_run(self, run_id: int) -> bool:
-        row = self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return row is not None
+        return bool(self._read("SELECT 1 FROM runs WHERE id = ?", (run_id,)))
 
     def resume_run(self, run_id: int, step: int) -> None:
         """Forget what a killed run recorded after ``step`` and mark it running again."""
@@ -253,22 +269,42 @@ class ResultStore:
             raise StoreError(f"results database {self.path}: {exc}") from None
         finally:
             self._db.row_factory = None
-        return [_row(r) for r in rows]
+        try:
+            return [_row(r) for r in rows]
+        except (TypeError, ValueError) as exc:  # a damaged row or schema that SQLite still reads
+            raise StoreError(f"results database {self.path}: unreadable run ({exc})") from None
 
     def evaluations(self, run_id: int) -> list[tuple[int, float, float, float, float]]:
         """(step, train_seconds, train_loss, test_loss, metric_value) rows in step order."""
-        return self._db.execute(
+        return self._read(
             "SELECT step, train_seconds, train_loss, test_loss, metric_value FROM evaluations"
             " WHERE run_id = ? ORDER BY step",
             (run_id,),
-        ).fetchall()
+        )
 
     def samples(self, run_id: int) -> list[tuple[int, float, float]]:
         """(step, train_seconds, loss) rows in step order."""
-        return self._db.execute(
+        return self._read(
             "SELECT step, train_seconds, loss FROM samples WHERE run_id = ? ORDER BY step",
             (run_id,),
-        ).fetchall()
+        )
+
+
+def _missing_columns(db: sqlite3.Connection) -> list[str]:
+    """``table.column`` names of :data:`_SCHEMA` that ``db`` lacks."""
+    reference = sqlite3.connect(":memory:")
+    try:
+        reference.executescript(_SCHEMA)
+        tables = [r[0] for r in reference.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        missing = []
+        for table in tables:
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            missing += [f"{table}.{r[1]}" for r in reference.execute(f"PRAGMA table_info({table})")
+                        if r[1] not in have]
+        return missing
+    finally:
+        reference.close()
 
 
 def _row(r: sqlite3.Row) -> RunRow:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sgdlab.bench.config import TrainConfig
+from sgdlab.bench.config import TrainConfig, check_output_paths
 from sgdlab.bench.report import build_report
 from sgdlab.bench.runner import train
 from sgdlab.bench.store import ResultStore
@@ -87,6 +87,7 @@ def run_suite(
     """Train every run of suite ``name`` (``seeds`` seeds each), then report on this invocation."""
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; choose one of {', '.join(SUITES)}")
+    check_output_paths(db, out)
     tag = f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
     configs = [
         replace(

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sgdlab.bench.config import check_output_paths
 from sgdlab.distributed.testbed import (
     DEFAULT_NAME,
     DEFAULT_STATE_DIR,
@@ -77,6 +78,7 @@ def up_testbed(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | 
                latency_ms: float = 25.0, limit_ingress: bool = True, delay_ms: float = 0.0,
                state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
     """``sgdlab testbed up``: build it and leave it up; returns its status."""
+    check_output_paths(out=Path(state_dir))  # before any namespace exists
     tb = Testbed.up(hosts, rate, name=name, burst=burst, latency_ms=latency_ms,
                     limit_ingress=limit_ingress, delay_ms=delay_ms, state_dir=state_dir)
     return status_report(tb)

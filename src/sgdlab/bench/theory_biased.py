@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sgdlab.errors import ConfigError
 from sgdlab.theory.biased_sgd import (
     BiasedSGDSetting,
     OneStepBound,
@@ -165,6 +166,9 @@ def _plot_schedule(
         f"biased SGD, case {setting.case}, m={setting.m}, L={setting.L}, δ={setting.delta}"
     )
     fig.tight_layout()
+    if path.is_dir():  # savefig would write <path>.png beside it and report <path>
+        plt.close(fig)
+        raise ConfigError(f"Invalid plot: {path} is a folder (give a file name)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -107,6 +107,8 @@ def plot_sgd_bound(
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(f"Invalid plot: {path} (folder {path.parent} does not exist)")
+    if path.is_dir():
+        raise ConfigError(f"Invalid plot: {path} is a folder (give a file name)")
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     FigureCanvasAgg(fig)  # render without pyplot: no global state, no display backend
     ax = fig.add_subplot()

@@ -74,6 +74,7 @@ from sgdlab.errors import CheckpointError, CommError, ConfigError, DivergenceErr
 from sgdlab.optim import load_optimizer
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.partition import partition_dirichlet, partition_iid
+from sgdlab.workloads.registry import workload_options
 
 ALGOS = ("sync", "local", "overlap", "easgd", "cocod")
 
@@ -122,14 +123,14 @@ class DistConfig:
         if self.algo not in ALGOS:
             raise ConfigError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
         for name in ("world_size", "batch_size", "tau", "steps"):
-            if getattr(self, name) < 1:
+            if isinstance(getattr(self, name), bool | float) or getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
         if not math.isfinite(self.link_steps) or self.link_steps < 0:
             raise ConfigError(f"invalid link-steps: {self.link_steps}")
         if self.link_steps and self.bandwidth_mbps:
             raise ConfigError("give --link-steps or --bandwidth-mbps, not both")
         for name in ("seed", "eval_every", "eval_samples", "checkpoint_every"):
-            if getattr(self, name) < 0:
+            if isinstance(getattr(self, name), bool | float) or getattr(self, name) < 0:
                 raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
         if not math.isfinite(self.lr) or self.lr < 0:
             raise ConfigError(f"invalid lr: {self.lr}")
@@ -137,6 +138,21 @@ class DistConfig:
             raise ConfigError("--checkpoint-every and --resume need --checkpoint-dir")
         if not math.isfinite(self.collective_timeout_s) or self.collective_timeout_s <= 0:
             raise ConfigError(f"invalid collective-timeout: {self.collective_timeout_s}")
+        if "lr" in self.optimizer_options:
+            raise ConfigError("give the learning rate with --lr, not --set lr=...")
+        # Unknown names and bad hyperparameters: one line here, not a failure in every rank.
+        unknown = sorted(set(self.workload_options) - set(workload_options(self.workload)))
+        if unknown:
+            raise ConfigError(f"workload {self.workload!r} has no option {', '.join(unknown)}")
+        load_optimizer(self.optimizer, [nn.Parameter(torch.zeros(1))], lr=self.lr,
+                       **self.optimizer_options)
+        # The algorithms check these too, but inside the ranks: a bad one should not spawn them.
+        if not (math.isfinite(self.alpha) and 0 <= self.alpha <= 1) or (
+            self.algo == "easgd" and self.alpha == 0
+        ):
+            raise ConfigError(f"invalid alpha: {self.alpha} (need 0 <= alpha <= 1; easgd > 0)")
+        if not (math.isfinite(self.anchor_momentum) and 0 <= self.anchor_momentum < 1):
+            raise ConfigError(f"invalid anchor-momentum: {self.anchor_momentum} (need 0 <= it < 1)")
         if self.algo == "sync" and self.tau != 1:
             self.tau = 1  # sync communicates every step by definition
         partition_alpha(self.partition)

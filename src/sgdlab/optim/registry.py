@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
+import numbers
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -109,12 +112,23 @@ def load_optimizer(name: str, params: Iterable[Any], **hparams: Any) -> torch.op
     """Build the optimizer registered as ``name`` over ``params`` with ``hparams``."""
     spec = get_spec(name)
     _check_hparams(spec, hparams)
+    checked = spec.family != "peer"
     try:
-        return spec.factory(params, **hparams)
-    except TypeError as exc:  # a factory taking **kwargs passes unknown names on
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        raise ConfigError(f"optimizer {spec.name!r}: {exc}") from None
+        # Warnings wait for the value checks below: a refused value gets one line, not two.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt = spec.factory(params, **hparams)
+    except ValueError:
+        raise  # the optimizer's own "Invalid ..." line
+    except (TypeError, IndexError, KeyError) as exc:  # lr="abc", betas=0.9, an unknown name
+        if checked:
+            _check_values(hparams)
+        raise ConfigError(f"optimizer {spec.name!r}: {str(exc).splitlines()[0]}") from None
+    if checked:
+        _check_values(hparams)  # what the optimizer accepted silently: lr=nan, momentum=1.5
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return opt
 
 
 def accepted_hparams(spec: OptimizerSpec) -> list[str] | None:
@@ -135,6 +149,65 @@ def _check_hparams(spec: OptimizerSpec, hparams: dict[str, Any]) -> None:
             f"optimizer {spec.name!r} takes no hyperparameter {', '.join(unknown)}; "
             f"it accepts {', '.join(accepted)}"
         )
+
+
+def _real(value: Any) -> float | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:  # torch takes a tensor lr
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _within(lo: float, hi: float, hi_open: bool = True) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        v = _real(value)
+        return v is not None and lo <= v and (v < hi if hi_open else v <= hi)
+
+    return check
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+_NONNEG = _within(0.0, math.inf)
+_UNIT = _within(0.0, 1.0)
+# The domains of the knobs torch's optimizers and ours share, checked where the optimizer itself
+# did not refuse a value with its own ValueError: torch accepts SGD(lr=nan), SGD(momentum=1.5)
+# and Adam(amsgrad="no") silently, raises TypeError or IndexError for lr="abc" or betas=0.9, and
+# LBFGS refuses a bad line_search_fn only inside step(). A value from `--set` deserves
+# "Invalid <knob>: <value>" up front.
+_DOMAINS: dict[str, Callable[[Any], bool]] = {
+    "lr": _NONNEG,
+    "momentum": _UNIT,
+    "dampening": _within(0.0, 1.0, hi_open=False),
+    "weight_decay": _NONNEG,
+    "eps": _NONNEG,
+    "betas": lambda v: isinstance(v, tuple | list) and len(v) == 2 and all(map(_UNIT, v)),
+    "beta_param": _UNIT,
+    "beta_grad": _UNIT,
+    "pair_momentum": _UNIT,
+    "max_norm": lambda v: v is None or _within(0.0, math.inf, hi_open=False)(v) and v > 0,
+    "history_size": _count,
+    "update_freq": _count,
+    "max_iter": _count,
+    "max_eval": lambda v: v is None or _count(v),
+    "tolerance_grad": _NONNEG,
+    "tolerance_change": _NONNEG,
+    "line_search_fn": lambda v: v is None or v == "strong_wolfe",
+    **{k: lambda v: isinstance(v, bool) for k in (
+        "amsgrad", "maximize", "nesterov", "capturable", "differentiable",
+        "decoupled_weight_decay", "coupled")},
+    **{k: lambda v: v is None or isinstance(v, bool) for k in ("foreach", "fused")},
+}
+
+
+def _check_values(hparams: dict[str, Any]) -> None:
+    for key, value in hparams.items():
+        check = _DOMAINS.get(key)
+        if check is not None and not check(value):
+            raise ConfigError(f"Invalid {key}: {value!r}")
 
 
 def _peer_spec(name: str) -> OptimizerSpec:

@@ -93,7 +93,7 @@ class StepSize:
 
     @classmethod
     def constant(cls, lr: float) -> StepSize:
-        if not math.isfinite(lr) or lr <= 0:
+        if isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"Invalid lr: {lr}")
         return cls("constant", lr=float(lr))
 
@@ -145,8 +145,14 @@ class HogwildConfig:
             raise ConfigError(f"Invalid seed: {self.seed}")
         if self.steps < self.workers:
             raise ConfigError(f"Invalid steps: {self.steps} (fewer than workers={self.workers})")
+        if not isinstance(self.step_size, StepSize):
+            raise ConfigError(f"Invalid step_size: {self.step_size!r} (a StepSize)")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise ConfigError(f"Invalid timeout_s: {self.timeout_s}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"Invalid device: {self.device!r} (cpu or cuda[:N])") from None
 
 
 @dataclass

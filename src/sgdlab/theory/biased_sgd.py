@@ -259,6 +259,7 @@ def one_step_closed_form(
 def worst_case_value(setting: BiasedSGDSetting, alpha: float, U: float) -> float | None:
     """``V_α(U) = (√(aU + b) + √(a'U + b'))²``: the LMI's least ``ρ²U + H``, or ``None``."""
     _check_alpha(alpha)
+    _check_U(U)
     coeffs = _coefficients(setting, alpha)
     if coeffs is None:
         return None
@@ -301,6 +302,8 @@ def sequential_schedule(
     has_closed = not (setting.case == "smooth-convex" and setting.delta > 0)
     if method not in ("auto", "closed-form", "sdp"):
         raise ConfigError(f"Invalid method: {method!r} (choose from auto, closed-form, sdp)")
+    if solver not in SOLVERS:  # checked even when the closed form leaves it unused
+        raise ConfigError(f"Invalid solver: {solver!r} (choose from {sorted(SOLVERS)})")
     if method == "closed-form" and not has_closed:
         raise ConfigError(
             f"Invalid method: 'closed-form' with case {setting.case!r} and delta={setting.delta} "

@@ -122,8 +122,8 @@ def cached_optimum(w: Workload, cache_dir: Path | None = None) -> Optimum:
                     loss=float(z["loss"]),
                     grad_norm=float(z["grad_norm"]),
                 )
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # corrupt cache: recompute below
+        except Exception:  # noqa: BLE001 - whatever a corrupt .npz raises (BadZipFile, ...)
+            path.unlink(missing_ok=True)  # corrupt cache (ours, derived): recompute below
     opt = compute_optimum(w)
     payload: dict[str, Any] = {f"p{i}": p for i, p in enumerate(opt.params)}
     payload.update(count=len(opt.params), loss=opt.loss, grad_norm=opt.grad_norm)
