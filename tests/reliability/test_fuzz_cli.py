@@ -131,9 +131,9 @@ COMMANDS: dict[str, Command] = {
         {"--algo": "local", "--workload": "logreg-breast-cancer", "--steps": "2"},
         {
             "--algo": choices("sync", "local", "overlap", "easgd", "cocod"),
-            # Not generated (the ranks find them, after spawning): --world-size 1000000,
-            # --batch-size larger than a rank's shard, --addr "" (see benchmarks/results/fuzz.md).
-            "--world-size": ints(0, -2),
+            # Not generated (the ranks find them, after spawning): --batch-size larger than a
+            # rank's shard, --addr "" (see benchmarks/results/fuzz.md).
+            "--world-size": ints(0, -2, 257, 1000000),
             "--workload": BAD_WORKLOAD,
             "--optimizer": BAD_OPTIMIZER,
             "--lr": floats(*NANS, -1),

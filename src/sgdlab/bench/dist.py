@@ -25,6 +25,9 @@ from sgdlab.distributed.launch import DEFAULT_TIMEOUT_S, RankFailure, launch
 from sgdlab.distributed.train import DistConfig, rank_entry_many
 from sgdlab.errors import ConfigError, SgdlabError
 
+# sgdlab dist starts every rank as a process on this host; beyond this it is a fork bomb.
+MAX_LOCAL_RANKS = 256
+
 JSON_KEYS = (
     "algo", "world_size", "tau", "steps", "wall_seconds", "compute_seconds", "comm_seconds",
     "wait_seconds", "hidden_fraction", "final_loss", "metric_value",
@@ -53,6 +56,11 @@ def run_dist_many(
     sizes = {c.world_size for c in configs}
     if len(sizes) != 1:
         raise ConfigError(f"run_dist_many needs one world size, got {sorted(sizes)}")
+    if configs[0].world_size > MAX_LOCAL_RANKS:
+        raise ConfigError(
+            f"invalid world-size: {configs[0].world_size} processes on this host (at most "
+            f"{MAX_LOCAL_RANKS}); across hosts, start one rank per process with torchrun"
+        )
     try:
         per_rank = launch(configs[0].world_size, "sgdlab.bench.dist:rank_entry_dicts",
                           [asdict(c) for c in configs], timeout_s=timeout_s,
