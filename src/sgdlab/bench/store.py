@@ -205,15 +205,17 @@ class ResultStore:
             )
             return int(cur.lastrowid or 0)
 
-    def _read(self, query: str, args: Sequence[Any]) -> list[Any]:
-        """Rows of a read-only query; a corrupt database is one StoreError line."""
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Around a read: a corrupt database is one StoreError line."""
         try:
-            return self._db.execute(query, args).fetchall()
+            yield
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"results database {self.path}: {exc}") from None
 
     def has_run(self, run_id: int) -> bool:
-        return bool(self._read("SELECT 1 FROM runs WHERE id = ?", (run_id,)))
+        with self._reading():
+            return bool(self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchall())
 
     def resume_run(self, run_id: int, step: int) -> None:
         """Forget what a killed run recorded after ``step`` and mark it running again."""
@@ -276,18 +278,23 @@ class ResultStore:
 
     def evaluations(self, run_id: int) -> list[tuple[int, float, float, float, float]]:
         """(step, train_seconds, train_loss, test_loss, metric_value) rows in step order."""
-        return self._read(
-            "SELECT step, train_seconds, train_loss, test_loss, metric_value FROM evaluations"
-            " WHERE run_id = ? ORDER BY step",
-            (run_id,),
-        )
+        with self._reading():
+            return self._db.execute(
+                "SELECT step, train_seconds, train_loss, test_loss, metric_value FROM evaluations"
+                " WHERE run_id = ? ORDER BY step",
+                (run_id,),
+            ).fetchall()
 
     def samples(self, run_id: int) -> list[tuple[int, float, float]]:
         """(step, train_seconds, loss) rows in step order."""
-        return self._read(
-            "SELECT step, train_seconds, loss FROM samples WHERE run_id = ? ORDER BY step",
-            (run_id,),
-        )
+        with self._reading():
+            return self._db.execute(
+                "SELECT step, train_seconds, loss FROM samples WHERE run_id = ? ORDER BY step",
+                (run_id,),
+            ).fetchall()
+
+
+_COLUMNS_SQL = "SELECT name FROM pragma_table_info(?)"
 
 
 def _missing_columns(db: sqlite3.Connection) -> list[str]:
@@ -299,9 +306,9 @@ def _missing_columns(db: sqlite3.Connection) -> list[str]:
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
         missing = []
         for table in tables:
-            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-            missing += [f"{table}.{r[1]}" for r in reference.execute(f"PRAGMA table_info({table})")
-                        if r[1] not in have]
+            have = {r[0] for r in db.execute(_COLUMNS_SQL, (table,))}
+            missing += [f"{table}.{r[0]}" for r in reference.execute(_COLUMNS_SQL, (table,))
+                        if r[0] not in have]
         return missing
     finally:
         reference.close()
