@@ -9,7 +9,8 @@ checked, and when:
   several times for L-BFGS and mL-BFGS), the loss and the gradient of every parameter, after
   ``backward`` and so *before* the optimizer applies them;
 * **each checkpoint**, before it is written: every tensor of the model and of the optimizer's
-  state, since an optimizer can make a NaN from finite gradients (a division by zero);
+  state, since an optimizer can make a NaN from finite gradients (a division by zero)
+  (:func:`sgdlab.checkpoint.nonfinite_state`, which the distributed ranks use too);
 * **the end of the run**, the model, before ``model.pt`` is written.
 
 The per-step check costs one reduction per gradient and no extra synchronisation on a GPU:
@@ -32,10 +33,11 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+from sgdlab.checkpoint import nonfinite_kind
 
 POLICIES = ("stop", "skip")
 
@@ -86,30 +88,8 @@ class FiniteGuard:
             raise NonFinite(f"the loss is {value}")
         for name, p in self._named:
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                raise NonFinite(f"the gradient of parameter {name!r} has {_kind(p.grad)}")
+                raise NonFinite(f"the gradient of parameter {name!r} has {nonfinite_kind(p.grad)}")
         return value  # every element finite: the sum of huge values overflowed, nothing more
-
-
-def nonfinite_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
-) -> str | None:
-    """Where the model or the optimizer's state holds a NaN or an infinity, or ``None``.
-
-    Called before a checkpoint is written; names the first bad tensor found (a parameter or a
-    buffer by its name, optimizer state by its key and, for torch's layout, its parameter).
-    """
-    for name, tensor in model.state_dict().items():
-        if _bad(tensor):
-            return f"{'parameter' if _is_param(model, name) else 'buffer'} {name!r} has " + _kind(
-                tensor
-            )
-    if optimizer is None:
-        return None
-    names = _optimizer_param_names(model, optimizer)
-    for path, tensor in _tensors(optimizer.state_dict(), ()):
-        if _bad(tensor):
-            return f"optimizer state {_describe(path, names)} has {_kind(tensor)}"
-    return None
 
 
 def unloadable_state(state: dict[str, Any]) -> str | None:
@@ -146,49 +126,6 @@ class Snapshot:
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         model.load_state_dict(self._model)
         optimizer.load_state_dict(_clone(self._optimizer))
-
-
-def _bad(tensor: torch.Tensor) -> bool:
-    return (tensor.is_floating_point() or tensor.is_complex()) and not bool(
-        torch.isfinite(tensor).all()
-    )
-
-
-def _kind(tensor: torch.Tensor) -> str:
-    return "nan" if bool(torch.isnan(tensor).any()) else "inf"
-
-
-def _is_param(model: torch.nn.Module, name: str) -> bool:
-    return name in dict(model.named_parameters())
-
-
-def _tensors(obj: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield path, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors(value, (*path, key))
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, (*path, i))
-
-
-def _optimizer_param_names(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[int, str]:
-    """torch numbers a state dict's parameters over its groups in order: index -> name."""
-    by_id = {id(p): name for name, p in model.named_parameters()}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    return {i: by_id.get(id(p), f"#{i}") for i, p in enumerate(params)}
-
-
-def _describe(path: tuple[Any, ...], names: dict[int, str]) -> str:
-    # torch's layout ["state"][index][key], also nested in a wrapper (["inner"]["state"]...).
-    for i in range(len(path) - 2):
-        if path[i] == "state" and isinstance(path[i + 1], int) and path[i + 1] in names:
-            key = ".".join(str(k) for k in path[i + 2 :])
-            return f"{key!r} of parameter {names[path[i + 1]]!r}"
-    return repr(".".join(str(k) for k in path))
 
 
 def _clone(obj: Any) -> Any:

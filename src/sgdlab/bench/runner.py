@@ -36,7 +36,6 @@ from sgdlab.bench.nonfinite import (
     FiniteGuard,
     NonFinite,
     Snapshot,
-    nonfinite_state,
     unloadable_state,
 )
 from sgdlab.bench.runfiles import (
@@ -49,7 +48,7 @@ from sgdlab.bench.runfiles import (
     resumable_run_dir,
 )
 from sgdlab.bench.store import ResultStore
-from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, nonfinite_state, save_checkpoint
 from sgdlab.errors import CheckpointError, ConfigError, DivergenceError
 from sgdlab.optim import DiminishingLR, load_optimizer
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgdlab.checkpoint import atomic_write_bytes, save_checkpoint
+from sgdlab.checkpoint import atomic_write_bytes, nonfinite_state, save_checkpoint
 from sgdlab.distributed.checkpoints import MODEL, RESULT, CutStore, step_dir
 from sgdlab.distributed.cocod import CoCoDSGD
 from sgdlab.distributed.comm import (
@@ -314,26 +314,6 @@ def _train_rank(rank: int, config: DistConfig, workload: Workload) -> dict[str, 
     return out
 
 
-def first_nonfinite(tree: Any, path: str = "") -> str | None:
-    """The path of the first floating-point tensor in ``tree`` holding a NaN or an infinity.
-
-    >>> first_nonfinite({"model": {"w": torch.tensor([1.0, float("nan")])}})
-    'model.w'
-    >>> first_nonfinite([torch.ones(2), {"n": 3}]) is None
-    True
-    """
-    if isinstance(tree, torch.Tensor):
-        ok = not tree.is_floating_point() or bool(torch.isfinite(tree).all())
-        return None if ok else path
-    items: Any = tree.items() if isinstance(tree, dict) else (
-        enumerate(tree) if isinstance(tree, list | tuple) else ())
-    for key, value in items:
-        found = first_nonfinite(value, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
-
-
 class _RankRun:
     """One rank's run-level state beside the model and optimizer: its clock (which excludes
     evaluation and checkpointing), losses, rank 0's evaluation snapshots, and its checkpoints."""
@@ -368,13 +348,12 @@ class _RankRun:
         assert self.cuts is not None
         wall, t0 = self.wall(), time.perf_counter()
         with self.excluded():
-            model, optimizer = self.model.state_dict(), self.opt.state_dict()
-            bad = first_nonfinite({"model": model, "optimizer": optimizer})
+            bad = nonfinite_state(self.model, self.opt)
             if bad is not None:
-                raise self.diverged(step, f"{bad} is not finite", config)
+                raise self.diverged(step, bad, config)
             self.cuts.save(step, {
-                "model": model,
-                "optimizer": optimizer,
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
                 "comm": self.comm.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "wall_seconds": wall,
