@@ -14,10 +14,11 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sgdlab"
 
-BASE = {"errors", "checkpoint"}
+BASE = {"errors", "checkpoint", "finite"}
 ALLOWED = {
     "errors": set(),
     "checkpoint": {"errors"},
+    "finite": {"errors"},
     "theory": {"errors"},
     "optim": BASE,
     "workloads": BASE,

@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -98,70 +98,3 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an sgdlab checkpoint (format {FORMAT_VERSION})")
     return state
-
-
-# --- before a checkpoint is written: nothing non-finite -----------------------------------
-
-
-def nonfinite_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
-) -> str | None:
-    """Where the model or the optimizer's state holds a NaN or an infinity, or ``None``.
-
-    Called before a checkpoint is written; names the first bad tensor found (a parameter or a
-    buffer by its name, optimizer state by its key and, for torch's layout, its parameter).
-    """
-    for name, tensor in model.state_dict().items():
-        if _bad(tensor):
-            kind = "parameter" if _is_param(model, name) else "buffer"
-            return f"{kind} {name!r} has {nonfinite_kind(tensor)}"
-    if optimizer is None:
-        return None
-    names = _optimizer_param_names(model, optimizer)
-    for path, tensor in _tensors(optimizer.state_dict(), ()):
-        if _bad(tensor):
-            return f"optimizer state {_describe(path, names)} has {nonfinite_kind(tensor)}"
-    return None
-
-
-def _bad(tensor: torch.Tensor) -> bool:
-    return (tensor.is_floating_point() or tensor.is_complex()) and not bool(
-        torch.isfinite(tensor).all()
-    )
-
-
-def nonfinite_kind(tensor: torch.Tensor) -> str:
-    return "nan" if bool(torch.isnan(tensor).any()) else "inf"
-
-
-def _is_param(model: torch.nn.Module, name: str) -> bool:
-    return name in dict(model.named_parameters())
-
-
-def _tensors(obj: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], torch.Tensor]]:
-    if isinstance(obj, torch.Tensor):
-        yield path, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors(value, (*path, key))
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, (*path, i))
-
-
-def _optimizer_param_names(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[int, str]:
-    """torch numbers a state dict's parameters over its groups in order: index -> name."""
-    by_id = {id(p): name for name, p in model.named_parameters()}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    return {i: by_id.get(id(p), f"#{i}") for i, p in enumerate(params)}
-
-
-def _describe(path: tuple[Any, ...], names: dict[int, str]) -> str:
-    # torch's layout ["state"][index][key], also nested in a wrapper (["inner"]["state"]...).
-    for i in range(len(path) - 2):
-        if path[i] == "state" and isinstance(path[i + 1], int) and path[i + 1] in names:
-            key = ".".join(str(k) for k in path[i + 2 :])
-            return f"{key!r} of parameter {names[path[i + 1]]!r}"
-    return repr(".".join(str(k) for k in path))

@@ -18,11 +18,12 @@ from torch import nn
 from sgdlab import cli
 from sgdlab.bench import runner
 from sgdlab.bench.config import TrainConfig
-from sgdlab.bench.nonfinite import MAX_CONSECUTIVE_SKIPS, FiniteGuard, NonFinite
+from sgdlab.bench.nonfinite import MAX_CONSECUTIVE_SKIPS
 from sgdlab.bench.runner import CHECKPOINT, EVENTS, MODEL, EpochSampler, train
 from sgdlab.bench.store import ResultStore
 from sgdlab.checkpoint import load_checkpoint
 from sgdlab.errors import ConfigError, DivergenceError
+from sgdlab.finite import FiniteGuard, NonFinite
 from sgdlab.workloads import Workload, get_workload
 
 BAD = 24  # the 0-based batch that holds a NaN: the 25th step

@@ -17,7 +17,7 @@ from sgdlab.distributed.train import DistConfig, rank_entry
 from sgdlab.errors import DivergenceError
 
 MESSAGE = re.compile(
-    r"training diverged on rank (\d) at step (\d+) \((loss (?:nan|inf)|.+ has (?:nan|inf))\); "
+    r"training diverged on rank (\d) at step (\d+) \(((?:the loss is|.+ has) (?:nan|inf))\); "
     r"(the last good checkpoint is (\S+) \(step (\d+)\)|no checkpoint was written)"
 )
 
@@ -85,3 +85,31 @@ def test_two_ranks_stop_with_the_diverged_ranks_line(tmp_path: Path) -> None:
         run_dist(exploding(tmp_path, 1e5, world_size=2), timeout_s=120)
     assert "\n" not in str(info.value)
     _check_stop(str(info.value), tmp_path)
+
+
+class _SqrtModel(torch.nn.Module):
+    """sqrt(a * x0) at x0 = 0: the loss is finite, its gradient in ``a`` is 0/0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+        self.a = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + torch.sqrt(self.a * x[:, :1])
+
+
+def test_a_nan_gradient_under_a_finite_loss_stops_before_the_step(tmp_path: Path) -> None:
+    from sgdlab.distributed.train import _train_rank
+    from sgdlab.workloads import Workload
+
+    x = torch.rand(64, 4, generator=torch.Generator().manual_seed(0)) + 0.5
+    x[:, 0] = 0.0
+    y = (x.sum(1) > 2).long()
+    workload = Workload("sqrt-toy", x, y, x[:16].clone(), y[:16].clone(), 2, _SqrtModel)
+    config = DistConfig("sync", world_size=1, workload="sqrt-toy", lr=0.1, batch_size=8,
+                        steps=10, checkpoint_dir=str(tmp_path), checkpoint_every=5)
+    with pytest.raises(DivergenceError, match=r"at step 1 \(the gradient of parameter 'a' has "
+                                              r"nan\); no checkpoint was written"):
+        _train_rank(0, config, workload)
+    assert steps_on_disk(tmp_path, 0) == []

@@ -10,11 +10,11 @@ checked, and when:
   ``backward`` and so *before* the optimizer applies them;
 * **each checkpoint**, before it is written: every tensor of the model and of the optimizer's
   state, since an optimizer can make a NaN from finite gradients (a division by zero)
-  (:func:`sgdlab.checkpoint.nonfinite_state`, which the distributed ranks use too);
+  (:func:`sgdlab.finite.nonfinite_state`, which the distributed ranks use too);
 * **the end of the run**, the model, before ``model.pt`` is written.
 
 The per-step check costs one reduction per gradient and no extra synchronisation on a GPU:
-:meth:`FiniteGuard.check` sums the loss and every gradient's sum, a NaN or an infinity
+:meth:`sgdlab.finite.FiniteGuard.check` sums the loss and every gradient's sum, a NaN or an infinity
 anywhere making the total non-finite, and reads the total together with the loss in one
 transfer (on the CPU, where reading a value costs nothing, it adds Python floats instead,
 which measured cheaper). A finite total proves every element finite; a non-finite one is
@@ -31,65 +31,16 @@ in that many batches is diverging, not meeting an odd batch.
 from __future__ import annotations
 
 import io
-import math
 import re
 from typing import Any
 
 import torch
-
-from sgdlab.checkpoint import nonfinite_kind
 
 POLICIES = ("stop", "skip")
 
 # Ten batches in a row without one finite step: past a rare bad batch (a corrupt sample, a
 # spike), the iterate or the optimizer state itself is broken and skipping cannot repair it.
 MAX_CONSECUTIVE_SKIPS = 10
-
-
-class NonFinite(Exception):
-    """Raised from inside a step when the loss or a gradient is NaN or infinite.
-
-    Not an :class:`~sgdlab.errors.SgdlabError`: the runner catches it and decides (stop or
-    skip); ``what`` says what was non-finite, for the message.
-    """
-
-    def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
-
-
-class FiniteGuard:
-    """Checks a loss and the gradients it left on ``model``'s parameters."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        self._named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-        self._params = [p for _, p in self._named]
-        self._one_transfer = device.type != "cpu"
-
-    def check(self, loss: torch.Tensor) -> float:
-        """The loss as a float; raise :class:`NonFinite` if it or a gradient is not finite."""
-        grads = [p.grad for p in self._params if p.grad is not None]
-        if self._one_transfer:
-            # float64 throughout: stack needs one dtype (a bf16 model, a float32 loss), and the
-            # loss must come back as it is, for the log.
-            sums = torch.stack(
-                [loss.detach().reshape(()).double(), *(g.sum().double() for g in grads)]
-            )
-            values = sums.tolist()  # the one transfer (and synchronisation) of the step
-            value, total = values[0], sum(values)
-        else:
-            value = loss.item()
-            total = value
-            for g in grads:
-                total += float(g.sum())
-        if math.isfinite(total):
-            return value
-        if not math.isfinite(value):
-            raise NonFinite(f"the loss is {value}")
-        for name, p in self._named:
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                raise NonFinite(f"the gradient of parameter {name!r} has {nonfinite_kind(p.grad)}")
-        return value  # every element finite: the sum of huge values overflowed, nothing more
 
 
 def unloadable_state(state: dict[str, Any]) -> str | None:

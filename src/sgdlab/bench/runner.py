@@ -33,8 +33,6 @@ import torch
 from sgdlab.bench.config import TrainConfig
 from sgdlab.bench.nonfinite import (
     MAX_CONSECUTIVE_SKIPS,
-    FiniteGuard,
-    NonFinite,
     Snapshot,
     unloadable_state,
 )
@@ -48,8 +46,9 @@ from sgdlab.bench.runfiles import (
     resumable_run_dir,
 )
 from sgdlab.bench.store import ResultStore
-from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, nonfinite_state, save_checkpoint
+from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sgdlab.errors import CheckpointError, ConfigError, DivergenceError
+from sgdlab.finite import FiniteGuard, NonFinite, nonfinite_state
 from sgdlab.optim import DiminishingLR, load_optimizer
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 from sgdlab.workloads import Workload, get_workload

@@ -23,10 +23,11 @@ uninterrupted run. Under ``torchrun --max-restarts N`` restarted ranks
 ``checkpoint_dir`` that already holds checkpoints. At the end rank 0 writes the averaged model
 (``model.pt``) and the result (``result.json``) there.
 
-**Failures.** A NaN or infinite loss stops the rank with a :class:`~sgdlab.errors.DivergenceError`
-naming the step and the last complete checkpoint, and no checkpoint is written from non-finite
-values. A collective that fails (a peer died, or stalled past ``collective_timeout_s``) stops
-the rank with a :class:`~sgdlab.errors.CommError` naming the rank and step.
+**Failures.** A NaN or infinite loss or gradient (checked every step, before the step uses it)
+stops the rank with a :class:`~sgdlab.errors.DivergenceError` naming the step and the last
+complete checkpoint, and no checkpoint is written from non-finite values. A collective that
+fails (a peer died, or stalled past ``collective_timeout_s``) stops the rank with a
+:class:`~sgdlab.errors.CommError` naming the rank and step.
 
 Across hosts, the same entry runs under ``torchrun`` (gloo; name the interface with
 ``GLOO_SOCKET_IFNAME`` if the hosts have several)::
@@ -55,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgdlab.checkpoint import atomic_write_bytes, nonfinite_state, save_checkpoint
+from sgdlab.checkpoint import atomic_write_bytes, save_checkpoint
 from sgdlab.distributed.checkpoints import MODEL, RESULT, CutStore, step_dir
 from sgdlab.distributed.cocod import CoCoDSGD
 from sgdlab.distributed.comm import (
@@ -71,6 +72,7 @@ from sgdlab.distributed.local_sgd import LocalSGD
 from sgdlab.distributed.overlap import OverlapLocalSGD
 from sgdlab.distributed.sync_sgd import SyncSGD
 from sgdlab.errors import CheckpointError, CommError, ConfigError, DivergenceError
+from sgdlab.finite import FiniteGuard, NonFinite, nonfinite_state
 from sgdlab.optim import load_optimizer
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.partition import partition_dirichlet, partition_iid
@@ -257,6 +259,7 @@ def _train_rank(rank: int, config: DistConfig, workload: Workload) -> dict[str, 
     if config.checkpoint_dir:
         cuts = CutStore(Path(config.checkpoint_dir), comm, config.key())
     run = _RankRun(rank, model, opt, comm, cuts)
+    guard = FiniteGuard(model, torch.device("cpu"))
     start = run.resume(config) if cuts is not None else 0
     if start == 0 and config.link_steps:
         mbps = _link_for(config, workload, model, part, comm)
@@ -277,12 +280,13 @@ def _train_rank(rank: int, config: DistConfig, workload: Workload) -> dict[str, 
             x, y = workload.batch(perm[pos * config.batch_size : (pos + 1) * config.batch_size])
             loss = workload.loss(model, x, y)
             loss.backward()
+            done = step + 1
+            try:  # before the step uses them: a NaN gradient never reaches the model
+                value = guard.check(loss)
+            except NonFinite as exc:
+                raise run.diverged(done, exc.what, config) from None
             opt.step()
             opt.zero_grad()
-            done = step + 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise run.diverged(done, f"loss {value}", config)
             wall = run.wall()
             run.losses.append((done, wall, value))
             if done % eval_every == 0 or done == config.steps:
