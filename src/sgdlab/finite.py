@@ -63,21 +63,31 @@ class FiniteGuard:
 
 
 def nonfinite_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> str | None:
     """Where the model or the optimizer's state holds a NaN or an infinity, or ``None``.
 
     Called before a checkpoint is written; names the first bad tensor found (a parameter or a
     buffer by its name, optimizer state by its key and, for torch's layout, its parameter).
+    A caller that has the state dicts it is about to write passes them, so they are not built
+    twice (a wrapper's ``state_dict`` clones its anchors, or waits for an average in flight).
     """
-    for name, tensor in model.state_dict().items():
+    if model_state is None:
+        model_state = model.state_dict()
+    for name, tensor in model_state.items():
         if _bad(tensor):
             kind = "parameter" if _is_param(model, name) else "buffer"
             return f"{kind} {name!r} has {nonfinite_kind(tensor)}"
     if optimizer is None:
         return None
     names = _optimizer_param_names(model, optimizer)
-    for path, tensor in _tensors(optimizer.state_dict(), ()):
+    if optimizer_state is None:
+        optimizer_state = optimizer.state_dict()
+    for path, tensor in _tensors(optimizer_state, ()):
         if _bad(tensor):
             return f"optimizer state {_describe(path, names)} has {nonfinite_kind(tensor)}"
     return None

@@ -268,7 +268,8 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
 
     def checkpoint(step: int) -> None:
         nonlocal last_good, checked_loadable
-        bad = nonfinite_state(model, opt)
+        model_state, opt_state = model.state_dict(), opt.state_dict()
+        bad = nonfinite_state(model, opt, model_state=model_state, optimizer_state=opt_state)
         if bad is not None:
             diverge(step, step, f"{bad}, found before writing its checkpoint")
         state = {
@@ -276,8 +277,8 @@ def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
             "step": step,
             "run_id": run_id,
             "train_seconds": train_seconds,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
+            "model": model_state,
+            "optimizer": opt_state,
             "scheduler": sched.state_dict() if sched is not None else None,
             "rng": torch.get_rng_state(),
             "reached": list(reached) if reached else None,

@@ -352,12 +352,14 @@ class _RankRun:
         assert self.cuts is not None
         wall, t0 = self.wall(), time.perf_counter()
         with self.excluded():
-            bad = nonfinite_state(self.model, self.opt)
+            model, optimizer = self.model.state_dict(), self.opt.state_dict()
+            bad = nonfinite_state(self.model, self.opt, model_state=model,
+                                  optimizer_state=optimizer)
             if bad is not None:
                 raise self.diverged(step, bad, config)
             self.cuts.save(step, {
-                "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(),
+                "model": model,
+                "optimizer": optimizer,
                 "comm": self.comm.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "wall_seconds": wall,
