@@ -21,8 +21,8 @@ import contextlib
 import os
 import sys
 
-from sgdlab.bench.testbed import measure_throughput, run_gloo_probe, summarize
-from sgdlab.distributed.testbed import Testbed, parse_rate, tcp_goodput, teardown
+from sgdlab.testbed import Testbed, parse_rate, tcp_goodput, teardown
+from sgdlab.testbed.probe import measure_throughput, run_gloo_probe, summarize
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:

@@ -25,6 +25,7 @@ ALLOWED = {
     "parallel": BASE | {"optim", "workloads"},
     "distributed": BASE | {"optim", "workloads"},
     "bench": BASE | {"optim", "workloads", "parallel", "distributed", "theory"},
+    "testbed": {"errors"},
 }
 
 

@@ -361,7 +361,7 @@ def testbed_up(
     json_: JsonOption = False,
 ) -> None:
     """Build K hosts on one bridge, every link rate-limited; stays up until `testbed down`."""
-    from sgdlab.bench import testbed as tbc
+    from sgdlab.testbed import probe as tbc
 
     status = tbc.up_testbed(
         hosts,
@@ -384,7 +384,7 @@ def testbed_down(
     name: TestbedName = "tb", state_dir: StateDir = Path("/run"), json_: JsonOption = False
 ) -> None:
     """Remove the testbed: its namespaces (and the processes inside) and its state file."""
-    from sgdlab.bench import testbed as tbc
+    from sgdlab.testbed import probe as tbc
 
     result = tbc.down_testbed(name, state_dir=state_dir)
     if json_:
@@ -400,7 +400,7 @@ def testbed_status(
     name: TestbedName = "tb", state_dir: StateDir = Path("/run"), json_: JsonOption = False
 ) -> None:
     """Hosts, addresses, link shape and each host's egress counters."""
-    from sgdlab.bench import testbed as tbc
+    from sgdlab.testbed import probe as tbc
 
     status = tbc.status_of_testbed(name, state_dir=state_dir)
     if json_:

@@ -36,6 +36,12 @@ class CommError(SgdlabError):
     """A collective failed: a peer rank died, stalled past the timeout, or left the group."""
 
 
+class TestbedError(SgdlabError):
+    """The testbed cannot be built, found or removed (not root, no iproute2, a failed command)."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
 class SolverError(SgdlabError):
     """A convex solver is missing or failed in a way that is not infeasibility."""
 
@@ -49,4 +55,5 @@ __all__ = [
     "SgdlabError",
     "SolverError",
     "StoreError",
+    "TestbedError",
 ]

@@ -37,7 +37,7 @@ RUN = ["--algo", "overlap", "--world-size", "2", "--workload", "logreg-breast-ca
 
 @pytest.fixture
 def testbed(tmp_path: Path) -> Iterator[object]:
-    from sgdlab.distributed.testbed import Testbed, teardown
+    from sgdlab.testbed import Testbed, teardown
 
     name = f"el{os.getpid() % 100000}"
     yield Testbed.up(2, "1000mbit", name=name, state_dir=tmp_path / "tb")

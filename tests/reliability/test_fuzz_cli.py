@@ -345,12 +345,12 @@ def stubbed() -> Iterator[None]:
     import sgdlab.bench.mlbfgs
     import sgdlab.bench.smallbatch
     import sgdlab.bench.suites
-    import sgdlab.distributed.testbed
+    import sgdlab.testbed.netns
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(subprocess, "Popen", _refuse)
         mp.setattr(multiprocessing.process.BaseProcess, "start", _refuse)
-        mp.setattr(sgdlab.distributed.testbed, "_run", _refuse)
+        mp.setattr(sgdlab.testbed.netns, "_run", _refuse)
         for module in (sgdlab.bench.suites, sgdlab.bench.smallbatch, sgdlab.bench.mlbfgs):
             mp.setattr(module, "train", _refuse)
         yield

@@ -8,7 +8,7 @@ one after another (data loaded once; the compared variants see the same machine 
 A testbed (network namespaces joined by rate-limited links) plugs in through
 ``launch_options``: a dict of :func:`launch` keywords (``wrap``, ``env_per_rank``, ``addr``)
 that runs each rank in its namespace. ``sgdlab dist --testbed`` takes them from
-``sgdlab.distributed.testbed.launch_options(world_size)``.
+``sgdlab.testbed.launch_options(world_size)``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ JSON_KEYS = (
 def netns_launch_options(world_size: int) -> dict[str, Any]:
     """``launch`` keywords from the testbed module, or a one-line error if there is none."""
     try:
-        module = importlib.import_module("sgdlab.distributed.testbed")
+        module = importlib.import_module("sgdlab.testbed")
     except ImportError:
-        raise ConfigError("--testbed: this build has no sgdlab.distributed.testbed") from None
+        raise ConfigError("--testbed: this build has no sgdlab.testbed") from None
     options: dict[str, Any] = module.launch_options(world_size)
     return options
 

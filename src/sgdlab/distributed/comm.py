@@ -410,6 +410,33 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     init_process_group(rank, world_size, env["MASTER_ADDR"], port, timeout_s)
 
 
+def probe_all_reduce(sizes_bytes: Sequence[int], repeats: int = 3) -> dict[str, Any]:
+    """One rank of a gloo all_reduce probe: ``python -m sgdlab.testbed.probe SIZE...``.
+
+    Joins the group from the environment (:meth:`Testbed.rank_env`), checks that an
+    all_reduce of ``rank + 1`` sums to ``n (n + 1) / 2``, then times ``repeats`` all_reduces of
+    each size (float32; one untimed round first; sizes interleaved; each after a barrier).
+    """
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://",
+                            timeout=timedelta(seconds=60))
+    rank, n = dist.get_rank(), dist.get_world_size()
+    sizes = [16, *sizes_bytes]
+    expected, ok = n * (n + 1) / 2, True
+    tensors = {s: torch.empty(max(1, s // 4)) for s in sizes}
+    seconds: dict[str, list[float]] = {str(s): [] for s in sizes}
+    for r in range(repeats + 1):  # sizes interleaved, so noise hits them alike
+        for size, x in tensors.items():
+            x.fill_(rank + 1)
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(x)
+            if r > 0:
+                seconds[str(size)].append(time.perf_counter() - t0)
+            ok = ok and bool((x == expected).all())
+    return {"rank": rank, "world_size": n, "sum_ok": ok, "seconds": seconds}
+
+
 def teardown_and_exit(code: int) -> None:
     """Leave the group and end the process at once: gloo can abort at interpreter exit."""
     try:

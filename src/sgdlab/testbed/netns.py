@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import math
 import os
 import re
 import shutil
@@ -54,62 +53,27 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from sgdlab.errors import ConfigError, SgdlabError
+from sgdlab.errors import ConfigError, TestbedError
+from sgdlab.testbed.links import (
+    DEFAULT_NAME,
+    DEFAULT_SUBNET,
+    PREFIX,
+    Host,
+    LinkShape,
+    build_commands,
+    default_burst,
+    parse_rate,
+    plan_hosts,
+)
 
-PREFIX = "sgdl"
-HOST_INTERFACE = "sgdl0"
-BRIDGE = "sgdl-br"
-DEFAULT_NAME = "tb"
-DEFAULT_SUBNET = "10.77.0.0/24"
 DEFAULT_STATE_DIR = Path("/run")
 DEFAULT_MASTER_PORT = 29500
 STATE_VERSION = 1
-_NAME_RE = re.compile(r"[a-z0-9]{1,10}")
-_RATE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*")
-_RATE_UNITS = {"": 1, "bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
-_FRAME, _MSS = 1514, 1448  # Ethernet frame of a full TCP segment and its payload (MTU 1500)
-
-
-class TestbedError(SgdlabError):
-    """The testbed cannot be built, found or removed (not root, no iproute2, a failed command)."""
-
-    __test__ = False  # not a pytest test class, despite the name
-
-
-@dataclass(frozen=True)
-class Host:
-    """One host of the testbed: its namespace, its one interface and that interface's address."""
-
-    index: int
-    namespace: str
-    interface: str
-    address: str
-
-
-@dataclass(frozen=True)
-class LinkShape:
-    """The shaping of every link: tbf rate (bit/s; None: unshaped), bucket, queue, delay."""
-
-    rate_bps: int | None
-    burst_bytes: int
-    latency_ms: float
-    limit_ingress: bool = True
-    delay_ms: float = 0.0
-
-    def tbf(self) -> list[str]:
-        """The tbf arguments of ``tc qdisc add ... root``.
-
-        >>> LinkShape(200_000_000, 32768, 25.0).tbf()
-        ['tbf', 'rate', '200000000bit', 'burst', '32768', 'latency', '25ms']
-        """
-        return ["tbf", "rate", f"{self.rate_bps}bit", "burst", str(self.burst_bytes),
-                "latency", f"{self.latency_ms:g}ms"]
-
 
 class Testbed:
     """A built testbed: its hosts, its link shape and its state file.
@@ -327,136 +291,6 @@ def teardown(name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR) -
     return ours
 
 
-def parse_rate(rate: str | int | None) -> int | None:
-    """A link rate in bit/s from ``"200mbit"``, ``"1gbit"``, ``"50000kbit"`` or an int.
-
-    Units are tc's decimal bit units (``kbit`` = 1000 bit/s). tc reads ``mbps`` as *megabytes*
-    per second, so byte units are refused rather than guessed. ``None`` or ``"none"``: unshaped.
-
-    >>> parse_rate("200mbit"), parse_rate("1.5gbit"), parse_rate(64000), parse_rate("none")
-    (200000000, 1500000000, 64000, None)
-    >>> parse_rate("200mbps")
-    Traceback (most recent call last):
-    ...
-    sgdlab.errors.ConfigError: Invalid rate: '200mbps' (use bit units: bit, kbit, mbit, gbit)
-    """
-    if rate is None or (isinstance(rate, str) and rate.strip().lower() == "none"):
-        return None
-    if isinstance(rate, bool) or not isinstance(rate, int | str):
-        raise ConfigError(f"Invalid rate: {rate!r}")
-    if isinstance(rate, int):
-        bps = rate
-    else:
-        m = _RATE_RE.fullmatch(rate.lower())
-        if m is None or m.group(2) not in _RATE_UNITS:
-            raise ConfigError(f"Invalid rate: {rate!r} (use bit units: bit, kbit, mbit, gbit)")
-        bps = round(float(m.group(1)) * _RATE_UNITS[m.group(2)])
-    if not 8_000 <= bps <= 100 * 10**9:
-        raise ConfigError(f"Invalid rate: {rate!r} (between 8kbit and 100gbit)")
-    return bps
-
-
-def default_burst(rate_bps: int | None) -> int:
-    """tbf bucket size: 1 ms of the rate, at least 32 KiB (so a full GSO segment fits).
-
-    >>> default_burst(200_000_000), default_burst(1_000_000_000)
-    (32768, 125000)
-    """
-    if rate_bps is None:
-        return 32 * 1024
-    return max(32 * 1024, math.ceil(rate_bps / 8 * 1e-3))
-
-
-def tcp_goodput(rate_bps: int) -> float:
-    """Payload bit/s of one bulk TCP stream through tbf at ``rate_bps``: ``r * 1448 / 1514``.
-
-    >>> round(tcp_goodput(200_000_000) / 1e6, 2)
-    191.28
-    """
-    return rate_bps * _MSS / _FRAME
-
-
-def plan_hosts(name: str, hosts: int, subnet: str = DEFAULT_SUBNET) -> tuple[str, list[Host]]:
-    """Names and addresses, without touching the system: the switch namespace and the hosts.
-
-    >>> switch, hs = plan_hosts("tb", 2)
-    >>> switch, hs[1]
-    ('sgdl-tb-sw', Host(index=1, namespace='sgdl-tb-h1', interface='sgdl0', address='10.77.0.2'))
-    """
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ConfigError(f"Invalid name: {name!r} (1-10 of a-z, 0-9)")
-    try:
-        net = ipaddress.IPv4Network(subnet)
-    except ValueError as exc:
-        raise ConfigError(f"Invalid subnet: {subnet!r} ({exc})") from None
-    if not net.is_private or net.prefixlen > 29:
-        raise ConfigError(f"Invalid subnet: {subnet!r} (a private IPv4 network of /29 or wider)")
-    usable = list(net.hosts())
-    if isinstance(hosts, bool) or not isinstance(hosts, int) or not 1 <= hosts <= min(
-        len(usable), 250
-    ):
-        raise ConfigError(f"Invalid hosts: {hosts} (1 to {min(len(usable), 250)} in {subnet})")
-    switch = f"{PREFIX}-{name}-sw"
-    return switch, [
-        Host(i, f"{PREFIX}-{name}-h{i}", HOST_INTERFACE, str(usable[i])) for i in range(hosts)
-    ]
-
-
-def build_commands(
-    switch: str, hosts: Sequence[Host], shape: LinkShape, prefixlen: int
-) -> list[list[str]]:
-    """Every command of ``up``, in order; pure, so the topology is testable without root.
-
-    >>> _, hs = plan_hosts("tb", 1)
-    >>> cmds = build_commands("sgdl-tb-sw", hs, LinkShape(10**8, 32768, 25.0), 24)
-    >>> " ".join(cmds[5])
-    'ip -n sgdl-tb-sw link add sgdl-p0 type veth peer name sgdl0 netns sgdl-tb-h0'
-    >>> [c[:4] for c in cmds if c[0] == "tc"]
-    [['tc', '-n', 'sgdl-tb-h0', 'qdisc'], ['tc', '-n', 'sgdl-tb-sw', 'qdisc']]
-    """
-    sw = ["ip", "-n", switch]
-    cmds = [
-        ["ip", "netns", "add", switch],
-        [*sw, "link", "add", BRIDGE, "type", "bridge"],
-        [*sw, "link", "set", BRIDGE, "addrgenmode", "none"],  # no IPv6 link-local chatter
-        [*sw, "link", "set", BRIDGE, "up"],
-    ]
-    for h in hosts:
-        hn, port = ["ip", "-n", h.namespace], f"{PREFIX}-p{h.index}"
-        cmds += [
-            ["ip", "netns", "add", h.namespace],
-            [*sw, "link", "add", port, "type", "veth", "peer", "name", h.interface,
-             "netns", h.namespace],
-            [*sw, "link", "set", port, "addrgenmode", "none"],
-            [*sw, "link", "set", port, "master", BRIDGE, "up"],
-            [*hn, "link", "set", "lo", "up"],
-            # IPv4 only: gloo then has one address to pick on GLOO_SOCKET_IFNAME.
-            [*hn, "link", "set", h.interface, "addrgenmode", "none"],
-            [*hn, "addr", "add", f"{h.address}/{prefixlen}", "dev", h.interface],
-            [*hn, "link", "set", h.interface, "up"],
-        ]
-        if shape.rate_bps is not None:
-            cmds.append(["tc", "-n", h.namespace, "qdisc", "add", "dev", h.interface, "root",
-                         *shape.tbf()])
-        cmds += _switch_port_qdiscs(switch, port, shape)
-    return cmds
-
-
-def _switch_port_qdiscs(switch: str, port: str, shape: LinkShape) -> list[list[str]]:
-    """The switch port's egress (the host's ingress): tbf, netem delay, or netem over tbf."""
-    tc = ["tc", "-n", switch, "qdisc", "add", "dev", port]
-    shaped = shape.rate_bps is not None and shape.limit_ingress
-    if shape.delay_ms <= 0:
-        return [[*tc, "root", *shape.tbf()]] if shaped else []
-    # netem must hold a delay's worth of frames at the rate (its default limit is 1000).
-    rate = shape.rate_bps if shape.rate_bps is not None else 10 * 10**9
-    limit = 1000 + math.ceil(rate / 8 * shape.delay_ms * 1e-3 / 64)
-    cmds = [[*tc, "root", "handle", "1:", "netem", "delay", f"{shape.delay_ms:g}ms",
-             "limit", str(limit)]]
-    if shaped:
-        cmds.append([*tc, "parent", "1:1", "handle", "10:", *shape.tbf()])
-    return cmds
-
 
 def require_root_and_iproute2() -> None:
     """Raise :class:`TestbedError` unless we are root and ``ip`` and ``tc`` are installed."""
@@ -580,56 +414,3 @@ def launch_options(world_size: int, *, name: str = DEFAULT_NAME,
     return Testbed.load(name, state_dir=state_dir).launch_options(world_size)
 
 
-def gloo_probe(sizes_bytes: Sequence[int], repeats: int = 3) -> dict[str, Any]:
-    """One rank of a gloo all_reduce probe: ``python -m sgdlab.distributed.testbed SIZE...``.
-
-    Joins the group from the environment (:meth:`Testbed.rank_env`), checks that an
-    all_reduce of ``rank + 1`` sums to ``n (n + 1) / 2``, then times ``repeats`` all_reduces of
-    each size (float32; one untimed round first; sizes interleaved; each after a barrier).
-    """
-    import datetime
-
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://",
-                            timeout=datetime.timedelta(seconds=60))
-    rank, n = dist.get_rank(), dist.get_world_size()
-    sizes = [16, *sizes_bytes]
-    expected, ok = n * (n + 1) / 2, True
-    tensors = {s: torch.empty(max(1, s // 4)) for s in sizes}
-    seconds: dict[str, list[float]] = {str(s): [] for s in sizes}
-    for r in range(repeats + 1):  # sizes interleaved, so noise hits them alike
-        for size, x in tensors.items():
-            x.fill_(rank + 1)
-            dist.barrier()
-            t0 = time.perf_counter()
-            dist.all_reduce(x)
-            if r > 0:
-                seconds[str(size)].append(time.perf_counter() - t0)
-            ok = ok and bool((x == expected).all())
-    return {"rank": rank, "world_size": n, "sum_ok": ok, "seconds": seconds}
-
-
-def _probe_main(argv: Sequence[str]) -> None:
-    import torch.distributed as dist
-
-    out = gloo_probe([int(a) for a in argv if not a.startswith("--")],
-                     repeats=int(os.environ.get("SGDLAB_PROBE_REPEATS", "3")))
-    print(json.dumps(out), flush=True)
-    dist.destroy_process_group()
-    os._exit(0)  # a gloo process can abort at interpreter exit (DESIGN.md)
-
-
-__all__ = [
-    "DEFAULT_NAME", "DEFAULT_SUBNET", "Host", "LinkShape", "Testbed", "TestbedError",
-    "build_commands", "default_burst", "gloo_probe", "launch_options", "parse_rate",
-    "plan_hosts", "state_path", "tcp_goodput", "teardown",
-]
-
-
-if __name__ == "__main__":
-    import sys
-
-    _probe_main(sys.argv[1:])

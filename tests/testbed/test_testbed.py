@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-import sgdlab.distributed.testbed as tbm
-from sgdlab.bench.testbed import measure_throughput, run_gloo_probe, status_report
+import sgdlab.testbed.netns as tbm
 from sgdlab.cli import main
-from sgdlab.distributed.testbed import (
+from sgdlab.errors import ConfigError
+from sgdlab.testbed import (
     Host,
     LinkShape,
     Testbed,
@@ -34,7 +34,7 @@ from sgdlab.distributed.testbed import (
     tcp_goodput,
     teardown,
 )
-from sgdlab.errors import ConfigError
+from sgdlab.testbed.probe import measure_throughput, run_gloo_probe, status_report
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -351,7 +351,7 @@ def test_delay_needs_netem_and_fails_cleanly_without(tmp_path: Path) -> None:
 _SIGNALLED = """
 import sys, time
 from pathlib import Path
-from sgdlab.distributed.testbed import Testbed
+from sgdlab.testbed import Testbed
 with Testbed.up(2, "50mbit", name=sys.argv[1], state_dir=Path(sys.argv[2])) as tb:
     print("up", flush=True)
     time.sleep(60)
@@ -418,7 +418,7 @@ def test_cli_up_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 @needs_root
 @pytest.mark.slow
 def test_showcase_section(tmp_path: Path) -> None:
-    from sgdlab.bench.testbed import showcase_testbed
+    from sgdlab.testbed.probe import showcase_testbed
 
     section = showcase_testbed(None)
     assert [r["measure"] for r in section.rows] == ["TCP goodput, Mbit/s", "all_reduce 4 MiB, s"]
@@ -427,7 +427,7 @@ def test_showcase_section(tmp_path: Path) -> None:
 
 
 def test_showcase_says_why_not_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sgdlab.bench.testbed import showcase_testbed
+    from sgdlab.testbed.probe import showcase_testbed
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     section = showcase_testbed(None)

@@ -1,6 +1,6 @@
 """``sgdlab testbed up | down | status`` and the probes that check a testbed's links.
 
-The testbed itself is :mod:`sgdlab.distributed.testbed`; here are the thin CLI functions and
+The testbed itself is :mod:`sgdlab.testbed.netns`; here are the thin CLI functions and
 two measurements run *inside* its namespaces:
 
 - :func:`measure_throughput`: a plain TCP stream of N bytes from host ``a`` to host ``b``,
@@ -24,21 +24,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sgdlab.bench.config import check_output_paths
-from sgdlab.distributed.testbed import (
-    DEFAULT_NAME,
-    DEFAULT_STATE_DIR,
-    Testbed,
-    TestbedError,
-    existing_namespaces,
-    tcp_goodput,
-    teardown,
-)
-from sgdlab.errors import ConfigError
+from sgdlab.errors import ConfigError, TestbedError
+from sgdlab.testbed.links import DEFAULT_NAME, tcp_goodput
+from sgdlab.testbed.netns import DEFAULT_STATE_DIR, Testbed, existing_namespaces, teardown
 
 if TYPE_CHECKING:
     from sgdlab.bench.suites import Section, ShowcaseContext
@@ -134,7 +128,7 @@ def measure_throughput(tb: Testbed, src: int, dst: int, nbytes: int, *,
     """Send ``nbytes`` over TCP from host ``src`` to host ``dst``; goodput at the receiver.
 
     Returns ``bytes``, ``seconds`` and ``bps`` (payload bit/s), and ``expected_bps``, the
-    TCP goodput of the set rate (:func:`~sgdlab.distributed.testbed.tcp_goodput`).
+    TCP goodput of the set rate (:func:`~sgdlab.testbed.links.tcp_goodput`).
     """
     if src == dst:
         raise ConfigError(f"Invalid hosts: src {src} and dst {dst} must differ")
@@ -172,7 +166,7 @@ def run_gloo_probe(tb: Testbed, sizes_bytes: list[int], *, repeats: int = 3,
                    hosts: int | None = None, timeout_s: float = 120.0) -> list[dict[str, Any]]:
     """One gloo rank on each of the first ``hosts`` hosts, all_reduces of ``sizes_bytes``.
 
-    Returns each rank's :func:`~sgdlab.distributed.testbed.gloo_probe` result. A rank that
+    Returns each rank's :func:`~sgdlab.distributed.comm.probe_all_reduce` result. A rank that
     fails or hangs past ``timeout_s`` ends them all and raises :class:`TestbedError` with its
     last words.
     """
@@ -181,7 +175,7 @@ def run_gloo_probe(tb: Testbed, sizes_bytes: list[int], *, repeats: int = 3,
         raise ConfigError(f"Invalid hosts: {n} (2 to {len(tb.hosts)})")
     if not sizes_bytes or any(not 4 <= s <= MAX_PROBE_BYTES for s in sizes_bytes):
         raise ConfigError(f"Invalid sizes_bytes: {sizes_bytes} (4 to {MAX_PROBE_BYTES} each)")
-    argv = [sys.executable, "-m", "sgdlab.distributed.testbed", *map(str, sizes_bytes)]
+    argv = [sys.executable, "-m", "sgdlab.testbed.probe", *map(str, sizes_bytes)]
     opts = tb.launch_options(n)  # what `sgdlab dist --testbed` hands its launcher
     procs = [subprocess.Popen(opts["wrap"](i, argv), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
@@ -247,3 +241,16 @@ def showcase_testbed(ctx: ShowcaseContext | None) -> Section:
     return Section(title, rows=rows, text=(
         "Reference: tbf's TCP goodput r*1448/1514, and 8B/goodput for a 2-rank all_reduce of "
         f"B bytes; medians of 3. all_reduce sums {'correct' if ok else 'WRONG'}."))
+
+
+def _probe_main(argv: Sequence[str]) -> None:
+    from sgdlab.distributed.comm import probe_all_reduce, teardown_and_exit
+
+    out = probe_all_reduce([int(a) for a in argv if not a.startswith("--")],
+                           repeats=int(os.environ.get("SGDLAB_PROBE_REPEATS", "3")))
+    print(json.dumps(out), flush=True)
+    teardown_and_exit(0)  # a gloo process can abort at interpreter exit (DESIGN.md)
+
+
+if __name__ == "__main__":
+    _probe_main(sys.argv[1:])
