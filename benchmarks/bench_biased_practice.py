@@ -23,7 +23,7 @@ import json
 import math
 from pathlib import Path
 
-from sgdlab.bench.biased_practice import (
+from sgdlab.experiments.biased_practice import (
     logistic_problem,
     practice_report,
     quadratic_problem,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from sgdlab.bench import nonfinite
-from sgdlab.bench.config import TrainConfig
-from sgdlab.bench.runner import train
+from sgdlab.run import finite as nonfinite
+from sgdlab.run.config import TrainConfig
+from sgdlab.run.train import train
 from sgdlab.workloads import Workload, get_workload
 
 

@@ -22,7 +22,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from sgdlab.bench.hogwild import hogwild_bench, print_hogwild_table
+from sgdlab.experiments.hogwild import hogwild_bench, print_hogwild_table
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sgdlab.bench.dist import GRIDS, overlap_benchmark, overlap_report
+from sgdlab.experiments.overlap import GRIDS, overlap_benchmark, overlap_report
 
 ROOT = Path(__file__).resolve().parent
 

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sgdlab.bench.dist import run_dist
 from sgdlab.distributed.launch import RankFailure
-from sgdlab.distributed.train import DistConfig
+from sgdlab.run.config import DistConfig
+from sgdlab.run.dist import run_dist
 
 
 def _median(values: list[float], digits: int = 2) -> str:

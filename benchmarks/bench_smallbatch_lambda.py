@@ -27,7 +27,8 @@ from typing import Any
 
 from rich.console import Console
 
-from sgdlab.bench.smallbatch import BASELINE_OF, SmallBatchPlan, _Bench, split_workload
+from sgdlab.experiments.smallbatch import _Bench, split_workload
+from sgdlab.experiments.smallbatch_plan import BASELINE_OF, SmallBatchPlan
 from sgdlab.optim import PROX_DEFAULTS
 from sgdlab.workloads import get_workload
 

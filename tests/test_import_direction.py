@@ -14,18 +14,21 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sgdlab"
 
-BASE = {"errors", "checkpoint", "finite"}
+BASE = {"errors", "checkpoint"}
+METHODS = {"optim", "parallel", "distributed", "workloads", "theory"}
 ALLOWED = {
     "errors": set(),
     "checkpoint": {"errors"},
-    "finite": {"errors"},
     "theory": {"errors"},
     "optim": BASE,
     "workloads": BASE,
     "parallel": BASE | {"optim", "workloads"},
     "distributed": BASE | {"optim", "workloads"},
-    "bench": BASE | {"optim", "workloads", "parallel", "distributed", "theory"},
-    "testbed": {"errors"},
+    "run": BASE | METHODS,
+    "report": BASE | METHODS | {"run"},
+    "experiments": BASE | METHODS | {"run", "report"},
+    "testbed": BASE | METHODS | {"run", "report"},
+    "cli": BASE | METHODS | {"run", "report", "experiments", "testbed"},
 }
 
 

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import torch
 
-from sgdlab.bench.store import ResultStore
 from sgdlab.checkpoint import load_checkpoint
 from sgdlab.cli import main
 from sgdlab.errors import CheckpointError, DataError
+from sgdlab.run.store import ResultStore
 from sgdlab.workloads import datasets
 from sgdlab.workloads._safe_pickle import safe_load
 from sgdlab.workloads.datasets import load_dataset
@@ -358,7 +358,7 @@ def sql_built_from_values(source: str) -> tuple[list[str], int]:
 def test_every_sql_statement_in_src_is_a_constant() -> None:
     results = {str(p.relative_to(SRC)): sql_built_from_values(p.read_text()) for p in src_files()}
     assert {f: bad for f, (bad, _) in results.items() if bad} == {}
-    assert results["bench/store.py"][1] >= 10  # the scan sees the store's statements
+    assert results["run/store.py"][1] >= 10  # the scan sees the store's statements
 
 
 @pytest.mark.parametrize(("snippet", "bad"), [

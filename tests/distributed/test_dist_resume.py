@@ -20,11 +20,12 @@ import pytest
 import torch
 from faults import complete_cuts, kill, launched_ranks, wait_until
 
-from sgdlab.bench.dist import run_dist, run_dist_many
 from sgdlab.checkpoint import load_checkpoint
 from sgdlab.distributed.launch import RankFailure
-from sgdlab.distributed.train import ALGOS, DistConfig, rank_entry
 from sgdlab.errors import CheckpointError, ConfigError
+from sgdlab.run.config import ALGOS, DistConfig
+from sgdlab.run.dist import run_dist, run_dist_many
+from sgdlab.run.rank import rank_entry
 
 STEPS, EVERY = 240, 30
 SLOW = {"latency_ms": 15.0}  # per collective: makes the victim run last seconds

@@ -28,10 +28,10 @@ import pytest
 import torch
 from faults import alive, complete_cuts, kill, tagged, wait_until
 
-from sgdlab.bench.dist import run_dist
 from sgdlab.checkpoint import load_checkpoint
 from sgdlab.distributed.launch import RankFailure
-from sgdlab.distributed.train import DistConfig
+from sgdlab.run.config import DistConfig
+from sgdlab.run.dist import run_dist
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

@@ -249,7 +249,7 @@ def test_cli_hogwild_json_and_errors(capsys):
 
 @pytest.mark.slow
 def test_bench_draws_the_measurement_against_the_bound(tmp_path, monkeypatch):
-    from sgdlab.bench import hogwild as bench
+    from sgdlab.experiments import hogwild as bench
 
     wl = sparse_problem()
     monkeypatch.setattr(bench, "get_workload", lambda name, **options: wl)

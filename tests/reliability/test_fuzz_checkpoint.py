@@ -23,9 +23,9 @@ from fuzz_helpers import assert_one_error_line, assert_one_line, chdir, fuzz, ru
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgdlab.bench.runner import CHECKPOINT
 from sgdlab.checkpoint import load_checkpoint
 from sgdlab.errors import CheckpointError
+from sgdlab.run.train import CHECKPOINT
 
 ARGS = ["train", "--workload", "logreg-breast-cancer", "--optimizer", "adam", "--lr", "0.01",
         "--steps", "40", "--batch-size", "16", "--eval-every", "20", "--threads", "1"]

@@ -342,16 +342,17 @@ def _refuse(*args: Any, **kwargs: Any) -> Any:
 @contextlib.contextmanager
 def stubbed() -> Iterator[None]:
     """No processes, no training in the suites, no ip/tc: see the module docstring."""
-    import sgdlab.bench.mlbfgs
-    import sgdlab.bench.smallbatch
-    import sgdlab.bench.suites
+    import sgdlab.experiments.mlbfgs
+    import sgdlab.experiments.smallbatch
+    import sgdlab.experiments.suites
     import sgdlab.testbed.netns
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(subprocess, "Popen", _refuse)
         mp.setattr(multiprocessing.process.BaseProcess, "start", _refuse)
         mp.setattr(sgdlab.testbed.netns, "_run", _refuse)
-        for module in (sgdlab.bench.suites, sgdlab.bench.smallbatch, sgdlab.bench.mlbfgs):
+        for module in (sgdlab.experiments.suites, sgdlab.experiments.smallbatch,
+                       sgdlab.experiments.mlbfgs):
             mp.setattr(module, "train", _refuse)
         yield
 

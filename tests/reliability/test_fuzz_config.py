@@ -18,9 +18,8 @@ from fuzz_helpers import assert_one_line, fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sgdlab.bench.config import TrainConfig
-from sgdlab.distributed.train import DistConfig
 from sgdlab.parallel.hogwild import HogwildConfig, StepSize
+from sgdlab.run.config import DistConfig, TrainConfig
 from sgdlab.theory import biased_sgd as bs
 from sgdlab.theory import sgd_bounds as sb
 

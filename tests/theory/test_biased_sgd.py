@@ -356,13 +356,13 @@ def test_call_validation():
     assert BiasedSGDSetting("bounded", M, L, beta=1.0, sigma2=0.3).K == 0.3
 
 
-# --- CLI glue (sgdlab.bench.theory_biased) -----------------------------------------------------
+# --- CLI glue (sgdlab.cli.theory_biased) -----------------------------------------------------
 
 
 def test_reports_are_json_ready_and_plot(tmp_path):
     import json
 
-    from sgdlab.bench.theory_biased import biased_sgd_report, schedule_report
+    from sgdlab.cli.theory_biased import biased_sgd_report, schedule_report
 
     r = biased_sgd_report("smooth", L=L, m=M, alpha=0.3, delta=0.1, c=0.3, sigma2=SIGMA2)
     assert json.loads(json.dumps(r, allow_nan=False)) == r

@@ -374,8 +374,9 @@ def _is_loopback_interface(name: str) -> bool:
         return False
 
 
-def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Join the group ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
+def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
+    """Join the group ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT);
+    this process's rank and the world size.
 
     Under torchrun's elastic agent the agent hosts the rendezvous store (it listens where
     torchrun's ``--master-addr``/``--rdzv-endpoint`` say); otherwise rank 0 hosts it bound to
@@ -406,8 +407,9 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         store = dist.PrefixStore(f"sgdlab/attempt-{attempt}", agent)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
                                 timeout=timeout)
-        return
+        return rank, world_size
     init_process_group(rank, world_size, env["MASTER_ADDR"], port, timeout_s)
+    return rank, world_size
 
 
 def probe_all_reduce(sizes_bytes: Sequence[int], repeats: int = 3) -> dict[str, Any]:

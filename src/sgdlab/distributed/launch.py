@@ -12,7 +12,7 @@ back with ``torch.load(weights_only=True)``, which builds only tensors, numbers,
 bytes and plain containers (dict, list, tuple, set) and calls no function the file names. A
 payload or a result of any other type is refused with a one-line error (a rank that returns
 one fails the run); callers convert at the boundary (``sgdlab dist`` sends
-``dataclasses.asdict`` of its configurations, see :mod:`sgdlab.bench.dist`). The files live in
+``dataclasses.asdict`` of its configurations, see :mod:`sgdlab.run.dist`). The files live in
 a private temporary folder (mode 0700), removed when the run ends.
 
 **Nothing listens beyond** ``addr``: rank 0 binds the rendezvous to ``addr:port`` itself, and

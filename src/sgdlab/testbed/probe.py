@@ -29,13 +29,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sgdlab.bench.config import check_output_paths
 from sgdlab.errors import ConfigError, TestbedError
+from sgdlab.run.config import check_output_paths
 from sgdlab.testbed.links import DEFAULT_NAME, tcp_goodput
 from sgdlab.testbed.netns import DEFAULT_STATE_DIR, Testbed, existing_namespaces, teardown
 
 if TYPE_CHECKING:
-    from sgdlab.bench.suites import Section, ShowcaseContext
+    from sgdlab.report.sections import Section, ShowcaseContext
 
 PROBE_PORT = 5201
 MAX_PROBE_BYTES = 1 << 30
@@ -218,7 +218,7 @@ def _end(procs: list[subprocess.Popen[str]]) -> None:
 def showcase_testbed(ctx: ShowcaseContext | None) -> Section:
     """``bench quick`` section: on a 2-host testbed at 200mbit, TCP goodput and a 4 MiB gloo
     all_reduce against their references (about 10 s); as non-root, a line saying why not."""
-    from sgdlab.bench.suites import Section  # noqa: F811  (at run time: suites is heavy)
+    from sgdlab.report.sections import Section  # noqa: F811
 
     title = "Slow-network testbed: 2 namespaces at 200mbit (tc tbf)"
     try:

@@ -1,0 +1,1 @@
+"""Scoring, tables, plots and the HTML report, from what the results store recorded."""

@@ -1,0 +1,259 @@
+"""The typed configurations of a run, and their validation: :class:`TrainConfig` (one process)
+and :class:`DistConfig` (the ranks of ``sgdlab dist``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import re
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sgdlab.distributed import ALGORITHMS
+from sgdlab.distributed.comm import DEFAULT_TIMEOUT_S, Injection
+from sgdlab.errors import ConfigError, StoreError
+from sgdlab.optim import load_optimizer
+from sgdlab.run.finite import POLICIES
+from sgdlab.run.store import DEFAULT_DB
+from sgdlab.workloads.registry import workload_options
+
+SCHEDULES = ("constant", "diminishing")
+_COUNTS = ("eval_every", "log_every", "checkpoint_every", "threads")  # integers >= 0
+
+# Fields that change nothing about the trajectory: left out of the run's key, so a resumed run
+# may, say, write its checkpoints at another interval.
+_NOT_IN_KEY = (
+    "out",
+    "resume",
+    "db",
+    "progress",
+    "checkpoint_every",
+    "suite",
+    "eval_every",
+    "log_every",
+    # What a NaN does: a run that never meets one is the same under either policy, and a run
+    # stopped by a NaN may be resumed with ``skip`` to step over the batch that caused it.
+    "on_nonfinite",
+)
+
+
+def check_output_paths(db: Path | None = None, out: Path | None = None) -> None:
+    """Refuse, creating nothing, a ``--db`` or ``--out`` that cannot be written: a suite
+    checks them before its first run, not after hours of runs."""
+    for path, what, folder in ((db, "--db", False), (out, "--out", True)):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.exists() and path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            raise ConfigError(f"invalid {what} {path}: it is {kind}")
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"invalid {what} {path}: {parent} is a file, not a folder")
+    if db is not None and Path(db).is_file():  # read only: an existing file must be a database
+        try:
+            with contextlib.closing(sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro",
+                                                    uri=True)) as conn:
+                conn.execute("PRAGMA schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open results database {db}: {exc}") from None
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``optimizer_options`` and ``workload_options`` come from ``--set``.
+
+    ``on_nonfinite`` is what a NaN or infinite loss or gradient does: ``"stop"`` the run (the
+    default) or ``"skip"`` the step; see :mod:`sgdlab.run.finite`.
+    """
+
+    workload: str
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    steps: int = 1000
+    batch_size: int = 64
+    seed: int = 0
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    workload_options: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"
+    mu: float | None = None
+    L: float | None = None
+    alpha: float = 2.0
+    eval_every: int = 0
+    log_every: int = 0
+    checkpoint_every: int = 0
+    out: Path | None = None
+    resume: bool = False
+    db: Path = DEFAULT_DB
+    device: str = "cpu"
+    threads: int = 0
+    suite: str = ""
+    progress: bool | None = None
+    on_nonfinite: str = "stop"
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "seed", *_COUNTS):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"invalid {name.replace('_', '-')}: {value!r} (an integer)")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 1)"
+                )
+        for name in _COUNTS:
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 0)"
+                )
+        if isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr < 0:
+            raise ConfigError(f"invalid lr: {self.lr}")
+        if "lr" in self.optimizer_options:
+            raise ConfigError("give the learning rate with --lr, not --set lr=...")
+        if self.seed < 0:
+            raise ConfigError(f"invalid seed: {self.seed} (must be >= 0)")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"invalid schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}"
+            )
+        if self.schedule == "constant" and (self.mu is not None or self.L is not None):
+            raise ConfigError("--mu and --L only apply with --schedule diminishing")
+        if self.on_nonfinite not in POLICIES:
+            raise ConfigError(
+                f"invalid on-nonfinite {self.on_nonfinite!r}; choose {' or '.join(POLICIES)}"
+            )
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"invalid device {self.device!r}; use cpu or cuda[:N]")
+
+    def key(self) -> str:
+        """A short hash of everything that determines the trajectory."""
+        d = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_KEY}
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def out_dir(self) -> Path:
+        """``--out``, or ``sgdlab-out/<workload>-<optimizer>-s<seed>-<key>``."""
+        if self.out is not None:
+            return Path(self.out)
+        safe = self.optimizer.replace(":", "_")
+        return Path("sgdlab-out") / f"{self.workload}-{safe}-s{self.seed}-{self.key()}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+ALGOS = tuple(ALGORITHMS)  # sync, local, overlap, easgd, cocod
+
+# Fields that change nothing about the trajectory: a run may resume with other values (more
+# steps extend it: no schedule depends on the step count).
+_DIST_NOT_IN_KEY = ("steps", "eval_every", "eval_samples", "checkpoint_every", "checkpoint_dir",
+               "resume", "collective_timeout_s")
+
+
+@dataclass
+class DistConfig:
+    """One distributed run; ``batch_size`` is per rank."""
+
+    algo: str
+    world_size: int = 2
+    workload: str = "cnn-fmnist"
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    batch_size: int = 32
+    tau: int = 2
+    alpha: float = 0.6
+    anchor_momentum: float = 0.0
+    steps: int = 200
+    seed: int = 0
+    partition: str = "iid"
+    bandwidth_mbps: float = 0.0
+    link_steps: float = 0.0  # > 0: a link on which an all-reduce takes this many local steps
+    latency_ms: float = 0.0
+    straggler_prob: float = 0.0
+    straggler_slowdown: float = 1.0
+    eval_every: int = 0
+    eval_samples: int = 2000  # test and training samples each evaluation uses (0: all)
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    workload_options: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 0  # > 0: a consistent cut every N steps, into checkpoint_dir
+    checkpoint_dir: str = ""
+    resume: bool = False  # continue from the newest cut in checkpoint_dir
+    collective_timeout_s: float = DEFAULT_TIMEOUT_S  # a peer silent this long fails the run
+
+    def key(self) -> str:
+        """A short hash of everything that determines the trajectory."""
+        d = {k: v for k, v in asdict(self).items() if k not in _DIST_NOT_IN_KEY}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ConfigError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        for name in ("world_size", "batch_size", "tau", "steps"):
+            if isinstance(getattr(self, name), bool | float) or getattr(self, name) < 1:
+                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
+        if not math.isfinite(self.link_steps) or self.link_steps < 0:
+            raise ConfigError(f"invalid link-steps: {self.link_steps}")
+        if self.link_steps and self.bandwidth_mbps:
+            raise ConfigError("give --link-steps or --bandwidth-mbps, not both")
+        for name in ("seed", "eval_every", "eval_samples", "checkpoint_every"):
+            if isinstance(getattr(self, name), bool | float) or getattr(self, name) < 0:
+                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
+        if not math.isfinite(self.lr) or self.lr < 0:
+            raise ConfigError(f"invalid lr: {self.lr}")
+        if (self.checkpoint_every or self.resume) and not self.checkpoint_dir:
+            raise ConfigError("--checkpoint-every and --resume need --checkpoint-dir")
+        if not math.isfinite(self.collective_timeout_s) or self.collective_timeout_s <= 0:
+            raise ConfigError(f"invalid collective-timeout: {self.collective_timeout_s}")
+        if "lr" in self.optimizer_options:
+            raise ConfigError("give the learning rate with --lr, not --set lr=...")
+        # Unknown names and bad hyperparameters: one line here, not a failure in every rank.
+        unknown = sorted(set(self.workload_options) - set(workload_options(self.workload)))
+        if unknown:
+            raise ConfigError(f"workload {self.workload!r} has no option {', '.join(unknown)}")
+        load_optimizer(self.optimizer, [nn.Parameter(torch.zeros(1))], lr=self.lr,
+                       **self.optimizer_options)
+        # The algorithms check these too, but inside the ranks: a bad one should not spawn them.
+        if not (math.isfinite(self.alpha) and 0 <= self.alpha <= 1) or (
+            self.algo == "easgd" and self.alpha == 0
+        ):
+            raise ConfigError(f"invalid alpha: {self.alpha} (need 0 <= alpha <= 1; easgd > 0)")
+        if not (math.isfinite(self.anchor_momentum) and 0 <= self.anchor_momentum < 1):
+            raise ConfigError(f"invalid anchor-momentum: {self.anchor_momentum} (need 0 <= it < 1)")
+        if self.algo == "sync" and self.tau != 1:
+            self.tau = 1  # sync communicates every step by definition
+        partition_alpha(self.partition)
+        self.injection()
+
+    def injection(self) -> Injection:
+        try:
+            return Injection(self.bandwidth_mbps, self.latency_ms, self.straggler_prob,
+                             self.straggler_slowdown, self.seed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def partition_alpha(spec: str) -> float | None:
+    """``"iid"`` → None; ``"dirichlet:0.5"`` → 0.5.
+
+    >>> partition_alpha("dirichlet:0.5"), partition_alpha("iid")
+    (0.5, None)
+    """
+    if spec == "iid":
+        return None
+    kind, _, value = spec.partition(":")
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if kind != "dirichlet" or not math.isfinite(alpha) or alpha <= 0:
+        raise ConfigError(f"invalid partition {spec!r}; use iid or dirichlet:<alpha > 0>")
+    return alpha
