@@ -65,18 +65,20 @@ def test_a_poisoned_state_is_never_checkpointed(tmp_path: Path) -> None:
     from sgdlab.distributed.checkpoints import CutStore
     from sgdlab.distributed.comm import Comm
     from sgdlab.distributed.sync_sgd import SyncSGD
-    from sgdlab.run.rank import _RankRun
+    from sgdlab.run.rank import RankRun
 
     model = torch.nn.Linear(3, 1)
     opt = SyncSGD(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    run = _RankRun(0, model, opt, Comm(), CutStore(tmp_path, Comm(), "k"))
     config = exploding(tmp_path, 0.1)
-    run.checkpoint(5, config)
+    run = RankRun(0, config, workload=None)  # type: ignore[arg-type]  # checkpoints only
+    run.model, run.opt, run.comm = model, opt, Comm()
+    run.cuts = CutStore(tmp_path, Comm(), "k")
+    run.checkpoint(5)
     with torch.no_grad():
         model.bias.fill_(float("inf"))
     with pytest.raises(DivergenceError, match=r"at step 10 \(parameter 'bias' has inf\); "
                                               r"the last good checkpoint is .*step-00000005"):
-        run.checkpoint(10, config)
+        run.checkpoint(10)
     assert steps_on_disk(tmp_path, 0) == [5]
 
 
@@ -101,7 +103,7 @@ class _SqrtModel(torch.nn.Module):
 
 
 def test_a_nan_gradient_under_a_finite_loss_stops_before_the_step(tmp_path: Path) -> None:
-    from sgdlab.run.rank import _train_rank
+    from sgdlab.run.rank import RankRun
     from sgdlab.workloads import Workload
 
     x = torch.rand(64, 4, generator=torch.Generator().manual_seed(0)) + 0.5
@@ -112,5 +114,5 @@ def test_a_nan_gradient_under_a_finite_loss_stops_before_the_step(tmp_path: Path
                         steps=10, checkpoint_dir=str(tmp_path), checkpoint_every=5)
     with pytest.raises(DivergenceError, match=r"at step 1 \(the gradient of parameter 'a' has "
                                               r"nan\); no checkpoint was written"):
-        _train_rank(0, config, workload)
+        RankRun(0, config, workload).execute()
     assert steps_on_disk(tmp_path, 0) == []

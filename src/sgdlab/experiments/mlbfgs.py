@@ -63,8 +63,9 @@ from sgdlab.report.plots import plot_workload
 from sgdlab.report.scoring import spread
 from sgdlab.report.sections import Section, ShowcaseContext
 from sgdlab.run.config import TrainConfig, check_output_paths
+from sgdlab.run.loop import warm_up_torch
 from sgdlab.run.store import DEFAULT_DB, ResultStore
-from sgdlab.run.train import RunResult, _warm_up_torch, train
+from sgdlab.run.train import RunResult, train
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.base import Batch
 from sgdlab.workloads.registry import workload_spec
@@ -385,7 +386,7 @@ def step_cost(
     if rounds < 1 or steps_per_round < 1:
         raise ConfigError(f"invalid cost rounds/steps: {rounds}, {steps_per_round}")
     torch.set_num_threads(1)
-    _warm_up_torch()
+    warm_up_torch()
     sides = {}
     for name, opts in (
         ("sgd-momentum", {"lr": 0.05, "momentum": 0.9}),

@@ -16,6 +16,7 @@ from sgdlab.errors import ConfigError
 from sgdlab.report.sections import Section
 from sgdlab.run.config import DistConfig, check_output_paths
 from sgdlab.run.dist import run_dist_many
+from sgdlab.run.loop import first_reaching
 
 
 def bandwidth_for(model_bytes: float, seconds: float) -> float:
@@ -31,10 +32,8 @@ def bandwidth_for(model_bytes: float, seconds: float) -> float:
 
 def time_to(result: dict[str, Any], target: float) -> float | None:
     """Rank 0's training seconds at the first evaluation reaching ``target`` (None: never)."""
-    for e in result["evaluations"]:
-        if e[result["metric"]] >= target:
-            return float(e["wall_seconds"])
-    return None
+    reached = first_reaching(result["evaluations"], result["metric"], target, "wall_seconds")
+    return reached[0] if reached else None
 
 
 def summarize(results: list[dict[str, Any]], target: float | None = None) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sgdlab.errors import ConfigError
 from sgdlab.parallel.hogwild import HogwildConfig, StepSize, run_hogwild
+from sgdlab.run.loop import diminishing_constants
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.base import SparseRows
 from sgdlab.workloads.constants import smoothness
@@ -38,13 +39,10 @@ def hogwild_once(
     if schedule == "constant":
         step = StepSize.constant(lr)
     elif schedule == "diminishing":
-        mu = wl.mu if mu is None else mu
-        if L is None and wl.convex:
-            L = smoothness(wl, sparse=sparse)
-        if mu is None or L is None:
-            raise ConfigError(
-                f"schedule 'diminishing' on {workload!r} needs --mu and --L (it is not convex)"
-            )
+        mu, L = diminishing_constants(
+            wl, mu, L, f"schedule 'diminishing' on {workload!r} needs --mu and --L (it is not "
+            "convex)", smoothness=lambda: smoothness(wl, sparse=sparse),
+        )
         step = StepSize.diminishing(mu=mu, L=L, alpha=alpha)
     else:
         raise ConfigError(f"Invalid schedule: {schedule!r} (choose 'constant' or 'diminishing')")

@@ -70,6 +70,7 @@ from sgdlab.errors import CheckpointError, CommError, ConfigError, DivergenceErr
 from sgdlab.optim import load_optimizer
 from sgdlab.run.config import DistConfig, partition_alpha
 from sgdlab.run.finite import FiniteGuard, NonFinite, nonfinite_state
+from sgdlab.run.loop import EpochSampler, Run, first_reaching, warm_up_torch
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.partition import partition_dirichlet, partition_iid
 
@@ -100,13 +101,6 @@ def build_algorithm(
     return CoCoDSGD(model, inner, tau=config.tau, comm=comm)
 
 
-def _warm_up_torch() -> None:
-    """Pay torch's lazy imports (the first optimizer step: about a second) before the clock."""
-    scratch = nn.Parameter(torch.zeros(1))
-    scratch.grad = torch.zeros(1)
-    torch.optim.SGD([scratch], lr=0.0).step()
-
-
 def rank_entry(rank: int, world_size: int, config: DistConfig) -> dict[str, Any]:
     """Train rank ``rank``; rank 0's dict holds the run's result, every rank's its clocks."""
     return rank_entry_many(rank, world_size, [config])[0]
@@ -125,94 +119,19 @@ def rank_entry_many(rank: int, world_size: int, configs: list[DistConfig]) -> li
         key = f"{config.workload}{sorted(config.workload_options.items())}"
         if key not in workloads:
             workloads[key] = get_workload(config.workload, **config.workload_options)
-        out.append(_train_rank(rank, config, workloads[key]))
+        out.append(RankRun(rank, config, workloads[key]).execute())
     return out
 
 
-def _train_rank(rank: int, config: DistConfig, workload: Workload) -> dict[str, Any]:
-    torch.manual_seed(config.seed * 1_000_003 + rank)
-    part = torch.from_numpy(shard(workload, config, rank))
-    if len(part) < config.batch_size:
-        raise ConfigError(
-            f"invalid batch-size: {config.batch_size} exceeds rank {rank}'s {len(part)} samples"
-        )
-    model = workload.make_model(config.seed)
-    model.train()
-    inner = load_optimizer(config.optimizer, model.parameters(), lr=config.lr,
-                           **config.optimizer_options)
-    comm = Comm(config.injection())
-    opt = build_algorithm(config, model, inner, comm)
-    _warm_up_torch()
-    cuts = None
-    if config.checkpoint_dir:
-        cuts = CutStore(Path(config.checkpoint_dir), comm, config.key())
-    run = _RankRun(rank, model, opt, comm, cuts)
-    guard = FiniteGuard(model, torch.device("cpu"))
-    start = run.resume(config) if cuts is not None else 0
-    if start == 0 and config.link_steps:
-        mbps = _link_for(config, workload, model, part, comm)
-        comm.injection = dataclasses.replace(comm.injection, bandwidth_mbps=mbps)
-    eval_every = config.eval_every or max(1, config.steps // 5)
-    per_epoch = len(part) // config.batch_size
-    perm = part
-    comm.barrier()
-    opt.start_clock()
-    run.start_clock()
-    step = start
-    try:
-        for step in range(start, config.steps):
-            epoch, pos = divmod(step, per_epoch)
-            if pos == 0 or step == start:
-                g = torch.Generator().manual_seed((config.seed * 1_000_003 + rank) * 10_007 + epoch)
-                perm = part[torch.randperm(len(part), generator=g)]
-            x, y = workload.batch(perm[pos * config.batch_size : (pos + 1) * config.batch_size])
-            loss = workload.loss(model, x, y)
-            loss.backward()
-            done = step + 1
-            try:  # before the step uses them: a NaN gradient never reaches the model
-                value = guard.check(loss)
-            except NonFinite as exc:
-                raise run.diverged(done, exc.what, config) from None
-            opt.step()
-            opt.zero_grad()
-            wall = run.wall()
-            run.losses.append((done, wall, value))
-            if done % eval_every == 0 or done == config.steps:
-                with run.excluded():
-                    averaged = opt.averaged_tensors()
-                    if rank == 0:
-                        run.snapshots.append((done, wall, averaged))
-            if config.checkpoint_every and done % config.checkpoint_every == 0 \
-                    and done < config.steps:
-                run.checkpoint(done, config)
-    except CommError as exc:
-        raise CommError(f"rank {rank}, step {step + 1}: {exc}") from None
-    summary = opt.summary()
-    opt.synchronize()
-    checksum = float(sum(float(t.detach().double().sum()) for t in opt.tensors))
-    out: dict[str, Any] = {"rank": rank, **summary, "steps": config.steps,
-                           "final_checksum": checksum,
-                           "link_mbps": comm.injection.bandwidth_mbps,
-                           "resumed_from": start, "checkpoints": run.checkpoints,
-                           "checkpoint_seconds": run.checkpoint_seconds}
-    if rank == 0:
-        out.update(_evaluate(workload, model, opt.tensors, run.snapshots, config))
-        out["losses"] = run.losses
-        if cuts is not None:
-            root = Path(config.checkpoint_dir)
-            save_checkpoint({"key": config.key(), "step": config.steps,
-                             "model": model.state_dict()}, root / MODEL)
-            atomic_write_bytes(root / RESULT, json.dumps(out, default=str).encode())
-    return out
+class RankRun(Run[dict[str, Any]]):
+    """One rank's run: the model, its algorithm and, beside them, the run-level state: its
+    clock (which excludes evaluation and checkpointing), losses, rank 0's evaluation snapshots,
+    and its checkpoints (consistent cuts)."""
 
-
-class _RankRun:
-    """One rank's run-level state beside the model and optimizer: its clock (which excludes
-    evaluation and checkpointing), losses, rank 0's evaluation snapshots, and its checkpoints."""
-
-    def __init__(self, rank: int, model: nn.Module, opt: CooperativeSGD, comm: Comm,
-                 cuts: CutStore | None) -> None:
-        self.rank, self.model, self.opt, self.comm, self.cuts = rank, model, opt, comm, cuts
+    def __init__(self, rank: int, config: DistConfig, workload: Workload) -> None:
+        self.rank, self.config, self.workload = rank, config, workload
+        self.steps, self.checkpoint_every = config.steps, config.checkpoint_every
+        self.eval_every = config.eval_every or max(1, config.steps // 5)
         self.losses: list[tuple[int, float, float]] = []
         self.snapshots: list[tuple[int, float, list[torch.Tensor]]] = []
         self.last_cut: int | None = None
@@ -221,48 +140,42 @@ class _RankRun:
         self._clock = time.perf_counter()
         self._excluded = 0.0
 
-    def start_clock(self) -> None:
-        self._clock, self._excluded = time.perf_counter(), 0.0
+    # --- build and resume --------------------------------------------------------------------
 
-    def wall(self) -> float:
-        return self._wall_before + time.perf_counter() - self._clock - self._excluded
+    def begin(self) -> int:
+        rank, config, workload = self.rank, self.config, self.workload
+        torch.manual_seed(config.seed * 1_000_003 + rank)
+        part = self.part = torch.from_numpy(shard(workload, config, rank))
+        if len(part) < config.batch_size:
+            raise ConfigError(
+                f"invalid batch-size: {config.batch_size} exceeds rank {rank}'s {len(part)} "
+                "samples"
+            )
+        model = self.model = workload.make_model(config.seed)
+        model.train()
+        inner = load_optimizer(config.optimizer, model.parameters(), lr=config.lr,
+                               **config.optimizer_options)
+        comm = self.comm = Comm(config.injection())
+        self.opt = build_algorithm(config, model, inner, comm)
+        warm_up_torch()
+        self.cuts = None
+        if config.checkpoint_dir:
+            self.cuts = CutStore(Path(config.checkpoint_dir), comm, config.key())
+        self.guard = FiniteGuard(model, torch.device("cpu"))
+        start = self.start = self.resume() if self.cuts is not None else 0
+        if start == 0 and config.link_steps:
+            mbps = _link_for(config, workload, model, part, comm)
+            comm.injection = dataclasses.replace(comm.injection, bandwidth_mbps=mbps)
+        self.sampler = EpochSampler(len(part), config.batch_size, config.seed, pool=part,
+                                    stream=rank)
+        comm.barrier()
+        self.opt.start_clock()
+        self.start_clock()
+        return start
 
-    @contextlib.contextmanager
-    def excluded(self) -> Iterator[None]:
-        """A block outside every clock (evaluation, checkpoints)."""
-        t0 = time.perf_counter()
-        with self.opt.paused():
-            yield
-        self._excluded += time.perf_counter() - t0
-
-    def checkpoint(self, step: int, config: DistConfig) -> None:
-        """Write this rank's part of the cut at ``step`` (all ranks call it at the same step)."""
-        assert self.cuts is not None
-        wall, t0 = self.wall(), time.perf_counter()
-        with self.excluded():
-            model, optimizer = self.model.state_dict(), self.opt.state_dict()
-            bad = nonfinite_state(self.model, self.opt, model_state=model,
-                                  optimizer_state=optimizer)
-            if bad is not None:
-                raise self.diverged(step, bad, config)
-            self.cuts.save(step, {
-                "model": model,
-                "optimizer": optimizer,
-                "comm": self.comm.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "wall_seconds": wall,
-                "rounds": [[r.round, r.step, r.compute_seconds, r.comm_seconds, r.wait_seconds]
-                           for r in self.opt.rounds],
-                "losses": [list(row) for row in self.losses],
-                "snapshots": [{"step": st, "wall_seconds": w, "tensors": ts}
-                              for st, w, ts in self.snapshots],
-            })
-            self.last_cut = step
-        self.checkpoints += 1
-        self.checkpoint_seconds += time.perf_counter() - t0
-
-    def resume(self, config: DistConfig) -> int:
+    def resume(self) -> int:
         """Load the newest cut when resuming (a collective); the step to start from."""
+        config = self.config
         assert self.cuts is not None
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
         if not (config.resume or restarted):
@@ -288,9 +201,83 @@ class _RankRun:
         self.last_cut = step
         return step
 
-    def diverged(self, step: int, what: str, config: DistConfig) -> DivergenceError:
+    # --- the clock ---------------------------------------------------------------------------
+
+    def start_clock(self) -> None:
+        self._clock, self._excluded = time.perf_counter(), 0.0
+
+    def wall(self) -> float:
+        return self._wall_before + time.perf_counter() - self._clock - self._excluded
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """A block outside every clock (evaluation, checkpoints)."""
+        t0 = time.perf_counter()
+        with self.opt.paused():
+            yield
+        self._excluded += time.perf_counter() - t0
+
+    # --- a step ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def stepping(self, start: int) -> Iterator[None]:
+        try:
+            yield
+        except CommError as exc:
+            raise CommError(f"rank {self.rank}, step {self.current + 1}: {exc}") from None
+
+    def step(self, step: int) -> None:
+        x, y = self.workload.batch(self.sampler.indices(step))
+        loss = self.workload.loss(self.model, x, y)
+        loss.backward()
+        done = step + 1
+        try:  # before the step uses them: a NaN gradient never reaches the model
+            value = self.guard.check(loss)
+        except NonFinite as exc:
+            raise self.diverged(done, exc.what) from None
+        self.opt.step()
+        self.opt.zero_grad()
+        self.losses.append((done, self.wall(), value))
+
+    # --- off the clock -----------------------------------------------------------------------
+
+    def evaluate(self, done: int) -> None:
+        """Average the models (a collective); rank 0 keeps a copy to evaluate at the end."""
+        wall = self.losses[-1][1]
+        with self.excluded():
+            averaged = self.opt.averaged_tensors()
+            if self.rank == 0:
+                self.snapshots.append((done, wall, averaged))
+
+    def checkpoint(self, done: int) -> None:
+        """Write this rank's part of the cut at ``done`` (all ranks call it at the same step)."""
+        assert self.cuts is not None
+        wall, t0 = self.wall(), time.perf_counter()
+        with self.excluded():
+            model, optimizer = self.model.state_dict(), self.opt.state_dict()
+            bad = nonfinite_state(self.model, self.opt, model_state=model,
+                                  optimizer_state=optimizer)
+            if bad is not None:
+                raise self.diverged(done, bad)
+            self.cuts.save(done, {
+                "model": model,
+                "optimizer": optimizer,
+                "comm": self.comm.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "wall_seconds": wall,
+                "rounds": [[r.round, r.step, r.compute_seconds, r.comm_seconds, r.wait_seconds]
+                           for r in self.opt.rounds],
+                "losses": [list(row) for row in self.losses],
+                "snapshots": [{"step": st, "wall_seconds": w, "tensors": ts}
+                              for st, w, ts in self.snapshots],
+            })
+            self.last_cut = done
+        self.checkpoints += 1
+        self.checkpoint_seconds += time.perf_counter() - t0
+
+    def diverged(self, step: int, what: str) -> DivergenceError:
         if self.last_cut is not None:
-            cut = step_dir(Path(config.checkpoint_dir), self.last_cut)
+            cut = step_dir(Path(self.config.checkpoint_dir), self.last_cut)
             where = f"the last good checkpoint is {cut} (step {self.last_cut})"
         else:
             where = "no checkpoint was written"
@@ -298,6 +285,28 @@ class _RankRun:
             f"training diverged on rank {self.rank} at step {step} ({what}); {where}; "
             "try a smaller --lr"
         )
+
+    # --- the end -----------------------------------------------------------------------------
+
+    def finish(self) -> dict[str, Any]:
+        config, opt = self.config, self.opt
+        summary = opt.summary()
+        opt.synchronize()
+        checksum = float(sum(float(t.detach().double().sum()) for t in opt.tensors))
+        out: dict[str, Any] = {"rank": self.rank, **summary, "steps": config.steps,
+                               "final_checksum": checksum,
+                               "link_mbps": self.comm.injection.bandwidth_mbps,
+                               "resumed_from": self.start, "checkpoints": self.checkpoints,
+                               "checkpoint_seconds": self.checkpoint_seconds}
+        if self.rank == 0:
+            out.update(_evaluate(self.workload, self.model, opt.tensors, self.snapshots, config))
+            out["losses"] = self.losses
+            if self.cuts is not None:
+                root = Path(config.checkpoint_dir)
+                save_checkpoint({"key": config.key(), "step": config.steps,
+                                 "model": self.model.state_dict()}, root / MODEL)
+                atomic_write_bytes(root / RESULT, json.dumps(out, default=str).encode())
+        return out
 
 
 def _link_for(
@@ -337,15 +346,13 @@ def _evaluate(
         )
     probe = copy.deepcopy(model)
     tensors = [*probe.parameters(), *(b for b in probe.buffers() if b.is_floating_point())]
-    evaluations, reached = [], None
+    evaluations = []
     for step, wall, values in snapshots:
         with torch.no_grad():
             for t, v in zip(tensors, values, strict=True):
                 t.copy_(v)
-        row = {"step": step, "wall_seconds": wall, **workload.evaluate(probe)}
-        evaluations.append(row)
-        if reached is None and row[workload.metric] >= workload.target:
-            reached = (wall, step)
+        evaluations.append({"step": step, "wall_seconds": wall, **workload.evaluate(probe)})
+    reached = first_reaching(evaluations, workload.metric, workload.target, "wall_seconds")
     last = evaluations[-1]
     return {
         **asdict(config), "metric": workload.metric, "target": workload.target,
