@@ -1,4 +1,4 @@
-"""``sgdlab list``: the workloads and optimizers there are, as a dict and as tables."""
+"""``sgdlab list``: the workloads and optimizers there are, as a table or JSON."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from sgdlab.cli.options import JsonOption, emit_json
 from sgdlab.report.tables import console
 
 
@@ -62,3 +63,12 @@ def print_catalogue(cat: dict[str, Any]) -> None:
         )
     else:
         console.print("peers: install the extra (pip install 'sgdlab[peers]') for peer:<name>")
+
+
+def list_(json_: JsonOption = False) -> None:
+    """List the workloads and optimizers."""
+    cat = catalogue()
+    if json_:
+        emit_json(cat)
+    else:
+        print_catalogue(cat)

@@ -65,7 +65,7 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from sgdlab.errors import CommError
 from sgdlab.optim import assign_blocks as _assign_blocks
 
-DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_COLLECTIVE_TIMEOUT_S = 60.0
 
 _TIMED_OUT = re.compile(r"Timed out waiting (\d+)\s*ms")
 _PEER_GONE = ("Connection reset", "Connection closed", "Broken pipe", "Read error",
@@ -304,7 +304,7 @@ def assign_blocks(names: Sequence[str], sizes: Sequence[int], world_size: int) -
 
 def init_process_group(
     rank: int, world_size: int, addr: str = "127.0.0.1", port: int = 29500,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
 ) -> None:
     """Join a gloo group through TCP rendezvous at ``addr:port``; a collective that waits
     longer than ``timeout_s`` for a peer raises instead of hanging.
@@ -374,7 +374,7 @@ def _is_loopback_interface(name: str) -> bool:
         return False
 
 
-def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
+def init_from_env(timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
     """Join the group ``torchrun`` describes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT);
     this process's rank and the world size.
 

@@ -54,10 +54,10 @@ from typing import Any
 import torch
 
 from sgdlab.checkpoint import load_reason
+from sgdlab.distributed.comm import DEFAULT_COLLECTIVE_TIMEOUT_S
 from sgdlab.errors import SgdlabError
 
 DEFAULT_TIMEOUT_S = 300.0
-DEFAULT_COLLECTIVE_TIMEOUT_S = 60.0
 
 Wrap = Callable[[int, list[str]], list[str]]
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from sgdlab.distributed import ALGORITHMS
-from sgdlab.distributed.comm import DEFAULT_TIMEOUT_S, Injection
+from sgdlab.distributed.comm import DEFAULT_COLLECTIVE_TIMEOUT_S, Injection
 from sgdlab.errors import ConfigError, StoreError
 from sgdlab.optim import load_optimizer
 from sgdlab.run.finite import POLICIES
@@ -42,6 +42,20 @@ _NOT_IN_KEY = (
     # stopped by a NaN may be resumed with ``skip`` to step over the batch that caused it.
     "on_nonfinite",
 )
+
+
+def option(
+    help: str, *flags: str, name: str = "", cli_type: Any = None, cli_default: Any = ...
+) -> dict[str, Any]:
+    """A field's command-line option (``sgdlab.cli`` builds it): its help line, and where they
+    differ from the field's, its flags (default ``--field-name``), parameter name, type and
+    default."""
+    meta: dict[str, Any] = {"help": help, "flags": flags, "name": name}
+    if cli_type is not None:
+        meta["cli_type"] = cli_type
+    if cli_default is not ...:
+        meta["cli_default"] = cli_default
+    return meta
 
 
 def check_output_paths(db: Path | None = None, out: Path | None = None) -> None:
@@ -76,29 +90,39 @@ class TrainConfig:
     default) or ``"skip"`` the step; see :mod:`sgdlab.run.finite`.
     """
 
-    workload: str
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    steps: int = 1000
-    batch_size: int = 64
-    seed: int = 0
+    workload: str = field(metadata=option("Workload name (see `sgdlab list`)."))
+    optimizer: str = field(default="sgd", metadata=option("Optimizer name (see `sgdlab list`)."))
+    lr: float = field(default=0.1, metadata=option("Learning rate."))
+    steps: int = field(default=1000, metadata=option("Optimizer steps."))
+    batch_size: int = field(default=64, metadata=option("Samples per step."))
+    seed: int = field(default=0, metadata=option("Seed of the model, the batches and the RNG."))
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     workload_options: dict[str, Any] = field(default_factory=dict)
-    schedule: str = "constant"
-    mu: float | None = None
-    L: float | None = None
-    alpha: float = 2.0
-    eval_every: int = 0
+    schedule: str = field(
+        default="constant", metadata=option("constant, or diminishing: lr = alpha/(mu(t+E)).")
+    )
+    mu: float | None = field(default=None, metadata=option("Strong convexity (diminishing).",
+                                                           "--mu"))
+    L: float | None = field(default=None, metadata=option("Smoothness (diminishing).", "--L"))
+    alpha: float = field(default=2.0, metadata=option("alpha > 1 of the diminishing schedule."))
+    eval_every: int = field(default=0, metadata=option("Evaluate every N steps (0: ten times)."))
     log_every: int = 0
-    checkpoint_every: int = 0
-    out: Path | None = None
-    resume: bool = False
-    db: Path = DEFAULT_DB
-    device: str = "cpu"
-    threads: int = 0
+    checkpoint_every: int = field(
+        default=0, metadata=option("Checkpoint every N steps (0: never).")
+    )
+    out: Path | None = field(default=None, metadata=option("Folder for logs and checkpoints."))
+    resume: bool = field(
+        default=False, metadata=option("Continue the newest unfinished run in --out.")
+    )
+    db: Path = field(default=DEFAULT_DB, metadata=option("Results database (SQLite).", "--db"))
+    device: str = field(default="cpu", metadata=option("cpu or cuda[:N]."))
+    threads: int = field(default=0, metadata=option("torch threads (0: torch's default)."))
     suite: str = ""
     progress: bool | None = None
-    on_nonfinite: str = "stop"
+    on_nonfinite: str = field(default="stop", metadata=option(
+        "stop: a NaN or Inf loss or gradient ends the run; skip: that step is undone and counted "
+        "(too many in a row end the run)."
+    ))
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "seed", *_COUNTS):
@@ -163,31 +187,42 @@ _DIST_NOT_IN_KEY = ("steps", "eval_every", "eval_samples", "checkpoint_every", "
 class DistConfig:
     """One distributed run; ``batch_size`` is per rank."""
 
-    algo: str
-    world_size: int = 2
-    workload: str = "cnn-fmnist"
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    batch_size: int = 32
-    tau: int = 2
-    alpha: float = 0.6
-    anchor_momentum: float = 0.0
-    steps: int = 200
-    seed: int = 0
-    partition: str = "iid"
-    bandwidth_mbps: float = 0.0
-    link_steps: float = 0.0  # > 0: a link on which an all-reduce takes this many local steps
-    latency_ms: float = 0.0
-    straggler_prob: float = 0.0
-    straggler_slowdown: float = 1.0
-    eval_every: int = 0
+    algo: str = field(metadata=option("sync, local, overlap, easgd or cocod."))
+    world_size: int = field(default=2, metadata=option("Ranks to spawn on this host."))
+    workload: str = field(default="cnn-fmnist", metadata=option("Workload (see `sgdlab list`)."))
+    optimizer: str = field(default="sgd", metadata=option("Inner optimizer of every rank."))
+    lr: float = field(default=0.05, metadata=option("Learning rate of the inner optimizer."))
+    batch_size: int = field(default=32, metadata=option("Samples per step, per rank."))
+    tau: int = field(default=2, metadata=option("Local steps per communication round."))
+    alpha: float = field(default=0.6, metadata=option("Pull-back or elastic weight."))
+    anchor_momentum: float = field(default=0.0,
+                                   metadata=option("Anchor momentum beta (overlap)."))
+    steps: int = field(default=200, metadata=option("Local steps per rank."))
+    seed: int = field(default=0, metadata=option("Seed of the model, partition and batches."))
+    partition: str = field(default="iid", metadata=option("iid or dirichlet:<alpha>."))
+    bandwidth_mbps: float = field(default=0.0, metadata=option("Injected link rate (0: none)."))
+    # > 0: a link on which an all-reduce takes this many local steps
+    link_steps: float = field(default=0.0, metadata=option(
+        "Injected link on which an all-reduce takes N local steps."))
+    latency_ms: float = field(default=0.0, metadata=option("Injected latency per collective."))
+    straggler_prob: float = field(default=0.0, metadata=option("Chance a step is slowed."))
+    straggler_slowdown: float = field(default=1.0, metadata=option("How many times slower."))
+    eval_every: int = field(default=0, metadata=option("Evaluate every N steps (0: five times)."))
     eval_samples: int = 2000  # test and training samples each evaluation uses (0: all)
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     workload_options: dict[str, Any] = field(default_factory=dict)
-    checkpoint_every: int = 0  # > 0: a consistent cut every N steps, into checkpoint_dir
-    checkpoint_dir: str = ""
-    resume: bool = False  # continue from the newest cut in checkpoint_dir
-    collective_timeout_s: float = DEFAULT_TIMEOUT_S  # a peer silent this long fails the run
+    # > 0: a consistent cut every N steps, into checkpoint_dir
+    checkpoint_every: int = field(default=0, metadata=option(
+        "Checkpoint every rank every N steps (0: never)."))
+    checkpoint_dir: str = field(default="", metadata=option(
+        "Folder of the run's checkpoints, final model and result.", cli_type=Path | None,
+        cli_default=None))
+    # continue from the newest cut in checkpoint_dir
+    resume: bool = field(default=False, metadata=option(
+        "Continue from the newest checkpoint in --checkpoint-dir."))
+    # a peer silent this long fails the run
+    collective_timeout_s: float = field(default=DEFAULT_COLLECTIVE_TIMEOUT_S, metadata=option(
+        "Seconds a rank waits for a silent peer before failing.", name="collective_timeout"))
 
     def key(self) -> str:
         """A short hash of everything that determines the trajectory."""

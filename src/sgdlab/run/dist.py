@@ -18,10 +18,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sgdlab.distributed.launch import DEFAULT_TIMEOUT_S, RankFailure, launch
+from sgdlab.distributed.launch import RankFailure, launch
 from sgdlab.errors import ConfigError
 from sgdlab.run.config import DistConfig
 from sgdlab.run.rank import rank_entry_many
+
+# Seconds before a hung run is stopped (``sgdlab dist --timeout``); the launcher's own default
+# (300 s) is for its bare API.
+DEFAULT_RUN_TIMEOUT_S = 600.0
 
 # sgdlab dist starts every rank as a process on this host; beyond this it is a fork bomb.
 MAX_LOCAL_RANKS = 256
@@ -34,7 +38,7 @@ JSON_KEYS = (
 
 def run_dist_many(
     configs: list[DistConfig], launch_options: dict[str, Any] | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
 ) -> list[dict[str, Any]]:
     """Run ``configs`` (one world size) in one set of rank processes; rank 0's results."""
     if not configs:
@@ -94,7 +98,7 @@ def rank_entry_dicts(
 
 def run_dist(
     config: DistConfig, launch_options: dict[str, Any] | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
 ) -> dict[str, Any]:
     """One distributed run; rank 0's result (see :data:`JSON_KEYS`) plus per-rank clocks."""
     return run_dist_many([config], launch_options, timeout_s)[0]

@@ -1,7 +1,7 @@
-"""``sgdlab testbed up | down | status`` and the probes that check a testbed's links.
+"""The probes that check a testbed's links, and its status.
 
-The testbed itself is :mod:`sgdlab.testbed.netns`; here are the thin CLI functions and
-two measurements run *inside* its namespaces:
+The testbed itself is :mod:`sgdlab.testbed.netns`; here are two measurements run *inside* its
+namespaces:
 
 - :func:`measure_throughput`: a plain TCP stream of N bytes from host ``a`` to host ``b``,
   timed at the receiver from its first byte to the sender's close. Through tbf at rate r
@@ -26,13 +26,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sgdlab.errors import ConfigError, TestbedError
-from sgdlab.run.config import check_output_paths
-from sgdlab.testbed.links import DEFAULT_NAME, tcp_goodput
-from sgdlab.testbed.netns import DEFAULT_STATE_DIR, Testbed, existing_namespaces, teardown
+from sgdlab.testbed.links import tcp_goodput
+from sgdlab.testbed.netns import Testbed, existing_namespaces
 
 if TYPE_CHECKING:
     from sgdlab.report.sections import Section, ShowcaseContext
@@ -68,30 +66,6 @@ c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
 """
 
 
-def up_testbed(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | None = None,
-               latency_ms: float = 25.0, limit_ingress: bool = True, delay_ms: float = 0.0,
-               state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
-    """``sgdlab testbed up``: build it and leave it up; returns its status."""
-    check_output_paths(out=Path(state_dir))  # before any namespace exists
-    tb = Testbed.up(hosts, rate, name=name, burst=burst, latency_ms=latency_ms,
-                    limit_ingress=limit_ingress, delay_ms=delay_ms, state_dir=state_dir)
-    return status_report(tb)
-
-
-def down_testbed(
-    name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
-) -> dict[str, Any]:
-    """``sgdlab testbed down``: remove it (and any leftovers bearing its names)."""
-    return {"name": name, "removed": teardown(name, state_dir=state_dir)}
-
-
-def status_of_testbed(
-    name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
-) -> dict[str, Any]:
-    """``sgdlab testbed status``: the state file, which namespaces exist, egress counters."""
-    return status_report(Testbed.load(name, state_dir=state_dir))
-
-
 def status_report(tb: Testbed) -> dict[str, Any]:
     """What the state file says, which namespaces exist, and each host's egress counters."""
     present = existing_namespaces()
@@ -104,23 +78,6 @@ def status_report(tb: Testbed) -> dict[str, Any]:
     return {"name": tb.name, "switch": tb.switch, "switch_present": tb.switch in present,
             "subnet": tb.subnet, "state_file": str(tb.state_file), "shape": asdict(tb.shape),
             "hosts": hosts}
-
-
-def print_status(status: dict[str, Any]) -> None:
-    """A table of the hosts of a testbed."""
-    from rich.console import Console
-    from rich.table import Table
-
-    shape = status["shape"]
-    rate = "unshaped" if shape["rate_bps"] is None else f"{shape['rate_bps'] / 1e6:g} Mbit/s"
-    t = Table(title=f"testbed {status['name']}: {rate}, burst {shape['burst_bytes']} B, "
-                    f"latency {shape['latency_ms']:g} ms, {status['subnet']}")
-    for col in ("host", "namespace", "interface", "address", "present", "sent bytes", "drops"):
-        t.add_column(col)
-    for h in status["hosts"]:
-        t.add_row(str(h["index"]), h["namespace"], h["interface"], h["address"],
-                  str(h["present"]), str(h.get("bytes", "-")), str(h.get("drops", "-")))
-    Console().print(t)
 
 
 def measure_throughput(tb: Testbed, src: int, dst: int, nbytes: int, *,

@@ -1,0 +1,195 @@
+"""``sgdlab bench quick | overlap | smallbatch | mlbfgs | hogwild | biased-sgd``: the suite and
+each method's evidence (:mod:`sgdlab.experiments`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sgdlab.cli.options import DbOption, JsonOption, emit_json
+from sgdlab.run.store import DEFAULT_DB
+
+app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
+
+
+def bench_quick(
+    db: DbOption = DEFAULT_DB,
+    out: Annotated[Path, typer.Option(help="Folder for the plots and the HTML report.")] = Path(
+        "sgdlab-results/quick"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """A few minutes: each workload family with SGD, momentum, Adam; table, plots, report."""
+    from sgdlab.experiments.suites import run_suite
+
+    summary = run_suite("quick", db=db, out=out, quiet=json_)
+    if json_:
+        emit_json(summary)
+
+
+def bench_overlap(
+    out: Annotated[Path, typer.Option(help="Folder for the figures and the table.")] = Path(
+        "sgdlab-results/overlap"
+    ),
+    grid: Annotated[str, typer.Option(help="small (about 10 minutes here) or full.")] = "small",
+    json_: JsonOption = False,
+) -> None:
+    """Overlap Local-SGD against sync, Local SGD, EASGD and CoCoD-SGD under injected delay."""
+    from sgdlab.experiments.overlap import overlap_benchmark
+
+    summary = overlap_benchmark(out, grid=grid, quiet=json_)
+    if json_:
+        emit_json(summary)
+
+
+def bench_smallbatch(
+    workloads: Annotated[str, typer.Option(help="Comma-separated workloads.")] = (
+        "cnn-fmnist,mlp-mnist"
+    ),
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,16,128",
+    subset: Annotated[int, typer.Option(help="Training samples (a fixed seeded subset).")] = 2000,
+    validation: Annotated[int, typer.Option(help="Held-out training samples for tuning.")] = 1000,
+    epochs: Annotated[int, typer.Option(help="Epochs at every batch size.")] = 2,
+    seeds: Annotated[int, typer.Option(help="Final seeds per variant (1..N).")] = 3,
+    lams: Annotated[str, typer.Option(help="Extra lambdas a prox variant tries.")] = "0.01,0.1",
+    ablate_batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes of the lambda=0 / no-decay ablation ('' for none).")
+    ] = "8",
+    db: DbOption = DEFAULT_DB,
+    out: Annotated[Path, typer.Option(help="Folder for the table, plots and records.")] = Path(
+        "sgdlab-results/smallbatch"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """Prox-SGD/prox-Adam against SGD/Adam at small batches, tuned on an equal budget."""
+    from sgdlab.experiments.smallbatch import run_smallbatch
+    from sgdlab.experiments.smallbatch_plan import SmallBatchPlan, parse_list
+
+    plan = SmallBatchPlan(
+        workloads=parse_list(workloads, str, "workloads"),
+        batch_sizes=parse_list(batch_sizes, int, "batch sizes"),
+        subset=subset, validation=validation, epochs=epochs, seeds=seeds,
+        lams=parse_list(lams, float, "lams"),
+        ablate_batch_sizes=parse_list(ablate_batch_sizes, int, "ablation batch sizes")
+        if ablate_batch_sizes.strip() else (),
+    )
+    summary = run_smallbatch(plan, db=db, out=out, quiet=json_)
+    if json_:
+        emit_json(summary)
+
+
+def bench_mlbfgs(
+    workload: Annotated[
+        list[str] | None,
+        typer.Option(help="Workload (repeat); default logreg-fmnist, mlp-mnist, cnn-fmnist."),
+    ] = None,
+    contender: Annotated[
+        list[str] | None,
+        typer.Option(help="Contender (repeat): mlbfgs, sgd-momentum, adam, adamw, lbfgs, "
+                     "lbfgs-iter4, soap, shampoo; default all but lbfgs-iter4, shampoo."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds at the tuned step size.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Batch (L-BFGS: 1024, same samples).")] = 128,
+    steps_scale: Annotated[float, typer.Option(help="Multiply every workload's steps.")] = 1.0,
+    cost_rounds: Annotated[
+        int, typer.Option(help="Interleaved rounds of the step-cost measurement (0: skip).")
+    ] = 7,
+    db: DbOption = DEFAULT_DB,
+    out: Annotated[Path, typer.Option(help="Folder for the plots and the report.")] = Path(
+        "sgdlab-results/mlbfgs"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """mL-BFGS vs SGD-momentum, Adam, AdamW, L-BFGS, SOAP: tuned, 3 seeds, goals checked."""
+    from sgdlab.experiments.mlbfgs import (
+        DEFAULT_CONTENDERS,
+        PLANS,
+        MlbfgsBenchConfig,
+        run_mlbfgs_bench,
+    )
+
+    cfg = MlbfgsBenchConfig(
+        workloads=tuple(workload or PLANS), contenders=tuple(contender or DEFAULT_CONTENDERS),
+        seeds=seeds, batch_size=batch_size, steps_scale=steps_scale, cost_rounds=cost_rounds,
+        db=db, out=out,
+    )
+    summary = run_mlbfgs_bench(cfg, quiet=json_)
+    if json_:
+        emit_json(summary)
+
+
+def bench_hogwild(
+    out: Annotated[Path, typer.Option(help="Folder for the plots and hogwild.json.")] = Path(
+        "sgdlab-results/hogwild"
+    ),
+    seeds: Annotated[int, typer.Option(help="Seeds per variant.")] = 3,
+    json_: JsonOption = False,
+) -> None:
+    """Hogwild! evidence: 1/2/4 workers vs the bound, and vs PyTorch's mnist_hogwild pattern."""
+    from sgdlab.experiments.hogwild import hogwild_bench, print_hogwild_table
+
+    rep = hogwild_bench(out, seeds=seeds, progress=None if json_ else print)
+    if json_:
+        emit_json({k: v for k, v in rep.items() if k != "workloads"})
+        return
+    print_hogwild_table(rep)
+
+
+def bench_biased_sgd(
+    workload: Annotated[
+        str, typer.Option(help="A dense logreg-* workload, or 'quadratic' (synthetic).")
+    ] = "logreg-breast-cancer",
+    l2: Annotated[float | None, typer.Option(help="lambda of the workload (its default).")] = None,
+    rows: Annotated[int | None, typer.Option(help="A seeded subset of the training rows.")] = None,
+    case: Annotated[str, typer.Option(help="smooth or smooth-convex.")] = "smooth-convex",
+    delta: Annotated[float, typer.Option(help="Relative gradient error.")] = 0.0,
+    c: Annotated[
+        float | None, typer.Option("--c", help="Absolute error (default: floor = ||x*||^2/10).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="SGD steps.")] = 4000,
+    seeds: Annotated[int, typer.Option(help="Independent runs per variant.")] = 8,
+    alpha: Annotated[
+        float | None, typer.Option(help="Constant step (default: the schedule's first).")
+    ] = None,
+    plot: Annotated[Path, typer.Option(help="Write the figure here.")] = Path(
+        "sgdlab-results/biased-sgd/biased-practice.png"
+    ),
+    json_: JsonOption = False,
+) -> None:
+    """Biased SGD (relative + absolute error) run for real, under the bound of the LMI."""
+    from sgdlab.experiments.biased_practice import (
+        logistic_problem,
+        practice_report,
+        quadratic_problem,
+    )
+
+    if workload == "quadratic":
+        problem = quadratic_problem(lam=0.05 if l2 is None else l2)
+    else:
+        from sgdlab.workloads import get_workload
+
+        options: dict[str, Any] = {} if l2 is None else {"l2": l2}
+        wl = get_workload(workload, **options)
+        problem = logistic_problem(wl, rows=rows)
+    rep = practice_report(problem, case, delta=delta, c=c, steps=steps, seeds=seeds,
+                          alpha=alpha, plot=plot)
+    if json_:
+        emit_json(rep)
+        return
+    from sgdlab.report.tables import print_mapping
+
+    print_mapping(f"biased SGD on {rep['problem']}, case {case}", {
+        k: v for k, v in rep.items() if k != "rows"
+    })
+    for row in rep["rows"]:
+        print_mapping(f"{row['plan']} steps, {row['direction']} error", row)
+
+
+app.command("quick")(bench_quick)
+app.command("overlap")(bench_overlap)
+app.command("smallbatch")(bench_smallbatch)
+app.command("mlbfgs")(bench_mlbfgs)
+app.command("hogwild")(bench_hogwild)
+app.command("biased-sgd")(bench_biased_sgd)
