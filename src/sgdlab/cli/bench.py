@@ -14,7 +14,7 @@ from sgdlab.run.store import DEFAULT_DB
 app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
 
 
-def bench_quick(
+def _bench_quick(
     db: DbOption = DEFAULT_DB,
     out: Annotated[Path, typer.Option(help="Folder for the plots and the HTML report.")] = Path(
         "sgdlab-results/quick"
@@ -29,7 +29,7 @@ def bench_quick(
         emit_json(summary)
 
 
-def bench_overlap(
+def _bench_overlap(
     out: Annotated[Path, typer.Option(help="Folder for the figures and the table.")] = Path(
         "sgdlab-results/overlap"
     ),
@@ -44,7 +44,7 @@ def bench_overlap(
         emit_json(summary)
 
 
-def bench_smallbatch(
+def _bench_smallbatch(
     workloads: Annotated[str, typer.Option(help="Comma-separated workloads.")] = (
         "cnn-fmnist,mlp-mnist"
     ),
@@ -80,7 +80,7 @@ def bench_smallbatch(
         emit_json(summary)
 
 
-def bench_mlbfgs(
+def _bench_mlbfgs(
     workload: Annotated[
         list[str] | None,
         typer.Option(help="Workload (repeat); default logreg-fmnist, mlp-mnist, cnn-fmnist."),
@@ -120,7 +120,7 @@ def bench_mlbfgs(
         emit_json(summary)
 
 
-def bench_hogwild(
+def _bench_hogwild(
     out: Annotated[Path, typer.Option(help="Folder for the plots and hogwild.json.")] = Path(
         "sgdlab-results/hogwild"
     ),
@@ -137,7 +137,7 @@ def bench_hogwild(
     print_hogwild_table(rep)
 
 
-def bench_biased_sgd(
+def _bench_biased_sgd(
     workload: Annotated[
         str, typer.Option(help="A dense logreg-* workload, or 'quadratic' (synthetic).")
     ] = "logreg-breast-cancer",
@@ -187,9 +187,9 @@ def bench_biased_sgd(
         print_mapping(f"{row['plan']} steps, {row['direction']} error", row)
 
 
-app.command("quick")(bench_quick)
-app.command("overlap")(bench_overlap)
-app.command("smallbatch")(bench_smallbatch)
-app.command("mlbfgs")(bench_mlbfgs)
-app.command("hogwild")(bench_hogwild)
-app.command("biased-sgd")(bench_biased_sgd)
+app.command("quick")(_bench_quick)
+app.command("overlap")(_bench_overlap)
+app.command("smallbatch")(_bench_smallbatch)
+app.command("mlbfgs")(_bench_mlbfgs)
+app.command("hogwild")(_bench_hogwild)
+app.command("biased-sgd")(_bench_biased_sgd)

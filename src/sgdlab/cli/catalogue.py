@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer
 from rich.table import Table
 
 from sgdlab.cli.options import JsonOption, emit_json
@@ -65,10 +66,14 @@ def print_catalogue(cat: dict[str, Any]) -> None:
         console.print("peers: install the extra (pip install 'sgdlab[peers]') for peer:<name>")
 
 
-def list_(json_: JsonOption = False) -> None:
+def _list(json_: JsonOption = False) -> None:
     """List the workloads and optimizers."""
     cat = catalogue()
     if json_:
         emit_json(cat)
     else:
         print_catalogue(cat)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list")(_list)

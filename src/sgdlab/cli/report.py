@@ -27,3 +27,7 @@ def report(
         summary = build_report(store, out, suite=suite, title=f"sgdlab report: {db}", quiet=json_)
     if json_:
         emit_json(summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)

@@ -15,7 +15,7 @@ from sgdlab.testbed.netns import DEFAULT_STATE_DIR, Testbed, teardown
 from sgdlab.testbed.probe import status_report
 
 
-def up_testbed(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | None = None,
+def _up_testbed(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | None = None,
                latency_ms: float = 25.0, limit_ingress: bool = True, delay_ms: float = 0.0,
                state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, Any]:
     """``sgdlab testbed up``: build it and leave it up; returns its status."""
@@ -25,21 +25,21 @@ def up_testbed(hosts: int, rate: str, *, name: str = DEFAULT_NAME, burst: int | 
     return status_report(tb)
 
 
-def down_testbed(
+def _down_testbed(
     name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
 ) -> dict[str, Any]:
     """``sgdlab testbed down``: remove it (and any leftovers bearing its names)."""
     return {"name": name, "removed": teardown(name, state_dir=state_dir)}
 
 
-def status_of_testbed(
+def _status_of_testbed(
     name: str = DEFAULT_NAME, *, state_dir: Path = DEFAULT_STATE_DIR
 ) -> dict[str, Any]:
     """``sgdlab testbed status``: the state file, which namespaces exist, egress counters."""
     return status_report(Testbed.load(name, state_dir=state_dir))
 
 
-def print_status(status: dict[str, Any]) -> None:
+def _print_status(status: dict[str, Any]) -> None:
     """A table of the hosts of a testbed."""
     from rich.console import Console
     from rich.table import Table
@@ -61,13 +61,13 @@ app = typer.Typer(
 )
 
 
-TestbedName = Annotated[str, typer.Option("--name", help="Testbed name (namespaces sgdl-NAME-*).")]
+_TestbedName = Annotated[str, typer.Option("--name", help="Testbed name (namespaces sgdl-NAME-*).")]
 
 
-StateDir = Annotated[Path, typer.Option("--state-dir", help="Folder of the state file.")]
+_StateDir = Annotated[Path, typer.Option("--state-dir", help="Folder of the state file.")]
 
 
-def testbed_up(
+def _testbed_up(
     hosts: Annotated[int, typer.Option("--hosts", help="Number of hosts (namespaces).")],
     rate: Annotated[str, typer.Option(help="Link rate, tc bit units: 200mbit, 1gbit; none.")] = (
         "200mbit"
@@ -78,12 +78,12 @@ def testbed_up(
     latency_ms: Annotated[float, typer.Option(help="tbf queue bound, ms.")] = 25.0,
     egress_only: Annotated[bool, typer.Option(help="Shape only what hosts send.")] = False,
     delay_ms: Annotated[float, typer.Option(help="One-way delay, ms (needs netem).")] = 0.0,
-    name: TestbedName = "tb",
-    state_dir: StateDir = Path("/run"),
+    name: _TestbedName = "tb",
+    state_dir: _StateDir = Path("/run"),
     json_: JsonOption = False,
 ) -> None:
     """Build K hosts on one bridge, every link rate-limited; stays up until `testbed down`."""
-    status = up_testbed(
+    status = _up_testbed(
         hosts,
         rate,
         name=name,
@@ -96,14 +96,14 @@ def testbed_up(
     if json_:
         emit_json(status)
     else:
-        print_status(status)
+        _print_status(status)
 
 
-def testbed_down(
-    name: TestbedName = "tb", state_dir: StateDir = Path("/run"), json_: JsonOption = False
+def _testbed_down(
+    name: _TestbedName = "tb", state_dir: _StateDir = Path("/run"), json_: JsonOption = False
 ) -> None:
     """Remove the testbed: its namespaces (and the processes inside) and its state file."""
-    result = down_testbed(name, state_dir=state_dir)
+    result = _down_testbed(name, state_dir=state_dir)
     if json_:
         emit_json(result)
     else:
@@ -112,17 +112,17 @@ def testbed_down(
         )
 
 
-def testbed_status(
-    name: TestbedName = "tb", state_dir: StateDir = Path("/run"), json_: JsonOption = False
+def _testbed_status(
+    name: _TestbedName = "tb", state_dir: _StateDir = Path("/run"), json_: JsonOption = False
 ) -> None:
     """Hosts, addresses, link shape and each host's egress counters."""
-    status = status_of_testbed(name, state_dir=state_dir)
+    status = _status_of_testbed(name, state_dir=state_dir)
     if json_:
         emit_json(status)
     else:
-        print_status(status)
+        _print_status(status)
 
 
-app.command("up")(testbed_up)
-app.command("down")(testbed_down)
-app.command("status")(testbed_status)
+app.command("up")(_testbed_up)
+app.command("down")(_testbed_down)
+app.command("status")(_testbed_status)

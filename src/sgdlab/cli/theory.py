@@ -14,7 +14,7 @@ app = typer.Typer(
 )
 
 
-def theory_sgd_bound(
+def _theory_sgd_bound(
     mu: Annotated[float, typer.Option("--mu", help="Strong convexity of F.")],
     L: Annotated[float, typer.Option("--L", help="Smoothness of every component f(.; xi).")],
     N: Annotated[float, typer.Option("--N", help="N = 2 E||grad f(w*; xi)||^2.")],
@@ -56,7 +56,7 @@ def theory_sgd_bound(
     )
 
 
-def theory_biased_sgd(
+def _theory_biased_sgd(
     case: Annotated[str, typer.Option(help="smooth, smooth-convex or bounded.")],
     L: Annotated[float, typer.Option("--L", help="Smoothness of each f_i.")],
     m: Annotated[float, typer.Option("--m", help="Strong convexity of f.")],
@@ -108,7 +108,7 @@ def theory_biased_sgd(
     )
 
 
-def theory_schedule(
+def _theory_schedule(
     case: Annotated[str, typer.Option(help="smooth, smooth-convex or bounded.")],
     L: Annotated[float, typer.Option("--L", help="Smoothness of each f_i.")],
     m: Annotated[float, typer.Option("--m", help="Strong convexity of f.")],
@@ -149,6 +149,6 @@ def theory_schedule(
     )
 
 
-app.command("sgd-bound")(theory_sgd_bound)
-app.command("biased-sgd")(theory_biased_sgd)
-app.command("schedule")(theory_schedule)
+app.command("sgd-bound")(_theory_sgd_bound)
+app.command("biased-sgd")(_theory_biased_sgd)
+app.command("schedule")(_theory_schedule)

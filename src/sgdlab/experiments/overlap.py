@@ -32,8 +32,8 @@ def bandwidth_for(model_bytes: float, seconds: float) -> float:
 
 def time_to(result: dict[str, Any], target: float) -> float | None:
     """Rank 0's training seconds at the first evaluation reaching ``target`` (None: never)."""
-    reached = first_reaching(result["evaluations"], result["metric"], target, "wall_seconds")
-    return reached[0] if reached else None
+    first = first_reaching(result["evaluations"], result["metric"], target)
+    return float(first["wall_seconds"]) if first else None
 
 
 def summarize(results: list[dict[str, Any]], target: float | None = None) -> list[dict[str, Any]]:

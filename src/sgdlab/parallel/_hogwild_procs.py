@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from sgdlab.errors import ConfigError, SgdlabError
-from sgdlab.parallel.hogwild import (
+from sgdlab.parallel._shared import (
     HogwildConfig,
     _dist2,
     epoch_order,

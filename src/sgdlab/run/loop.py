@@ -145,15 +145,14 @@ def diminishing_constants(
 
 
 def first_reaching(
-    evaluations: Sequence[dict[str, Any]], metric: str, target: float, clock: str
-) -> tuple[float, int] | None:
-    """(seconds, step) of the first evaluation whose ``metric`` reached ``target``, else None.
+    evaluations: Sequence[dict[str, Any]], metric: str, target: float
+) -> dict[str, Any] | None:
+    """The first evaluation whose ``metric`` reached ``target`` (time to target), else None.
 
-    >>> first_reaching([{"step": 5, "s": 1.0, "acc": 0.5}, {"step": 9, "s": 2.0, "acc": 0.9}],
-    ...                "acc", 0.8, "s")
-    (2.0, 9)
+    >>> first_reaching([{"step": 5, "acc": 0.5}, {"step": 9, "acc": 0.9}], "acc", 0.8)
+    {'step': 9, 'acc': 0.9}
     """
     for row in evaluations:
         if row[metric] >= target:
-            return float(row[clock]), int(row["step"])
+            return row
     return None

@@ -352,7 +352,8 @@ def _evaluate(
             for t, v in zip(tensors, values, strict=True):
                 t.copy_(v)
         evaluations.append({"step": step, "wall_seconds": wall, **workload.evaluate(probe)})
-    reached = first_reaching(evaluations, workload.metric, workload.target, "wall_seconds")
+    first = first_reaching(evaluations, workload.metric, workload.target)
+    reached = (first["wall_seconds"], first["step"]) if first else None
     last = evaluations[-1]
     return {
         **asdict(config), "metric": workload.metric, "target": workload.target,

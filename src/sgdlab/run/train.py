@@ -311,9 +311,9 @@ class SingleRun(Run[RunResult]):
         self.store.add_evaluation(self.run_id, step, self.train_seconds, values,
                                   self.workload.metric)
         self.log.write("eval", **row)
-        if self.reached is None:
-            self.reached = first_reaching([row], self.workload.metric, self.workload.target,
-                                          "train_seconds")
+        if self.reached is None and first_reaching([row], self.workload.metric,
+                                                   self.workload.target):
+            self.reached = (self.train_seconds, step)
 
     def checkpoint(self, done: int) -> None:
         t1 = time.perf_counter()
