@@ -42,6 +42,10 @@ class TestbedError(SgdlabError):
     __test__ = False  # not a pytest test class, despite the name
 
 
+class RankFailure(SgdlabError):
+    """A rank of a distributed run exited with an error, or did not finish in time."""
+
+
 class SolverError(SgdlabError):
     """A convex solver is missing or failed in a way that is not infeasibility."""
 
@@ -52,6 +56,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DivergenceError",
+    "RankFailure",
     "SgdlabError",
     "SolverError",
     "StoreError",

@@ -22,17 +22,14 @@ import pytest
 import sgdlab.testbed.netns as tbm
 from sgdlab.cli import main
 from sgdlab.errors import ConfigError
-from sgdlab.testbed import (
+from sgdlab.testbed import Testbed, TestbedError, tcp_goodput, teardown
+from sgdlab.testbed.links import (
     Host,
     LinkShape,
-    Testbed,
-    TestbedError,
     build_commands,
     default_burst,
     parse_rate,
     plan_hosts,
-    tcp_goodput,
-    teardown,
 )
 from sgdlab.testbed.probe import measure_throughput, run_gloo_probe, status_report
 

@@ -7,16 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sgdlab.cli.options import (
-    command,
-    config_values,
-    emit_json,
-    from_config,
-    json_option,
-    param,
-    parse_sets,
-    set_option,
-)
+from sgdlab.cli import options
 from sgdlab.errors import SgdlabError
 from sgdlab.run.config import DistConfig
 from sgdlab.run.dist import DEFAULT_RUN_TIMEOUT_S
@@ -33,8 +24,8 @@ def dist(*, set_: list[str] | None, timeout: float, testbed: bool, addr: str, js
          **values: Any) -> None:
     from sgdlab.run import dist as run_dist
 
-    opt_options, wl_options = parse_sets(set_ or [])
-    fields = config_values(DistConfig, values)
+    opt_options, wl_options = options.parse_sets(set_ or [])
+    fields = options.config_values(DistConfig, values)
     checkpoint_dir = fields.pop("checkpoint_dir")
     config = DistConfig(
         **fields,
@@ -45,10 +36,10 @@ def dist(*, set_: list[str] | None, timeout: float, testbed: bool, addr: str, js
     if run_dist.under_torchrun():
         _torchrun_main(config, json_)
         return
-    options = _netns_launch_options(config.world_size) if testbed else {"addr": addr}
-    result = run_dist.run_dist(config, launch_options=options, timeout_s=timeout)
+    where = _netns_launch_options(config.world_size) if testbed else {"addr": addr}
+    result = run_dist.run_dist(config, launch_options=where, timeout_s=timeout)
     if json_:
-        emit_json(run_dist.result_json(result))
+        options.emit_json(run_dist.result_json(result))
     else:
         from sgdlab.report.tables import print_mapping
 
@@ -90,19 +81,19 @@ def _torchrun_main(config: Any, json_: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "dist", DOC, [
-        *from_config(DistConfig, "algo", "world_size", "workload", "optimizer", "lr",
-                     "batch_size", "tau", "alpha", "anchor_momentum", "steps", "seed",
-                     "partition", "bandwidth_mbps", "link_steps", "latency_ms", "straggler_prob",
-                     "straggler_slowdown", "eval_every"),
-        set_option("key=value: an inner hyperparameter, or workload.key=value."),
-        *from_config(DistConfig, "checkpoint_every", "checkpoint_dir", "resume",
-                     "collective_timeout_s"),
-        param("timeout", Annotated[float, typer.Option(
+    options.command(app, "dist", DOC, [
+        *options.from_config(DistConfig, "algo", "world_size", "workload", "optimizer", "lr",
+                             "batch_size", "tau", "alpha", "anchor_momentum", "steps", "seed",
+                             "partition", "bandwidth_mbps", "link_steps", "latency_ms",
+                             "straggler_prob", "straggler_slowdown", "eval_every"),
+        options.set_option("key=value: an inner hyperparameter, or workload.key=value."),
+        *options.from_config(DistConfig, "checkpoint_every", "checkpoint_dir", "resume",
+                             "collective_timeout_s"),
+        options.param("timeout", Annotated[float, typer.Option(
             help="Seconds before a hung run is stopped.")], DEFAULT_RUN_TIMEOUT_S),
-        param("testbed", Annotated[bool, typer.Option(
+        options.param("testbed", Annotated[bool, typer.Option(
             help="Run each rank in its testbed namespace.")], False),
-        param("addr", Annotated[str, typer.Option(
+        options.param("addr", Annotated[str, typer.Option(
             help="Rendezvous address (a free port is picked).")], "127.0.0.1"),
-        json_option(),
+        options.json_option(),
     ], dist)

@@ -7,29 +7,21 @@ from typing import Any
 
 import typer
 
-from sgdlab.cli.options import (
-    command,
-    config_values,
-    emit_json,
-    from_config,
-    json_option,
-    parse_sets,
-    set_option,
-)
+from sgdlab.cli import options
 from sgdlab.run.hogwild import HogwildRunConfig
 
 
 def hogwild(*, set_: list[str] | None, json_: bool, **values: Any) -> None:
     from sgdlab.run.hogwild import hogwild_once
 
-    opt_options, wl_options = parse_sets(set_ or [])
+    opt_options, wl_options = options.parse_sets(set_ or [])
     if opt_options:
         raise typer.BadParameter(f"--set takes only workload.key=value here, got {opt_options}")
-    config = HogwildRunConfig(**config_values(HogwildRunConfig, values),
+    config = HogwildRunConfig(**options.config_values(HogwildRunConfig, values),
                               workload_options=wl_options)
     rep = hogwild_once(**dataclasses.asdict(config))
     if json_:
-        emit_json(rep)
+        options.emit_json(rep)
         return
     from sgdlab.report.tables import print_mapping
 
@@ -39,10 +31,11 @@ def hogwild(*, set_: list[str] | None, json_: bool, **values: Any) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "hogwild", "Hogwild!: lock-free parallel SGD on one model in shared memory.", [
-        *from_config(HogwildRunConfig, "workload", "workers", "steps", "lr", "schedule", "mu",
-                     "L", "alpha", "batch_size", "seed"),
-        set_option("workload.key=value: a workload option."),
-        *from_config(HogwildRunConfig, "device", "allow_cuda"),
-        json_option(),
+    doc = "Hogwild!: lock-free parallel SGD on one model in shared memory."
+    options.command(app, "hogwild", doc, [
+        *options.from_config(HogwildRunConfig, "workload", "workers", "steps", "lr", "schedule",
+                             "mu", "L", "alpha", "batch_size", "seed"),
+        options.set_option("workload.key=value: a workload option."),
+        *options.from_config(HogwildRunConfig, "device", "allow_cuda"),
+        options.json_option(),
     ], hogwild)

@@ -8,31 +8,23 @@ from typing import Any
 
 import typer
 
-from sgdlab.cli.options import (
-    command,
-    config_values,
-    emit_json,
-    from_config,
-    json_option,
-    parse_sets,
-    set_option,
-)
+from sgdlab.cli import options
 from sgdlab.run.config import TrainConfig
 
 
 def train(*, set_: list[str] | None, json_: bool, **values: Any) -> None:
     from sgdlab.run.train import train as run_train
 
-    opt_options, wl_options = parse_sets(set_ or [])
+    opt_options, wl_options = options.parse_sets(set_ or [])
     config = TrainConfig(
-        **config_values(TrainConfig, values),
+        **options.config_values(TrainConfig, values),
         optimizer_options=opt_options,
         workload_options=wl_options,
         progress=None if not json_ else False,
     )
     result = run_train(config)
     if json_:
-        emit_json(result.to_json())
+        options.emit_json(result.to_json())
     else:
         from sgdlab.report.tables import print_result
 
@@ -45,11 +37,13 @@ def train(*, set_: list[str] | None, json_: bool, **values: Any) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "train", "Train one workload with one optimizer and record the run.", [
-        *from_config(TrainConfig, "workload", "optimizer", "lr", "steps", "batch_size", "seed"),
-        set_option("key=value: optimizer hyperparameter; workload.key=value."),
-        *from_config(TrainConfig, "schedule", "mu", "L", "alpha", "eval_every",
-                     "checkpoint_every", "resume", "out", "db", "device", "threads",
-                     "on_nonfinite"),
-        json_option(),
+    doc = "Train one workload with one optimizer and record the run."
+    options.command(app, "train", doc, [
+        *options.from_config(TrainConfig, "workload", "optimizer", "lr", "steps", "batch_size",
+                             "seed"),
+        options.set_option("key=value: optimizer hyperparameter; workload.key=value."),
+        *options.from_config(TrainConfig, "schedule", "mu", "L", "alpha", "eval_every",
+                             "checkpoint_every", "resume", "out", "db", "device", "threads",
+                             "on_nonfinite"),
+        options.json_option(),
     ], train)

@@ -55,15 +55,11 @@ import torch
 
 from sgdlab.checkpoint import load_reason
 from sgdlab.distributed.comm import DEFAULT_COLLECTIVE_TIMEOUT_S
-from sgdlab.errors import SgdlabError
+from sgdlab.errors import RankFailure
 
 DEFAULT_TIMEOUT_S = 300.0
 
 Wrap = Callable[[int, list[str]], list[str]]
-
-
-class RankFailure(SgdlabError):
-    """A rank exited with an error, or did not finish in time."""
 
 
 def free_port(addr: str = "127.0.0.1") -> int:

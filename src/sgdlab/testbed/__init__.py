@@ -8,21 +8,7 @@ launch options :func:`launch_options` gives ``sgdlab dist --testbed``.
 """
 
 from sgdlab.errors import TestbedError
-from sgdlab.testbed.links import (
-    DEFAULT_NAME,
-    DEFAULT_SUBNET,
-    Host,
-    LinkShape,
-    build_commands,
-    default_burst,
-    parse_rate,
-    plan_hosts,
-    tcp_goodput,
-)
-from sgdlab.testbed.netns import Testbed, launch_options, state_path, teardown
+from sgdlab.testbed.links import parse_rate, tcp_goodput
+from sgdlab.testbed.netns import Testbed, launch_options, teardown
 
-__all__ = [
-    "DEFAULT_NAME", "DEFAULT_SUBNET", "Host", "LinkShape", "Testbed", "TestbedError",
-    "build_commands", "default_burst", "launch_options", "parse_rate", "plan_hosts",
-    "state_path", "tcp_goodput", "teardown",
-]
+__all__ = ["Testbed", "TestbedError", "launch_options", "parse_rate", "tcp_goodput", "teardown"]
