@@ -22,15 +22,7 @@ import pytest
 import sgdlab.testbed.netns as tbm
 from sgdlab.cli import main
 from sgdlab.errors import ConfigError
-from sgdlab.testbed import Testbed, TestbedError, tcp_goodput, teardown
-from sgdlab.testbed.links import (
-    Host,
-    LinkShape,
-    build_commands,
-    default_burst,
-    parse_rate,
-    plan_hosts,
-)
+from sgdlab.testbed import Testbed, TestbedError, links, tcp_goodput, teardown
 from sgdlab.testbed.probe import measure_throughput, run_gloo_probe, status_report
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,19 +51,19 @@ def needs_root(fn: F) -> F:
     ("64kbit", 64_000), (" 50MBIT ", 50_000_000), (100_000, 100_000), ("none", None), (None, None),
 ])
 def test_parse_rate(text: str | int | None, bps: int | None) -> None:
-    assert parse_rate(text) == bps
+    assert links.parse_rate(text) == bps
 
 
 @pytest.mark.parametrize("bad", ["200mbps", "fast", "-1mbit", "0mbit", "1kbit", "200tbit",
                                  True, 3.5, "", "mbit"])
 def test_parse_rate_refuses(bad: object) -> None:
     with pytest.raises(ConfigError, match="Invalid rate"):
-        parse_rate(bad)
+        links.parse_rate(bad)
 
 
 def test_burst_holds_a_frame_and_a_millisecond() -> None:
     for rate in (8_000, 10**6, 10**8, 10**9, 10**10):
-        b = default_burst(rate)
+        b = links.default_burst(rate)
         assert b >= 32 * 1024 and b >= rate / 8 / 1000
 
 
@@ -82,7 +74,7 @@ def test_tcp_goodput_is_payload_over_frame() -> None:
 
 
 def test_plan_hosts_names_and_addresses() -> None:
-    switch, hosts = plan_hosts("ab1", 5, "192.168.40.0/24")
+    switch, hosts = links.plan_hosts("ab1", 5, "192.168.40.0/24")
     assert switch == "sgdl-ab1-sw"
     assert len({h.namespace for h in hosts}) == 5 and len({h.address for h in hosts}) == 5
     net = ipaddress.IPv4Network("192.168.40.0/24")
@@ -98,7 +90,7 @@ def test_plan_hosts_names_and_addresses() -> None:
 ])
 def test_plan_hosts_refuses(name: str, hosts: int, subnet: str, match: str) -> None:
     with pytest.raises(ConfigError, match=f"Invalid {match}"):
-        plan_hosts(name, hosts, subnet)
+        links.plan_hosts(name, hosts, subnet)
 
 
 def _namespace_of(cmd: list[str]) -> str:
@@ -107,9 +99,9 @@ def _namespace_of(cmd: list[str]) -> str:
 
 @pytest.mark.parametrize("ingress", [True, False])
 def test_commands_touch_only_our_namespaces(ingress: bool) -> None:
-    switch, hosts = plan_hosts("tb", 3)
-    shape = LinkShape(10**8, 32768, 25.0, limit_ingress=ingress)
-    cmds = build_commands(switch, hosts, shape, 24)
+    switch, hosts = links.plan_hosts("tb", 3)
+    shape = links.LinkShape(10**8, 32768, 25.0, limit_ingress=ingress)
+    cmds = links.build_commands(switch, hosts, shape, 24)
     ours = {switch, *(h.namespace for h in hosts)}
     for cmd in cmds:  # every command names one of our namespaces: the root one is never touched
         assert cmd[:3] == ["ip", "netns", "add"] or "-n" in cmd, cmd
@@ -121,16 +113,17 @@ def test_commands_touch_only_our_namespaces(ingress: bool) -> None:
 
 
 def test_delay_puts_netem_over_tbf_on_switch_ports() -> None:
-    switch, hosts = plan_hosts("tb", 2)
-    cmds = build_commands(switch, hosts, LinkShape(10**8, 32768, 25.0, delay_ms=5.0), 24)
+    switch, hosts = links.plan_hosts("tb", 2)
+    shape = links.LinkShape(10**8, 32768, 25.0, delay_ms=5.0)
+    cmds = links.build_commands(switch, hosts, shape, 24)
     port = [c for c in cmds if _namespace_of(c) == switch and c[0] == "tc"]
     assert [("netem" in c, "tbf" in c, "parent" in c) for c in port] == [
         (True, False, False), (False, True, True)] * 2
 
 
 def _offline_testbed() -> Testbed:
-    switch, hosts = plan_hosts("tb", 3)
-    return Testbed("tb", switch, hosts, LinkShape(10**8, 32768, 25.0), "10.77.0.0/24",
+    switch, hosts = links.plan_hosts("tb", 3)
+    return Testbed("tb", switch, hosts, links.LinkShape(10**8, 32768, 25.0), "10.77.0.0/24",
                    Path("/nonexistent/state.json"))
 
 
@@ -143,7 +136,7 @@ def test_wrap_command_and_rank_env() -> None:
                    "MASTER_ADDR": "10.77.0.1", "MASTER_PORT": "29500", "RANK": "1",
                    "WORLD_SIZE": "3"}
     assert tb.rank_env(2, rank=5, world_size=6, master_port=1234)["RANK"] == "5"
-    assert tb.host(1) == Host(1, "sgdl-tb-h1", "sgdl0", "10.77.0.2")
+    assert tb.host(1) == links.Host(1, "sgdl-tb-h1", "sgdl0", "10.77.0.2")
 
 
 def test_launch_options_round_robin_on_host_0() -> None:
@@ -269,7 +262,7 @@ def test_rate_holds(make_testbed: MakeTestbed, rate: str, nbytes: int) -> None:
     tb = make_testbed("rate", rate=rate)
     res = measure_throughput(tb, 0, 1, nbytes, timeout_s=20)
     assert res["bytes"] == nbytes
-    goodput = tcp_goodput(parse_rate(rate))
+    goodput = tcp_goodput(links.parse_rate(rate))
     assert res["bps"] == pytest.approx(goodput, rel=0.10), res
     sent = tb.egress_stats(0)["bytes"]  # tbf counts frames: payload * 1514/1448 plus handshakes
     assert nbytes * 1514 / 1448 <= sent <= nbytes * 1514 / 1448 * 1.03 + 10_000
