@@ -114,5 +114,5 @@ def test_a_nan_gradient_under_a_finite_loss_stops_before_the_step(tmp_path: Path
                         steps=10, checkpoint_dir=str(tmp_path), checkpoint_every=5)
     with pytest.raises(DivergenceError, match=r"at step 1 \(the gradient of parameter 'a' has "
                                               r"nan\); no checkpoint was written"):
-        RankRun(0, config, workload).execute()
+        RankRun(0, config, workload).run()
     assert steps_on_disk(tmp_path, 0) == []

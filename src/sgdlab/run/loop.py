@@ -2,7 +2,7 @@
 the rule that a diminishing step needs μ and L, and the time to target.
 
 A run is built, resumed (or started), stepped, evaluated and checkpointed on a fixed schedule,
-and finished; :meth:`Run.execute` is that loop, written once::
+and finished; :meth:`Run.run` is that loop, written once::
 
     start = run.begin()                     # build; resume from a checkpoint, or start at 0
     for step in range(start, run.steps):
@@ -31,7 +31,7 @@ R = TypeVar("R")
 
 
 class Run(ABC, Generic[R]):
-    """One training run; subclasses fill in the steps :meth:`execute` calls, in its order."""
+    """One training run; subclasses fill in the steps :meth:`run` calls, in its order."""
 
     steps: int
     eval_every: int
@@ -62,7 +62,7 @@ class Run(ABC, Generic[R]):
         """What the steps run inside (a progress bar, an error's context); nothing by default."""
         return contextlib.nullcontext()
 
-    def execute(self) -> R:
+    def run(self) -> R:
         """Run to the last step; see the module doc."""
         start = self.begin()
         with self.stepping(start):

@@ -119,7 +119,7 @@ def rank_entry_many(rank: int, world_size: int, configs: list[DistConfig]) -> li
         key = f"{config.workload}{sorted(config.workload_options.items())}"
         if key not in workloads:
             workloads[key] = get_workload(config.workload, **config.workload_options)
-        out.append(RankRun(rank, config, workloads[key]).execute())
+        out.append(RankRun(rank, config, workloads[key]).run())
     return out
 
 

@@ -118,7 +118,7 @@ def _sync(device: torch.device) -> None:
 
 def train(config: TrainConfig, workload: Workload | None = None) -> RunResult:
     """Run ``config`` to its last step (or resume it) and record it; see the module doc."""
-    return SingleRun(config, workload).execute()
+    return SingleRun(config, workload).run()
 
 
 class SingleRun(Run[RunResult]):
