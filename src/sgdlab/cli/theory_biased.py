@@ -121,7 +121,7 @@ def schedule_report(
     return report
 
 
-def rate_tradeoff(
+def _rate_tradeoff(
     setting: BiasedSGDSetting, alphas: np.ndarray, deltas: list[float]
 ) -> dict[float, np.ndarray]:
     """Least ``ρ²`` against ``α`` for each ``δ`` (closed form where it exists, else the SDP)."""
@@ -148,7 +148,7 @@ def _plot_schedule(
     deltas = sorted({0.0, setting.delta, 0.5 * thr, 0.9 * thr})
     grid = np.linspace(1e-3, 1.5 / setting.L, 40)
     fig, (ax_rate, ax_u, ax_a) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for d, rho2 in rate_tradeoff(setting, grid, deltas).items():
+    for d, rho2 in _rate_tradeoff(setting, grid, deltas).items():
         ax_rate.plot(grid, rho2, label=f"δ = {d:.3g}")
     ax_rate.axhline(1.0, color="k", lw=0.8, ls=":")
     ax_rate.set(xlabel="step size α", ylabel="least ρ²", title="rate against step size")
@@ -202,4 +202,4 @@ def _num(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-__all__ = ["biased_sgd_report", "rate_tradeoff", "schedule_report"]
+__all__ = ["biased_sgd_report", "schedule_report"]

@@ -93,11 +93,11 @@ def sgd_bound_report(
         "plot": None,
     }
     if plot is not None:
-        report["plot"] = str(plot_sgd_bound(closed, recursion, Path(plot), meas))
+        report["plot"] = str(_plot_sgd_bound(closed, recursion, Path(plot), meas))
     return report
 
 
-def plot_sgd_bound(
+def _plot_sgd_bound(
     closed: BoundCurve, recursion: BoundCurve, path: Path, measured: np.ndarray | None = None
 ) -> Path:
     """Draw the closed form, the recursion and optionally a measured curve, log-log, to ``path``.
@@ -194,4 +194,4 @@ def _log_indices(steps: int, points: int) -> np.ndarray:
     return np.union1d(idx, [0, steps])
 
 
-__all__ = ["SCHEDULES", "plot_sgd_bound", "sgd_bound_report"]
+__all__ = ["SCHEDULES", "sgd_bound_report"]

@@ -75,7 +75,7 @@ from sgdlab.theory.biased_sgd import (
 )
 from sgdlab.workloads.base import SparseRows, Workload
 
-DIRECTIONS = ("none", "random", "adversarial")
+_DIRECTIONS = ("none", "random", "adversarial")
 PLANS = ("schedule", "constant")
 
 Gradient = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -229,8 +229,10 @@ def run_biased_sgd(
     Step ``k`` uses ``alphas[k]`` and the error ``e_k`` of ``direction`` with the whole budget
     (module docstring). The chains share nothing but the problem; they run side by side.
     """
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"Invalid direction: {direction!r} (choose from {', '.join(DIRECTIONS)})")
+    if direction not in _DIRECTIONS:
+        raise ConfigError(
+            f"Invalid direction: {direction!r} (choose from {', '.join(_DIRECTIONS)})"
+        )
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"Invalid seeds: {seeds}")
     for name, value in (("delta", delta), ("c", c)):
@@ -288,7 +290,7 @@ def bound_curve(setting: BiasedSGDSetting, U0: float, alphas: np.ndarray) -> np.
 
 
 @dataclass(frozen=True, eq=False)
-class PracticeRun:
+class _PracticeRun:
     """One step plan and error direction: the measured ``‖x_k − x*‖²`` and its bounds."""
 
     plan: str
@@ -343,7 +345,7 @@ def compare_to_bound(
     directions: Sequence[str] = ("random", "adversarial"),
     plans: Sequence[str] = PLANS,
     seed: int = 0,
-) -> list[PracticeRun]:
+) -> list[_PracticeRun]:
     """Each plan × direction: run it, and the bound (and the wrong bound) for its steps.
 
     ``schedule``: the sequential steps ``α_k`` of :func:`sequential_schedule` and its bound;
@@ -372,7 +374,7 @@ def compare_to_bound(
         for i, direction in enumerate(directions):
             dist2 = run_biased_sgd(problem, alphas, delta=delta, c=c, direction=direction,
                                    seeds=seeds, seed=seed + 1000 * i)
-            runs.append(PracticeRun(plan, direction, alphas, dist2, bound, wrong, schedule.floor))
+            runs.append(_PracticeRun(plan, direction, alphas, dist2, bound, wrong, schedule.floor))
     return runs
 
 
@@ -408,11 +410,11 @@ def practice_report(
         "rows": [r.summary() for r in runs], "plot": None,
     }
     if plot is not None:
-        report["plot"] = str(plot_practice(runs, report, Path(plot)))
+        report["plot"] = str(_plot_practice(runs, report, Path(plot)))
     return report
 
 
-def plot_practice(runs: Sequence[PracticeRun], report: dict[str, Any], path: Path) -> Path:
+def _plot_practice(runs: Sequence[_PracticeRun], report: dict[str, Any], path: Path) -> Path:
     """One panel per step plan: the bound, the wrong bound, the floor, each measured mean."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -474,15 +476,12 @@ def _num(x: float) -> float | None:
 
 
 __all__ = [
-    "DIRECTIONS",
     "PLANS",
     "FiniteSumProblem",
-    "PracticeRun",
     "biased_practice_showcase",
     "bound_curve",
     "compare_to_bound",
     "logistic_problem",
-    "plot_practice",
     "practice_report",
     "quadratic_problem",
     "run_biased_sgd",

@@ -38,7 +38,7 @@ from sgdlab.workloads.constants import ProblemConstants, estimate_constants
 
 BASELINE = "torch-example"
 # The example's pattern with the thread cap added: tells oversubscription apart from the update.
-BASELINE_CAPPED = "torch-example+cap"
+_BASELINE_CAPPED = "torch-example+cap"
 
 
 @dataclass
@@ -96,7 +96,7 @@ def hogwild_bench(
             variants = [(f"hogwild-{k}", k, True, True) for k in workers]
             if baseline:
                 variants += [(BASELINE, baseline_workers, False, False),
-                             (BASELINE_CAPPED, baseline_workers, False, True)]
+                             (_BASELINE_CAPPED, baseline_workers, False, True)]
             for label, k, ours, cap in variants:
                 say(f"{name}: {label} seed {seed}")
                 cfg = HogwildConfig(
@@ -183,7 +183,7 @@ def _summarise(
                 "under_closed_form_everywhere": bool(np.all(mean <= closed.bound[t])),
                 "runs_under_recursion_everywhere": int(np.all(d <= rec.bound[t][:, None], 0).sum()),
             }
-        if base and label not in (BASELINE, BASELINE_CAPPED):
+        if base and label not in (BASELINE, _BASELINE_CAPPED):
             row["vs torch-example"] = sps["median"] / _stats(
                 [r.samples_per_second for r in base])["median"]
         rows.append(row)
@@ -297,7 +297,6 @@ def hogwild_showcase(ctx: Any) -> Any:
 
 __all__ = [
     "BASELINE",
-    "BASELINE_CAPPED",
     "hogwild_bench",
     "hogwild_showcase",
     "print_hogwild_table",

@@ -169,7 +169,7 @@ GRIDS: dict[str, dict[str, Any]] = {
 }
 
 
-ALGO_ORDER = ("sync", "local", "overlap", "easgd", "cocod")
+_ALGO_ORDER = ("sync", "local", "overlap", "easgd", "cocod")
 
 
 def benchmark_configs(grid: dict[str, Any]) -> list[DistConfig]:
@@ -190,7 +190,7 @@ def benchmark_configs(grid: dict[str, Any]) -> list[DistConfig]:
                           eval_samples=grid["eval_samples"], alpha=0.6)
         configs.append(replace(base, tau=steps))  # compute only
         for tau in grid["taus"]:
-            for algo in ALGO_ORDER:
+            for algo in _ALGO_ORDER:
                 alpha = 0.5 / grid["world_size"] if algo == "easgd" else 0.6
                 configs.append(replace(base, algo=algo, tau=tau, link_steps=tau,
                                        alpha=alpha))

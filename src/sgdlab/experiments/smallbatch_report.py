@@ -86,7 +86,7 @@ def write_outputs(
     rows = summarize(records)
     with ResultStore(db) as store:
         curves = loss_curves(store, records, plan.bins_per_epoch)
-    plots = plot_curves(curves, plan, out)
+    plots = _plot_curves(curves, plan, out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "smallbatch.md"
     atomic_write_bytes(md, markdown(rows, plan, tag, records).encode())
@@ -136,7 +136,7 @@ def loss_curves(
     return curves
 
 
-def plot_curves(
+def _plot_curves(
     curves: dict[tuple[str, int, str], tuple[list[float], list[float]]],
     plan: SmallBatchPlan,
     out: Path,

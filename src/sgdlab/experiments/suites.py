@@ -25,7 +25,7 @@ from sgdlab.run.train import train
 from sgdlab.workloads import Workload, get_workload
 
 
-def quick_suite() -> list[TrainConfig]:
+def _quick_suite() -> list[TrainConfig]:
     runs = []
     for opt, lr, extra in (("sgd", 0.1, {}), ("sgd", 0.05, {"momentum": 0.9}), ("adam", 1e-3, {})):
         for workload, steps in (("logreg-fmnist", 1000), ("mlp-mnist", 1200), ("cnn-fmnist", 400)):
@@ -37,10 +37,10 @@ def quick_suite() -> list[TrainConfig]:
     return runs
 
 
-SUITES = {"quick": quick_suite}
+SUITES = {"quick": _quick_suite}
 
 
-Showcase = Callable[[ShowcaseContext], Section]
+_Showcase = Callable[[ShowcaseContext], Section]
 
 # Each method adds its short showcase to `bench quick` (and so to `make demo`) here, as
 # "module:function" so that a suite imports only what it runs.
@@ -55,9 +55,9 @@ SHOWCASES: dict[str, list[str]] = {
 }
 
 
-def _load_showcase(ref: str) -> Showcase:
+def _load_showcase(ref: str) -> _Showcase:
     module, _, name = ref.partition(":")
-    fn: Showcase = getattr(importlib.import_module(module), name)
+    fn: _Showcase = getattr(importlib.import_module(module), name)
     return fn
 
 

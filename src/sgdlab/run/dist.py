@@ -28,7 +28,7 @@ from sgdlab.run.rank import rank_entry_many
 DEFAULT_RUN_TIMEOUT_S = 600.0
 
 # sgdlab dist starts every rank as a process on this host; beyond this it is a fork bomb.
-MAX_LOCAL_RANKS = 256
+_MAX_LOCAL_RANKS = 256
 
 JSON_KEYS = (
     "algo", "world_size", "tau", "steps", "wall_seconds", "compute_seconds", "comm_seconds",
@@ -48,10 +48,10 @@ def run_dist_many(
     sizes = {c.world_size for c in configs}
     if len(sizes) != 1:
         raise ConfigError(f"run_dist_many needs one world size, got {sorted(sizes)}")
-    if configs[0].world_size > MAX_LOCAL_RANKS:
+    if configs[0].world_size > _MAX_LOCAL_RANKS:
         raise ConfigError(
             f"invalid world-size: {configs[0].world_size} processes on this host (at most "
-            f"{MAX_LOCAL_RANKS}); across hosts, start one rank per process with torchrun"
+            f"{_MAX_LOCAL_RANKS}); across hosts, start one rank per process with torchrun"
         )
     try:
         per_rank = launch(configs[0].world_size, "sgdlab.run.dist:rank_entry_dicts",

@@ -140,7 +140,7 @@ class FiniteGuard:
             raise NonFinite(f"the loss is {value}")
         for name, p in self._named:
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                raise NonFinite(f"the gradient of parameter {name!r} has {nonfinite_kind(p.grad)}")
+                raise NonFinite(f"the gradient of parameter {name!r} has {_nonfinite_kind(p.grad)}")
         return value  # every element finite: the sum of huge values overflowed, nothing more
 
 
@@ -163,7 +163,7 @@ def nonfinite_state(
     for name, tensor in model_state.items():
         if _bad(tensor):
             kind = "parameter" if _is_param(model, name) else "buffer"
-            return f"{kind} {name!r} has {nonfinite_kind(tensor)}"
+            return f"{kind} {name!r} has {_nonfinite_kind(tensor)}"
     if optimizer is None:
         return None
     names = _optimizer_param_names(model, optimizer)
@@ -171,7 +171,7 @@ def nonfinite_state(
         optimizer_state = optimizer.state_dict()
     for path, tensor in _tensors(optimizer_state, ()):
         if _bad(tensor):
-            return f"optimizer state {_describe(path, names)} has {nonfinite_kind(tensor)}"
+            return f"optimizer state {_describe(path, names)} has {_nonfinite_kind(tensor)}"
     return None
 
 
@@ -181,7 +181,7 @@ def _bad(tensor: torch.Tensor) -> bool:
     )
 
 
-def nonfinite_kind(tensor: torch.Tensor) -> str:
+def _nonfinite_kind(tensor: torch.Tensor) -> str:
     return "nan" if bool(torch.isnan(tensor).any()) else "inf"
 
 
