@@ -85,9 +85,11 @@ The step equals the single-rank step exactly.
 a block's history under the block's first parameter (key ``"mlbfgs_block"``), the step counter
 under the first parameter (key ``"mlbfgs_global"``); ``state_dict()`` mid-run resumes bit for
 bit. Under sharding each rank checkpoints its own blocks. Parameters with no gradient count as
-a zero gradient, as in ``torch.optim.LBFGS``. ``copy.deepcopy`` and ``pickle`` give an
-optimizer that steps exactly like the original (a sharded one refuses: its exchange is a live
-collective). ``lr`` may be a one-element tensor; it is read as a number at each step.
+a zero gradient inside their block's curvature model, as in ``torch.optim.LBFGS``, but the
+step leaves them alone (no move, no decay, their heavy ball kept), as torch's optimizers do.
+``copy.deepcopy`` and ``pickle`` give an optimizer that steps exactly like the original (a
+sharded one refuses: its exchange is a live collective). ``lr`` may be a one-element tensor;
+it is read as a number at each step.
 
 **Unlike the authors' public code**, every parameter is in some block (none skipped), the
 history is optimizer state (so checkpoints keep it), blocks are sharded rather than replicated
@@ -474,6 +476,8 @@ class MLBFGS(torch.optim.Optimizer):
             for p in group["params"]:
                 b, offset = self._where[index]
                 index += 1
+                if p.grad is None:  # left alone, as torch's optimizers do: no step, no decay
+                    continue
                 d = records[b][offset : offset + p.numel()].view_as(p)
                 if scale != 1.0:
                     d = d * scale
