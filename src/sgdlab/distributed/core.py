@@ -84,7 +84,7 @@ class CooperativeSGD(torch.optim.Optimizer):
         self.tau = tau
         self.comm = comm or Comm()
         self.tensors: list[torch.Tensor] = [real_view(p) for p in model.parameters()] + [
-            real_view(b) for b in model.buffers() if b.is_floating_point() or b.is_complex()
+            b for b in model.buffers() if b.is_floating_point()
         ]
         self.comm.broadcast_(self.tensors)
         self.local_steps = 0
