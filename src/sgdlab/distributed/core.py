@@ -21,7 +21,15 @@ every algorithm shares:
 
 * ``state_dict()``: the inner optimizer's, plus a ``"cooperative"`` entry with the step counter
   and the algorithm's own tensors. A collective still in flight is waited for and its result
-  stored, so a loaded wrapper continues exactly as the saved one would have.
+  stored, so a loaded wrapper continues exactly as the saved one would have. Deep copies and
+  pickles wait for it the same way (a collective's handle cannot be copied);
+* hooks, as for any optimizer: one ``step()`` is one user step, so the global step hooks and
+  this wrapper's own fire once, handed the wrapper; the inner optimizer steps without the
+  global hooks but with its own (:func:`sgdlab.optim._inner_step.inner_step`). The state-dict
+  hooks registered on the wrapper run around its ``state_dict`` and ``load_state_dict``.
+
+Complex parameters are averaged as their real views (``torch.view_as_real``): a mean over
+ranks is the mean of the real and imaginary parts.
 
 Subclasses implement :meth:`_round` (and :class:`SyncSGD` :meth:`_local_step`).
 Preconditions of ``step()``: gradients are in ``.grad`` (``loss.backward()`` ran), as for any
@@ -40,6 +48,7 @@ import torch
 from torch import nn
 
 from sgdlab.distributed.comm import Comm, Handle
+from sgdlab.optim._inner_step import inner_step
 
 
 @dataclass
@@ -74,7 +83,7 @@ class CooperativeSGD(torch.optim.Optimizer):
         self.model = model
         self.tau = tau
         self.comm = comm or Comm()
-        self.tensors: list[torch.Tensor] = [p for p in model.parameters()] + [
+        self.tensors: list[torch.Tensor] = [real_view(p) for p in model.parameters()] + [
             b for b in model.buffers() if b.is_floating_point()
         ]
         self.comm.broadcast_(self.tensors)
@@ -116,7 +125,7 @@ class CooperativeSGD(torch.optim.Optimizer):
 
     def _local_step(self, closure: Callable[[], Any] | None) -> Any:
         with torch.enable_grad():
-            return self.inner.step(closure) if closure is not None else self.inner.step()
+            return inner_step(self.inner, closure)
 
     def _round(self) -> None:
         raise NotImplementedError
@@ -215,12 +224,22 @@ class CooperativeSGD(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict plus ``"cooperative"``: counters and our tensors."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         state = self.inner.state_dict()
         state["cooperative"] = {"local_steps": self.local_steps, **self._extra_state()}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state)
+            if result is not None:
+                state = result
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state)
+            if result is not None:
+                state = dict(result)
         if "cooperative" not in state:
             raise ValueError("Invalid state_dict: it has no 'cooperative' entry (not ours?)")
         extra = dict(state.pop("cooperative"))
@@ -229,6 +248,34 @@ class CooperativeSGD(torch.optim.Optimizer):
         self.param_groups = self.inner.param_groups
         self.local_steps = int(extra.pop("local_steps"))
         self._load_extra_state(extra)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # All of it (torch's Optimizer keeps only defaults, state and param_groups, and a copy
+        # could not step), but no hooks (they belong to this instance, as in torch) and no
+        # handle of a collective in flight: it is waited for first, as a checkpoint does.
+        self._settle()
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.param_groups = self.inner.param_groups
+
+    def _settle(self) -> None:
+        """Subclasses with a collective in flight across steps wait for it here."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of the model's parameters to the inner optimizer (and so to this one)."""
+        if not hasattr(self, "inner"):  # Optimizer.__init__ building our first group
+            super().add_param_group(param_group)
+            return
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        model_params = {id(p) for p in self.model.parameters()}
+        if any(id(p) not in model_params for p in params):
+            raise ValueError("Invalid param_group: it holds parameters not in the model")
+        self.inner.add_param_group({**param_group, "params": params})
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
@@ -276,17 +323,25 @@ class InFlightAverage(CooperativeSGD):
     def _forget_pending(self) -> None:
         self._handle, self._result = None, None
 
-    def _pending_state(self) -> dict[str, Any]:
+    def _settle(self) -> None:
         if self._handle is not None:
             with self.paused():
                 self._result = self._handle.wait()
                 self._inflight.remove(self._handle)
             self._handle = None
+
+    def _pending_state(self) -> dict[str, Any]:
+        self._settle()
         return {"pending": clone_all(self._result) if self._result is not None else None}
 
     def _load_pending_state(self, extra: dict[str, Any]) -> None:
         self._handle = None
         self._result = clone_all(extra["pending"]) if extra["pending"] is not None else None
+
+
+def real_view(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or for a complex tensor its real view (same storage, a trailing 2)."""
+    return torch.view_as_real(t.detach()) if t.is_complex() else t
 
 
 def clone_all(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from sgdlab.distributed.comm import Comm
-from sgdlab.distributed.core import CooperativeSGD
+from sgdlab.distributed.core import CooperativeSGD, real_view
+from sgdlab.optim._inner_step import inner_step
 
 
 class SyncSGD(CooperativeSGD):
@@ -38,7 +39,6 @@ class SyncSGD(CooperativeSGD):
         if isinstance(inner, torch.optim.LBFGS):
             raise ValueError("Invalid inner optimizer: LBFGS re-evaluates its closure")
         super().__init__(model, inner, tau=1, comm=comm)
-        self._params = [p for g in inner.param_groups for p in g["params"]]
         self._buffers = self.tensors[len(list(model.parameters())):]
 
     def _local_step(self, closure: Callable[[], Any] | None) -> Any:
@@ -46,17 +46,30 @@ class SyncSGD(CooperativeSGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        # Every rank trains the same parameters, so one that takes no gradient (frozen) has
+        # none anywhere and stays out; one that took none here (unused in this forward pass)
+        # may have one elsewhere, and counts as zero in the mean.
+        params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        if any(p.grad is not None and p.grad.is_sparse for p in params):
+            raise RuntimeError(
+                "SyncSGD does not support sparse gradients: it all-reduces dense ones"
+            )
+        grads = [real_view(p.grad) if p.grad is not None else real_view(torch.zeros_like(p))
+                 for p in params]
+        if not grads and not self._buffers:  # nothing trains, on any rank
+            with torch.enable_grad():
+                inner_step(self.inner)
+            return loss
         means = self._average_list(grads + self._buffers)
-        for p, g in zip(self._params, means, strict=False):
+        for p, g in zip(params, means, strict=False):
             if p.grad is None:
-                p.grad = g
+                p.grad = torch.view_as_complex(g.clone()) if p.is_complex() else g
             else:
-                p.grad.copy_(g)
-        for b, m in zip(self._buffers, means[len(self._params):], strict=True):
+                real_view(p.grad).copy_(g)
+        for b, m in zip(self._buffers, means[len(params):], strict=True):
             b.copy_(m)
         with torch.enable_grad():
-            self.inner.step()
+            inner_step(self.inner)
         return loss
 
     def _average_list(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:

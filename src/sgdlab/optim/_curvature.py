@@ -128,15 +128,23 @@ def damp_pair(s: Tensor, y: Tensor, damping: tuple[float, float, float]) -> tupl
     return y, phi
 
 
-def two_loop(g: Tensor, s: list[Tensor], y: list[Tensor], rho: list[float], gamma: float) -> Tensor:
-    """:math:`H g` for the L-BFGS matrix of the pairs ``(s_i, y_i)``, oldest first, ``H_0 = γI``.
+def two_loop(
+    g: Tensor,
+    s: list[Tensor],
+    y: list[Tensor],
+    rho: list[float],
+    gamma: float,
+    inplace: bool = False,
+) -> Tensor:
+    """:math:`H g` for the L-BFGS matrix of the pairs ``(s_i, y_i)``, oldest first, ``H_0 = γI``;
+    written over ``g`` when ``inplace``.
 
     Nocedal & Wright, Algorithm 7.4: :math:`q \\leftarrow g`; newest to oldest,
     :math:`\\alpha_i = \\rho_i s_i^\\top q`, :math:`q \\leftarrow q - \\alpha_i y_i`; then
     :math:`r = \\gamma q`; oldest to newest, :math:`\\beta = \\rho_i y_i^\\top r`,
     :math:`r \\leftarrow r + (\\alpha_i - \\beta) s_i`.
     """
-    q = g.clone()
+    q = g if inplace else g.clone()
     alphas: list[Tensor] = []
     for s_i, y_i, rho_i in zip(reversed(s), reversed(y), reversed(rho), strict=True):
         alpha = torch.dot(s_i, q) * rho_i

@@ -34,17 +34,24 @@ of the caller's loss (weight decay *not* included):
    :math:`\gamma = s^\top y / y^\top y` of the newest pair. A pair with
    :math:`s^\top y \le 0` or :math:`s = 0` after damping is *rejected* (the history is kept).
 
-3. **Direction** (from step :math:`T+1`, once the first pair has been formed): per block,
-   :math:`d_b = H_b g_b` by the two-loop recursion (Nocedal & Wright, Alg. 7.4); a block
-   without pairs uses :math:`d_b = g_b`. The whole direction is clipped to norm ``max_norm``:
-   :math:`\hat d = d \min(1, \text{max\_norm}/\lVert d\rVert)`. Before step :math:`T+1` the
-   direction is :math:`\hat d = g` and the method is plain momentum SGD.
+3. **Direction** (every step): per block, :math:`d_b = H_b g_b` by the two-loop recursion
+   (Nocedal & Wright, Alg. 7.4) once the block has pairs (from step :math:`T+1`), else
+   :math:`d_b = g_b`: before step :math:`T+1` the method is momentum SGD. The whole direction
+   is clipped to norm ``max_norm``, :math:`\hat d = d \min(1, \text{max\_norm}/\lVert d\rVert)`,
+   the warm-up's gradients included.
 
 4. **Heavy ball and weight decay**, per parameter group (``lr``, ``momentum``,
    ``weight_decay``):
 
    .. math:: b_t = m\, b_{t-1} + \hat d_t, \qquad
              \theta_{t+1} = (1 - \eta\lambda)\,\theta_t - \eta\, b_t .
+
+   Since every :math:`\hat d` entering the heavy ball was clipped, :math:`\lVert b_t\rVert \le
+   \text{max\_norm}/(1-m)`: no step is longer than :math:`\eta\,\text{max\_norm}/(1-m)` (plus
+   the decay), at any learning rate, whatever the curvature model says. (Clipping only the
+   preconditioned directions is not enough: the buffer filled by the warm-up's raw gradients
+   then coasts on against a restoring force cut by the clip, and on torch's own quadratic at
+   ``lr=0.01`` the loss ended above its start where momentum SGD converges.)
 
    **Where weight decay enters**: only here, on the parameters (decoupled, as in SGDW/AdamW).
    It is not in :math:`g`, so not in :math:`y`, not preconditioned, not clipped and not in the
@@ -60,15 +67,29 @@ counted in :meth:`MLBFGS.diagnostics`, and nothing non-finite reaches the parame
 :func:`assign_blocks`; rank ``r`` keeps the averages, snapshots and history *only* of its own
 blocks and runs their two-loop recursions, and the exchange fills in the other blocks'
 directions. Every rank keeps the heavy-ball buffer of every parameter, since each applies the
-full step. Memory per rank: :math:`n` (heavy ball) :math:`+ (4 + 2m)\,n_r` (:math:`+2n_r` with
-pair momentum) for :math:`n_r` owned elements, instead of :math:`(5 + 2m)\,n` when replicated.
+full step. A block's norm :math:`\lVert d_b\rVert` travels with its direction (one extra
+element), taken by its owner: every rank then sums the same numbers in the same order
+(``math.fsum``) for the clip, and no rank reduces another's data. So the replicas stay
+bit-identical by construction, whatever the CPU: MKL's ``dot`` rounds differently for a
+tensor at another memory alignment (as the slices of an all-gather buffer are), and a norm
+each rank took itself once let replicas drift apart in the last bits under
+:class:`~sgdlab.distributed.SyncSGD` on AMD EPYC. (What every rank still computes on its own
+copy is element-wise, which rounds the same on every rank of one instruction set; hosts with
+different vector units, AVX2 beside AVX-512, can differ there, as any data-parallel
+optimizer can.) Memory per rank: :math:`n` (heavy ball) :math:`+ (4 + 2m)\,n_r`
+(:math:`+2n_r` with pair momentum) for :math:`n_r` owned elements, instead of
+:math:`(5 + 2m)\,n` when replicated.
 The step equals the single-rank step exactly.
 
 **Checkpoints.** All of it lives in ``self.state``: per-parameter buffers under each parameter,
 a block's history under the block's first parameter (key ``"mlbfgs_block"``), the step counter
 under the first parameter (key ``"mlbfgs_global"``); ``state_dict()`` mid-run resumes bit for
 bit. Under sharding each rank checkpoints its own blocks. Parameters with no gradient count as
-a zero gradient, as in ``torch.optim.LBFGS``.
+a zero gradient inside their block's curvature model, as in ``torch.optim.LBFGS``, but the
+step leaves them alone (no move, no decay, their heavy ball kept), as torch's optimizers do.
+``copy.deepcopy`` and ``pickle`` give an optimizer that steps exactly like the original (a
+sharded one refuses: its exchange is a live collective). ``lr`` may be a one-element tensor;
+it is read as a number at each step.
 
 **Unlike the authors' public code**, every parameter is in some block (none skipped), the
 history is optimizer state (so checkpoints keep it), blocks are sharded rather than replicated
@@ -96,6 +117,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -156,9 +178,10 @@ class DirectionExchange(Protocol):
     """What the optimizer needs from the communication layer to shard the two-loop recursion.
 
     ``gather_directions`` is a collective: every rank calls it at the same step with the
-    directions of the blocks it owns (``local``: block index -> flat tensor) and the owner of
-    every block (``owners[b]``); it returns the directions of *all* blocks, each bit for bit
-    the one its owner sent.
+    records of the blocks it owns (``local``: block index -> flat tensor; :class:`MLBFGS`
+    sends the block's direction followed by its norm) and the owner of every block
+    (``owners[b]``); it returns the records of *all* blocks, each bit for bit the one its
+    owner sent (views into a receive buffer are fine).
     """
 
     @property
@@ -216,7 +239,7 @@ class MLBFGS(torch.optim.Optimizer):
     Args:
         params: parameters or parameter groups; groups may differ in ``lr``, ``momentum`` and
             ``weight_decay`` only (the curvature model is shared).
-        lr: step size :math:`\\eta`.
+        lr: step size :math:`\\eta` (a number, or a one-element tensor).
         momentum: heavy-ball coefficient :math:`m` in [0, 1).
         history_size: pairs kept per block (``m`` of L-BFGS), at least 1.
         update_freq: a new pair every ``update_freq`` steps (``T``), at least 1.
@@ -225,7 +248,9 @@ class MLBFGS(torch.optim.Optimizer):
         damping: ``(sigma_low, sigma_high, delta)`` with 0 <= sigma_low < 1 < sigma_high
             (may be ``inf``) and 0 <= delta < 1.
         weight_decay: decoupled weight decay :math:`\\lambda` >= 0.
-        max_norm: clip the preconditioned direction to this norm; ``None`` for no clipping.
+        max_norm: clip every direction (the warm-up's gradients too) to this norm before the
+            heavy ball, so no step exceeds ``lr * max_norm / (1 - momentum)``; ``None`` for
+            no clipping.
         blocks: ``"layer"``, ``"size:<numel>"`` or a callable (see :mod:`sgdlab.optim._blocks`).
         exchange: the rank's :class:`DirectionExchange`; ``None`` for a single process.
 
@@ -235,7 +260,7 @@ class MLBFGS(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = _D.lr,
+        lr: float | Tensor = _D.lr,
         momentum: float = _D.momentum,
         history_size: int = _D.history_size,
         update_freq: int = _D.update_freq,
@@ -248,6 +273,8 @@ class MLBFGS(torch.optim.Optimizer):
         blocks: BlockPolicy = _D.blocks,
         exchange: DirectionExchange | None = None,
     ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError(f"Invalid lr: a tensor lr must have one element, got {lr.numel()}")
         if not 0.0 <= lr:
             raise ValueError(f"Invalid lr: {lr}")
         for name, value in (
@@ -295,20 +322,50 @@ class MLBFGS(torch.optim.Optimizer):
             values = {repr(group[key]) for group in self.param_groups}
             if len(values) > 1:
                 raise ValueError(f"Invalid {key}: param groups must share it, got {values}")
-        self._params: list[Tensor] = [p for g in self.param_groups for p in g["params"]]
-        if any(p.is_complex() for p in self._params):
+        params_in_order = [p for g in self.param_groups for p in g["params"]]
+        if any(p.is_complex() for p in params_in_order):
             raise ValueError("Invalid params: MLBFGS supports real parameters only")
         self._exchange = exchange
-        self._blocks = build_blocks(self._params, blocks)
-        self._owners = assign_blocks([self._block_numel(b) for b in self._blocks], world_size)
+        self._blocks = build_blocks(params_in_order, blocks)
+        self._owners = assign_blocks(
+            [sum(params_in_order[i].numel() for i in b) for b in self._blocks], world_size
+        )
         self._owned = [b for b, owner in enumerate(self._owners) if owner == rank]
-        # Where each parameter's slice of its block's flat direction lies.
-        self._where: dict[int, tuple[int, int]] = {}  # keyed by id(param)
+        self._index()
+
+    def _index(self) -> None:
+        """The lookups derived from the groups and the blocks (rebuilt after a copy)."""
+        self._params: list[Tensor] = [p for g in self.param_groups for p in g["params"]]
+        self._sizes = [self._block_numel(b) for b in self._blocks]
+        # Where each parameter's slice of its block's flat direction lies, by its position in
+        # group order (not by id(), which a copy or an unpickled optimizer does not keep).
+        self._where: list[tuple[int, int]] = [(0, 0)] * len(self._params)
         for b, block in enumerate(self._blocks):
             offset = 0
             for i in block:
-                self._where[id(self._params[i])] = (b, offset)
+                self._where[i] = (b, offset)
                 offset += self._params[i].numel()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What :mod:`copy` and :mod:`pickle` keep: torch's three fields and the blocks.
+
+        A sharded optimizer cannot be copied: its exchange is a live collective. Copy its
+        ``state_dict()`` into a new optimizer built with the new exchange instead.
+        """
+        if self._exchange is not None:
+            raise TypeError(
+                "MLBFGS with an exchange (sharded blocks) cannot be copied or pickled; "
+                "load its state_dict() into an optimizer built with its own exchange"
+            )
+        state = super().__getstate__()
+        state.update(_blocks=self._blocks, _owners=self._owners, _owned=self._owned)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch's load_state_dict() comes through here too, with the exchange still in place.
+        super().__setstate__(state)
+        self.__dict__.setdefault("_exchange", None)
+        self._index()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Only during construction: the blocks are fixed once built."""
@@ -333,7 +390,8 @@ class MLBFGS(torch.optim.Optimizer):
         ``pairs_rejected``; ``nonfinite_resets`` (histories dropped for a non-finite pair or
         direction), ``nonfinite_grads`` (block-steps skipped for a non-finite gradient);
         ``history`` (pairs held, per owned block); ``direction_norm`` (the last
-        :math:`\\lVert Hg\\rVert` before clipping, over all blocks; NaN before the first pair);
+        direction's norm before clipping, over all blocks: the gradient's in the warm-up;
+        NaN before the first step);
         ``clipped_steps``; ``blocks`` (how many) and ``owned_blocks``.
         """
         out: dict[str, Any] = dict(self._global())
@@ -392,33 +450,35 @@ class MLBFGS(torch.optim.Optimizer):
                     self._form_pair(b, grads, group0)
 
         curvature = t > period  # the first pair was formed at step 1 + T
-        if curvature:
-            local = self._local_directions(grads)
-            if self._exchange is None:
-                directions = local
-            else:
-                directions = self._exchange.gather_directions(local, list(self._owners))
-                missing = set(range(len(self._blocks))) - set(directions)
-                if missing:
-                    raise RuntimeError(f"exchange returned no direction for blocks {missing}")
+        local = self._local_records(grads, curvature)
+        if self._exchange is None:
+            records = local
         else:
-            directions = {b: self._flat(b, grads) for b in range(len(self._blocks))}
-            self._zero_nonfinite(directions)
-
+            records = self._exchange.gather_directions(local, list(self._owners))
+            missing = set(range(len(self._blocks))) - set(records)
+            if missing:
+                raise RuntimeError(f"exchange returned no direction for blocks {missing}")
+        # Each block's norm is its owner's, carried in the record's last slot: every rank sums
+        # the same numbers in the same order (exactly, with fsum), so the clip is the same on
+        # every rank whatever its CPU, and no BLAS reduction runs on another rank's data.
+        norms = torch.stack([records[b][-1] for b in range(len(self._blocks))]).tolist()
+        norm = math.sqrt(math.fsum(v * v for v in norms))
+        glob["direction_norm"] = norm
         scale = 1.0
-        if curvature:
-            sq = sum(torch.dot(directions[b], directions[b]) for b in range(len(self._blocks)))
-            norm = math.sqrt(float(sq))
-            glob["direction_norm"] = norm
-            max_norm = group0["max_norm"]
-            if max_norm is not None and norm > max_norm:
-                scale = max_norm / norm
-                glob["clipped_steps"] += 1
+        max_norm = group0["max_norm"]
+        if max_norm is not None and norm > max_norm:
+            scale = max_norm / norm
+            glob["clipped_steps"] += 1
 
+        index = 0
         for group in self.param_groups:
-            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            lr, mom, wd = _number(group["lr"]), group["momentum"], group["weight_decay"]
             for p in group["params"]:
-                d = self._slice(p, directions)
+                b, offset = self._where[index]
+                index += 1
+                if p.grad is None:  # left alone, as torch's optimizers do: no step, no decay
+                    continue
+                d = records[b][offset : offset + p.numel()].view_as(p)
                 if scale != 1.0:
                     d = d * scale
                 if mom != 0.0:
@@ -458,10 +518,6 @@ class MLBFGS(torch.optim.Optimizer):
         parts = [tensors[i].reshape(-1) for i in self._blocks[b]]
         return parts[0].clone() if len(parts) == 1 else torch.cat(parts)
 
-    def _slice(self, p: Tensor, directions: dict[int, Tensor]) -> Tensor:
-        b, offset = self._where[id(p)]
-        return directions[b][offset : offset + p.numel()].view_as(p)
-
     # -- curvature pairs -----------------------------------------------------------------------
 
     def _seed_block(self, b: int, grads: list[Tensor]) -> None:
@@ -497,42 +553,53 @@ class MLBFGS(torch.optim.Optimizer):
 
     # -- directions ----------------------------------------------------------------------------
 
-    def _local_directions(self, grads: list[Tensor]) -> dict[int, Tensor]:
-        flat_grads = {b: self._flat(b, grads) for b in self._owned}
-        directions = {}
-        for b, g in flat_grads.items():
+    def _local_records(self, grads: list[Tensor], curvature: bool) -> dict[int, Tensor]:
+        """For each owned block, its direction followed by the direction's norm (one tensor).
+
+        The direction is :math:`H_b g_b` once the block has pairs, else :math:`g_b`. A
+        non-finite direction from a finite gradient resets the history and falls back to the
+        gradient; a non-finite gradient gives a zero direction. The norm is taken here, by the
+        owner, with an ATen reduction (``vector_norm``), whose order depends on the element
+        count alone and not on where the tensor lies in memory (MKL's ``dot`` does not).
+        """
+        records: dict[int, Tensor] = {}
+        for b in self._owned:
+            parts = [grads[i].reshape(-1) for i in self._blocks[b]]
+            dtype = functools.reduce(torch.promote_types, (t.dtype for t in parts))
+            record = parts[0].new_empty(self._sizes[b] + 1, dtype=dtype)
+            direction = record[:-1]
+            torch.cat(parts, out=direction) if len(parts) > 1 else direction.copy_(parts[0])
             block = self._block_state(b)
-            if block["s"]:
-                directions[b] = two_loop(g, block["s"], block["y"], block["rho"], block["gamma"])
-            else:
-                directions[b] = g
-        bad_grads = set(self._nonfinite(flat_grads))
-        for b in self._nonfinite(directions):
+            if curvature and block["s"]:
+                s, y, rho, gamma = block["s"], block["y"], block["rho"], block["gamma"]
+                two_loop(direction, s, y, rho, gamma, inplace=True)
+            records[b] = record
+        if not records:
+            return records
+        norms = torch.stack([torch.linalg.vector_norm(r[:-1]) for r in records.values()])
+        finite = torch.isfinite(norms).tolist()
+        for k, (b, record) in enumerate(records.items()):
+            if finite[k]:
+                record[-1] = norms[k]
+                continue
+            direction = record[:-1]
             block = self._block_state(b)
-            if b in bad_grads:  # the gradient is at fault, not the history: skip the block
-                directions[b] = flat_grads[b].zero_()
+            flat = self._flat(b, grads)
+            norm = torch.linalg.vector_norm(flat)
+            if bool(torch.isfinite(norm)) and block["s"] and curvature:
+                reset_history(block)  # the history is at fault: forget it, follow the gradient
+                direction.copy_(flat)
+                record[-1] = norm
+            else:  # the gradient is at fault, not the history: skip the block this step
+                direction.zero_()
+                record[-1] = 0.0
                 block["nonfinite_grads"] += 1
-            else:  # the history is at fault: forget it and follow the gradient
-                reset_history(block)
-                directions[b] = flat_grads[b]
-        return directions
+        return records
 
-    def _zero_nonfinite(self, directions: dict[int, Tensor]) -> None:
-        for b in self._nonfinite(directions):
-            directions[b].zero_()
-            if b in self._owned:
-                self._block_state(b)["nonfinite_grads"] += 1
 
-    @staticmethod
-    def _nonfinite(tensors: dict[int, Tensor]) -> list[int]:
-        # A NaN or Inf anywhere makes the squared norm non-finite; so does a finite vector
-        # whose squared norm overflows, which no step could use either. One dot product is
-        # ~100 times cheaper than isfinite().all() on CPU, and all blocks share one sync.
-        if not tensors:
-            return []
-        squares = torch.stack([torch.dot(t, t) for t in tensors.values()])
-        finite = torch.isfinite(squares).tolist()
-        return [b for b, ok in zip(tensors, finite, strict=True) if not ok]
+def _number(value: float | Tensor) -> float:
+    """A learning rate as a Python number (a 1-element tensor is read once per group step)."""
+    return float(value)
 
 
 def _grad_of(p: Tensor) -> Tensor:

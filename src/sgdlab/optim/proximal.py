@@ -44,11 +44,22 @@ code, :math:`\lambda_t = \lambda / \eta` (``"inverse_lr"``, :math:`\eta` the gro
 learning rate; :math:`\lambda_t = 0` while :math:`\eta = 0`). With SGD and ``inverse_lr`` the pull
 :math:`\eta_k 2\lambda_t = 2\lambda/(k+1)` is independent of the learning rate.
 
+A group whose inner optimizer *maximizes* (``maximize=True``) climbs
+:math:`f(\theta) - \lambda \lVert \theta - \tilde\theta_w \rVert^2`: the coupled term enters
+with the opposite sign, so it pulls toward the anchor either way. Coupled mode refuses sparse
+gradients at every step (the term is dense); decoupled mode takes them where the inner
+optimizer does.
+
 State: per parameter, ``anchor``; global, ``window_pos`` (:math:`k`) and ``step``, kept under
 the first parameter (see :meth:`Proximal._global_state`). The per-group weight
-:math:`\lambda` lives in the shared parameter groups as ``prox_lam``. ``state_dict()`` holds
-the inner optimizer's own state dict beside these, so a checkpoint taken mid-window resumes
-exactly.
+:math:`\lambda` lives in the shared parameter groups as ``prox_lam``. ``state_dict()`` has
+torch's ``state`` and ``param_groups`` at the top and the inner optimizer's own state dict
+beside them, so a checkpoint taken mid-window resumes exactly.
+
+Hooks: one :meth:`~Proximal.step` is one user step. The global step hooks
+(``torch.optim.optimizer.register_optimizer_step_pre_hook`` and ``..._post_hook``) and this
+wrapper's own fire once, handed the wrapper; the inner step runs without the global hooks but
+with the inner optimizer's own (see :mod:`sgdlab.optim._inner_step`).
 """
 
 from __future__ import annotations
@@ -65,6 +76,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sgdlab.errors import ConfigError
+from sgdlab.optim._inner_step import inner_step
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 
 __all__ = ["BUILTIN_INNER", "INNER_DECAYS", "LAM_SCHEDULES", "Proximal", "make_proximal"]
@@ -193,6 +205,10 @@ class Proximal(Optimizer):
             with torch.enable_grad():
                 loss = closure()
             closure = None
+        if self.coupled and closure is None:
+            # Refused at every step, before anything moves: the term is zero at k == 0, so
+            # the inner optimizer alone would otherwise take a sparse gradient there.
+            _refuse_sparse(self._params())
         glob = self._global_state()
         k = glob["window_pos"]
         if k == 0:
@@ -209,7 +225,7 @@ class Proximal(Optimizer):
             if self.coupled and prox_on and (k > 0 or closure is not None):
                 inner_loss = self._coupled_inner_step(lams, closure)
             else:
-                inner_loss = self.inner.step(closure) if closure is not None else self.inner.step()
+                inner_loss = inner_step(self.inner, closure)
             if not self.coupled and prox_on:
                 self._proximal_step(lams, [lr * scale for lr in lrs])
         finally:
@@ -219,20 +235,31 @@ class Proximal(Optimizer):
         return loss if loss is not None else inner_loss
 
     def state_dict(self) -> dict[str, Any]:
-        """Return ``{"inner": inner.state_dict(), "state": ..., "config": ...}``.
+        """Return ``{"state": ..., "param_groups": ..., "inner": ..., "config": ...}``.
 
-        ``state`` maps parameter indices (in group order, as ``torch.optim`` numbers them) to
-        this wrapper's per-parameter state (anchors; window position and step count under
-        index 0); ``config`` names the settings a checkpoint must be resumed with. Tensors are
-        references, as in ``torch.optim``: save or copy the dict before stepping on.
+        torch's format at the top: ``state`` maps parameter indices (in group order, as
+        ``torch.optim`` numbers them) to this wrapper's per-parameter state (anchors; window
+        position and step count under index 0), and any entry not keyed by a parameter as it
+        is; ``param_groups`` are the shared groups, packed as torch packs them. ``inner`` is
+        the inner optimizer's own state dict, whose ``param_groups`` are the same list
+        (stored once); ``config`` names the settings a checkpoint must be resumed with.
+        Tensors are references, as in ``torch.optim``: save or copy the dict before stepping.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         index = {id(p): i for i, p in enumerate(self._params())}
-        packed = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
+        # As torch.optim packs state: a parameter's entry under its index, any other key as it
+        # is; a tensor that is no longer a parameter (its group was removed) has no index.
+        packed = {
+            (index[id(key)] if isinstance(key, Tensor) else key): dict(value)
+            for key, value in self.state.items()
+            if not isinstance(key, Tensor) or id(key) in index
+        }
+        inner = self.inner.state_dict()
         state_dict: dict[str, Any] = {
-            "inner": self.inner.state_dict(),
             "state": packed,
+            "param_groups": inner["param_groups"],
+            "inner": inner,
             "config": self._config(),
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
@@ -260,15 +287,21 @@ class Proximal(Optimizer):
                 )
         params = self._params()
         for i in state_dict["state"]:
-            if not 0 <= int(i) < len(params):
+            if _is_index(i) and not 0 <= i < len(params):
                 raise ValueError(f"Invalid state_dict: parameter index {i} of {len(params)}")
-        self.inner.load_state_dict(state_dict["inner"])
+        inner = state_dict["inner"]
+        if "param_groups" in state_dict:  # the top-level groups rule (checkpoints before lack them)
+            inner = {**inner, "param_groups": state_dict["param_groups"]}
+        self.inner.load_state_dict(inner)
         # torch's load_state_dict rebuilds the inner's group list: share the new one.
         self.param_groups = self.inner.param_groups
         params = self._params()
         self.state = defaultdict(dict)
         for i, saved_state in state_dict["state"].items():
-            p = params[int(i)]
+            if not _is_index(i):
+                self.state[i] = dict(saved_state)  # as torch.optim keeps an entry of its own
+                continue
+            p = params[i]
             self.state[p] = {key: _cast_like(value, p) for key, value in saved_state.items()}
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
@@ -379,7 +412,7 @@ class Proximal(Optimizer):
         if closure is None:
             swapped = self._add_proximal_gradient(lams)
             try:
-                return self.inner.step()
+                return inner_step(self.inner)
             finally:
                 _put_back(swapped)
         first_loss: list[Any] = []
@@ -397,7 +430,7 @@ class Proximal(Optimizer):
             return None if loss is None else loss + penalty
 
         try:
-            inner_loss = self.inner.step(proximal_closure)
+            inner_loss = inner_step(self.inner, proximal_closure)
         finally:
             _put_back(swapped)
         return first_loss[0] if first_loss else inner_loss
@@ -410,10 +443,10 @@ class Proximal(Optimizer):
                 continue
             params, anchors = self._anchored(group)
             grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]  # not None
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("Proximal(coupled=True) does not support sparse gradients")
+            _refuse_sparse(params)
             bufs = [self._scratch_like(p, g) for p, g in zip(params, grads, strict=True)]
-            _proximal_gradients(params, grads, anchors, bufs, 2.0 * lam, self._use_foreach())
+            coef = _ascent_sign(group) * 2.0 * lam
+            _proximal_gradients(params, grads, anchors, bufs, coef, self._use_foreach())
             for p, g, buf in zip(params, grads, bufs, strict=True):
                 swapped.append((p, g))
                 p.grad = buf
@@ -432,7 +465,7 @@ class Proximal(Optimizer):
                 continue
             params, anchors = self._anchored(group)
             squares = [(p - a).square().sum() for p, a in zip(params, anchors, strict=True)]
-            total += lam * float(sum(squares))
+            total += _ascent_sign(group) * lam * float(sum(squares))
         return total
 
     def _proximal_step(self, lams: list[float], step_sizes: list[float]) -> None:
@@ -551,6 +584,21 @@ def _pull_toward_anchors(params: list[Tensor], anchors: list[Tensor], pull: floa
         p.lerp_(a, pull)
 
 
+def _ascent_sign(group: dict[str, Any]) -> float:
+    """-1 for a group the inner optimizer maximizes: it then climbs ``f - lam |theta - a|^2``,
+    whose gradient ``g - 2 lam (theta - a)`` still pulls toward the anchor."""
+    return -1.0 if group.get("maximize", False) else 1.0
+
+
+def _refuse_sparse(params: list[Tensor]) -> None:
+    if any(p.grad is not None and p.grad.is_sparse for p in params):
+        raise RuntimeError(
+            "Proximal(coupled=True) does not support sparse gradients: the proximal term "
+            "2 lam (theta - anchor) is dense (coupled=False takes them where the inner "
+            "optimizer does)"
+        )
+
+
 def _put_back(swapped: list[tuple[Tensor, Tensor]]) -> None:
     for p, g in swapped:
         p.grad = g
@@ -560,6 +608,10 @@ def _cast_like(value: Any, param: Tensor) -> Any:
     if isinstance(value, Tensor):
         return value.to(device=param.device, dtype=param.dtype, copy=True)
     return value
+
+
+def _is_index(key: Any) -> bool:
+    return isinstance(key, int) and not isinstance(key, bool)
 
 
 def _check_lam(lam: Any) -> None:

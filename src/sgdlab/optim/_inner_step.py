@@ -1,0 +1,56 @@
+"""The inner optimizer's step inside a wrapper's step: one user step fires the global hooks once.
+
+``torch.optim`` runs the global step hooks (``register_optimizer_step_pre_hook`` and
+``register_optimizer_step_post_hook``) and each optimizer's own step hooks around every
+``step()``, through a wrapper it puts once on each optimizer class (``Optimizer.
+profile_hook_step``). A wrapper optimizer (the proximal method, a distributed algorithm) is an
+optimizer whose step calls its inner optimizer's: called plainly, the inner step would fire
+the global hooks a second time for the same user step, handed the inner optimizer.
+
+:func:`inner_step` runs the inner optimizer's own step *body* with the hooks registered on
+that instance, before and after it as torch orders them, but not the global ones, which the
+wrapper's own step has fired for this user step. The inner's own hooks stay: whoever
+registered them on that optimizer asked to see each of its steps (a gradient clipper, a
+logger), and it does take one step per user step.
+
+An LR scheduler belongs on the wrapper (the parameter groups are shared): one built on the inner
+optimizer would not see the inner step, and would warn that ``lr_scheduler.step()`` came first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+__all__ = ["inner_step"]
+
+
+def inner_step(optimizer: Optimizer, closure: Callable[[], Any] | None = None) -> Any:
+    """``optimizer.step(closure)`` with its own step hooks and without the global ones."""
+    hooked = type(optimizer).step
+    if not getattr(hooked, "hooked", False):  # not (yet) wrapped by torch: nothing to skip
+        return optimizer.step() if closure is None else optimizer.step(closure)
+    # What torch's profile_hook_step wrapped, one level down (not inspect.unwrap: the body may
+    # be wrapped itself, e.g. by torch's _use_grad_for_differentiable).
+    body: Callable[..., Any] = hooked.__wrapped__  # type: ignore[attr-defined]
+    args: tuple[Any, ...] = (optimizer,) if closure is None else (optimizer, closure)
+    kwargs: dict[str, Any] = {}
+    name = f"Optimizer.step#{type(optimizer).__name__}.step"
+    with torch.autograd.profiler.record_function(name):
+        for pre_hook in list(optimizer._optimizer_step_pre_hooks.values()):
+            result = pre_hook(optimizer, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(
+                        f"{pre_hook} must return None or a tuple of (new_args, new_kwargs), "
+                        f"but got {result}"
+                    )
+                args, kwargs = result
+        out = body(*args, **kwargs)
+        optimizer._optimizer_step_code()
+        for post_hook in list(optimizer._optimizer_step_post_hooks.values()):
+            post_hook(optimizer, args, kwargs)
+    return out
