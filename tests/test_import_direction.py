@@ -39,9 +39,8 @@ ALLOWED = {
     "testbed": BASE | METHODS | {"run", "report"},
     "cli": BASE | METHODS | {"run", "report", "experiments", "testbed"},
 }
-# torch.distributed is called only through distributed/comm.py; exchange.py (mL-BFGS's block
-# exchange, being reworked) still calls all_gather/all_reduce itself.
-TORCH_DISTRIBUTED = {"distributed/comm.py", "distributed/exchange.py"}
+# torch.distributed is called only through distributed/comm.py.
+TORCH_DISTRIBUTED = {"distributed/comm.py"}
 
 
 def _modules() -> dict[str, Path]:

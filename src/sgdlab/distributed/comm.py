@@ -281,6 +281,23 @@ class Comm:
             with collective("barrier"):
                 dist.barrier()
 
+    def all_gather(self, tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (same shape and dtype everywhere), in rank order; ``what``
+        names the collective in a :class:`CommError`."""
+        if not self.distributed:
+            return [tensor]
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        with collective(what):
+            dist.all_gather(out, tensor)
+        return out
+
+    def max_(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
+        """``tensor`` becomes the elementwise largest over the ranks, in place."""
+        if self.distributed:
+            with collective(what):
+                dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
     def min_int(self, value: int) -> int:
         """The least of every rank's ``value`` (a blocking collective; ``value`` alone at W=1)."""
         if not self.distributed:

@@ -23,10 +23,9 @@ Example (one process, no group: the exchange hands back what it was given)::
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from sgdlab.distributed.comm import Comm, collective
+from sgdlab.distributed.comm import Comm
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -73,9 +72,7 @@ class BlockExchange:
         for b in mine:
             buffer[offset : offset + sizes[b]] = local[b].reshape(-1)
             offset += sizes[b]
-        gathered = [torch.empty_like(buffer) for _ in range(self.world_size)]
-        with collective("all-gather of mL-BFGS directions"):
-            dist.all_gather(gathered, buffer)
+        gathered = self.comm.all_gather(buffer, "all-gather of mL-BFGS directions")
         out: dict[int, Tensor] = {}
         cursor = [0] * self.world_size
         for b, owner in enumerate(owners):
@@ -94,8 +91,7 @@ class BlockExchange:
             info[b] = d.numel()
         if local:
             info[-1] = _DTYPES.index(next(iter(local.values())).dtype) + 1
-        with collective("all-reduce (block sizes)"):
-            dist.all_reduce(info, op=dist.ReduceOp.MAX)
+        self.comm.max_(info, "all-reduce (block sizes)")
         sizes = [int(v) for v in info[:-1]]
         dtype = _DTYPES[int(info[-1]) - 1] if int(info[-1]) else torch.float32
         self._layout = (key, sizes, dtype)
