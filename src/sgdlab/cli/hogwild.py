@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from sgdlab.cli import options
-from sgdlab.run.hogwild import HogwildRunConfig
+from sgdlab.run.config import HogwildRunConfig
 
 
 def hogwild(*, set_: list[str] | None, json_: bool, **values: Any) -> None:

@@ -1,5 +1,6 @@
-"""The typed configurations of a run, and their validation: :class:`TrainConfig` (one process)
-and :class:`DistConfig` (the ranks of ``sgdlab dist``)."""
+"""The typed configurations of a run, and their validation: :class:`TrainConfig` (one process),
+:class:`DistConfig` (the ranks of ``sgdlab dist``) and :class:`HogwildRunConfig` (one Hogwild!
+run). Each field's :func:`option` metadata is its command-line option."""
 
 from __future__ import annotations
 
@@ -292,3 +293,24 @@ def partition_alpha(spec: str) -> float | None:
     if kind != "dirichlet" or not math.isfinite(alpha) or alpha <= 0:
         raise ConfigError(f"invalid partition {spec!r}; use iid or dirichlet:<alpha > 0>")
     return alpha
+
+
+@dataclass
+class HogwildRunConfig:
+    """One ``sgdlab hogwild`` run: the arguments of :func:`hogwild_once`."""
+
+    workload: str = field(metadata=option("Workload name (see `sgdlab list`)."))
+    workers: int = field(default=2, metadata=option("Lock-free worker processes."))
+    steps: int = field(default=100_000, metadata=option("Updates by all workers together."))
+    lr: float = field(default=0.1, metadata=option("Constant step (ignored when diminishing)."))
+    schedule: str = field(default="constant",
+                          metadata=option("constant, or diminishing: alpha/(mu(t+E))."))
+    mu: float | None = field(default=None, metadata=option("Strong convexity.", "--mu"))
+    L: float | None = field(default=None, metadata=option("Component smoothness.", "--L"))
+    alpha: float = field(default=2.0, metadata=option("alpha > 1 of the diminishing step."))
+    batch_size: int = field(default=1, metadata=option("Samples per update."))
+    seed: int = field(default=0, metadata=option("Seed of the model, the shards and the order."))
+    workload_options: dict[str, Any] | None = None
+    device: str = field(default="cpu", metadata=option("cpu, or cuda[:N] with --allow-cuda."))
+    allow_cuda: bool = field(default=False, metadata=option(
+        "Run lock-free on a CUDA model (no guarantee).", "--allow-cuda"))

@@ -3,37 +3,14 @@ of throughput, staleness, final loss and metric, and ``‖w - w*‖²`` where w*
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from sgdlab.errors import ConfigError
 from sgdlab.parallel.hogwild import HogwildConfig, StepSize, run_hogwild
-from sgdlab.run.config import option
 from sgdlab.run.loop import diminishing_constants
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.base import SparseRows
 from sgdlab.workloads.constants import smoothness
-
-
-@dataclass
-class HogwildRunConfig:
-    """One ``sgdlab hogwild`` run: the arguments of :func:`hogwild_once`."""
-
-    workload: str = field(metadata=option("Workload name (see `sgdlab list`)."))
-    workers: int = field(default=2, metadata=option("Lock-free worker processes."))
-    steps: int = field(default=100_000, metadata=option("Updates by all workers together."))
-    lr: float = field(default=0.1, metadata=option("Constant step (ignored when diminishing)."))
-    schedule: str = field(default="constant",
-                          metadata=option("constant, or diminishing: alpha/(mu(t+E))."))
-    mu: float | None = field(default=None, metadata=option("Strong convexity.", "--mu"))
-    L: float | None = field(default=None, metadata=option("Component smoothness.", "--L"))
-    alpha: float = field(default=2.0, metadata=option("alpha > 1 of the diminishing step."))
-    batch_size: int = field(default=1, metadata=option("Samples per update."))
-    seed: int = field(default=0, metadata=option("Seed of the model, the shards and the order."))
-    workload_options: dict[str, Any] | None = None
-    device: str = field(default="cpu", metadata=option("cpu, or cuda[:N] with --allow-cuda."))
-    allow_cuda: bool = field(default=False, metadata=option(
-        "Run lock-free on a CUDA model (no guarantee).", "--allow-cuda"))
 
 
 def hogwild_once(
