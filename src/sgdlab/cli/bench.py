@@ -103,19 +103,15 @@ def _bench_mlbfgs(
     json_: JsonOption = False,
 ) -> None:
     """mL-BFGS vs SGD-momentum, Adam, AdamW, L-BFGS, SOAP: tuned, 3 seeds, goals checked."""
-    from sgdlab.experiments.mlbfgs import (
-        DEFAULT_CONTENDERS,
-        PLANS,
-        MlbfgsBenchConfig,
-        run_mlbfgs_bench,
-    )
+    from sgdlab.experiments import mlbfgs
 
-    cfg = MlbfgsBenchConfig(
-        workloads=tuple(workload or PLANS), contenders=tuple(contender or DEFAULT_CONTENDERS),
+    cfg = mlbfgs.MlbfgsBenchConfig(
+        workloads=tuple(workload or mlbfgs.PLANS),
+        contenders=tuple(contender or mlbfgs.DEFAULT_CONTENDERS),
         seeds=seeds, batch_size=batch_size, steps_scale=steps_scale, cost_rounds=cost_rounds,
         db=db, out=out,
     )
-    summary = run_mlbfgs_bench(cfg, quiet=json_)
+    summary = mlbfgs.run_mlbfgs_bench(cfg, quiet=json_)
     if json_:
         emit_json(summary)
 
@@ -159,21 +155,17 @@ def _bench_biased_sgd(
     json_: JsonOption = False,
 ) -> None:
     """Biased SGD (relative + absolute error) run for real, under the bound of the LMI."""
-    from sgdlab.experiments.biased_practice import (
-        logistic_problem,
-        practice_report,
-        quadratic_problem,
-    )
+    from sgdlab.experiments import biased_practice as practice
 
     if workload == "quadratic":
-        problem = quadratic_problem(lam=0.05 if l2 is None else l2)
+        problem = practice.quadratic_problem(lam=0.05 if l2 is None else l2)
     else:
         from sgdlab.workloads import get_workload
 
         options: dict[str, Any] = {} if l2 is None else {"l2": l2}
         wl = get_workload(workload, **options)
-        problem = logistic_problem(wl, rows=rows)
-    rep = practice_report(problem, case, delta=delta, c=c, steps=steps, seeds=seeds,
+        problem = practice.logistic_problem(wl, rows=rows)
+    rep = practice.practice_report(problem, case, delta=delta, c=c, steps=steps, seeds=seeds,
                           alpha=alpha, plot=plot)
     if json_:
         emit_json(rep)

@@ -83,6 +83,14 @@ def emit_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
+def show(obj: dict[str, Any], json_: bool, for_people: Callable[[dict[str, Any]], Any]) -> None:
+    """``--json``: ``obj`` as the one JSON line; otherwise ``for_people(obj)``."""
+    if json_:
+        emit_json(obj)
+    else:
+        for_people(obj)
+
+
 def parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``key=value`` → optimizer hyperparameters; ``workload.key=value`` → workload options."""
     opt: dict[str, Any] = {}

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sgdlab.cli.options import JsonOption, emit_json
+from sgdlab.cli.options import JsonOption, show
 from sgdlab.run.config import check_output_paths
 from sgdlab.testbed.links import DEFAULT_NAME
 from sgdlab.testbed.netns import DEFAULT_STATE_DIR, Testbed, teardown
@@ -62,8 +62,6 @@ app = typer.Typer(
 
 
 _TestbedName = Annotated[str, typer.Option("--name", help="Testbed name (namespaces sgdl-NAME-*).")]
-
-
 _StateDir = Annotated[Path, typer.Option("--state-dir", help="Folder of the state file.")]
 
 
@@ -93,34 +91,23 @@ def _testbed_up(
         delay_ms=delay_ms,
         state_dir=state_dir,
     )
-    if json_:
-        emit_json(status)
-    else:
-        _print_status(status)
+    show(status, json_, _print_status)
 
 
 def _testbed_down(
     name: _TestbedName = "tb", state_dir: _StateDir = Path("/run"), json_: JsonOption = False
 ) -> None:
     """Remove the testbed: its namespaces (and the processes inside) and its state file."""
-    result = _down_testbed(name, state_dir=state_dir)
-    if json_:
-        emit_json(result)
-    else:
-        sys.stdout.write(
-            f"removed {len(result['removed'])} namespaces: {' '.join(result['removed']) or '-'}\n"
-        )
+    show(_down_testbed(name, state_dir=state_dir), json_, lambda result: sys.stdout.write(
+        f"removed {len(result['removed'])} namespaces: {' '.join(result['removed']) or '-'}\n"
+    ))
 
 
 def _testbed_status(
     name: _TestbedName = "tb", state_dir: _StateDir = Path("/run"), json_: JsonOption = False
 ) -> None:
     """Hosts, addresses, link shape and each host's egress counters."""
-    status = _status_of_testbed(name, state_dir=state_dir)
-    if json_:
-        emit_json(status)
-    else:
-        _print_status(status)
+    show(_status_of_testbed(name, state_dir=state_dir), json_, _print_status)
 
 
 app.command("up")(_testbed_up)

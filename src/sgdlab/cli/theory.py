@@ -9,6 +9,18 @@ import typer
 
 from sgdlab.cli.options import JsonOption, emit_json
 
+# The options biased-sgd and schedule share.
+_Case = Annotated[str, typer.Option(help="smooth, smooth-convex or bounded.")]
+_L = Annotated[float, typer.Option("--L", help="Smoothness of each f_i.")]
+_M = Annotated[float, typer.Option("--m", help="Strong convexity of f.")]
+_Delta = Annotated[float, typer.Option(help="Relative gradient error.")]
+_C = Annotated[float, typer.Option("--c", help="Absolute gradient error.")]
+_Sigma2 = Annotated[float, typer.Option(help="E||grad f_i(x*)||^2.")]
+_Beta = Annotated[float | None, typer.Option(help="bounded: E||g||^2 <= beta^2 ...")]
+_K = Annotated[float | None, typer.Option("--K", help="bounded: ... + K.")]
+_Solver = Annotated[str, typer.Option(help="clarabel or scs.")]
+
+
 app = typer.Typer(
     help="Convergence bounds: closed forms, recursions and LMIs.", no_args_is_help=True
 )
@@ -57,17 +69,17 @@ def _theory_sgd_bound(
 
 
 def _theory_biased_sgd(
-    case: Annotated[str, typer.Option(help="smooth, smooth-convex or bounded.")],
-    L: Annotated[float, typer.Option("--L", help="Smoothness of each f_i.")],
-    m: Annotated[float, typer.Option("--m", help="Strong convexity of f.")],
+    case: _Case,
+    L: _L,
+    m: _M,
     alpha: Annotated[float, typer.Option(help="Step size.")],
-    delta: Annotated[float, typer.Option(help="Relative gradient error.")] = 0.0,
-    c: Annotated[float, typer.Option("--c", help="Absolute gradient error.")] = 0.0,
-    sigma2: Annotated[float, typer.Option(help="E||grad f_i(x*)||^2.")] = 0.0,
-    beta: Annotated[float | None, typer.Option(help="bounded: E||g||^2 <= beta^2 ...")] = None,
-    K: Annotated[float | None, typer.Option("--K", help="bounded: ... + K.")] = None,
+    delta: _Delta = 0.0,
+    c: _C = 0.0,
+    sigma2: _Sigma2 = 0.0,
+    beta: _Beta = None,
+    K: _K = None,
     U: Annotated[float | None, typer.Option("--U", help="Minimise rho2*U + H at this U.")] = None,
-    solver: Annotated[str, typer.Option(help="clarabel or scs.")] = "clarabel",
+    solver: _Solver = "clarabel",
     json_: JsonOption = False,
 ) -> None:
     """One-step bound E||x+ - x*||^2 <= rho2 E||x - x*||^2 + H for biased SGD (an LMI)."""
@@ -109,17 +121,17 @@ def _theory_biased_sgd(
 
 
 def _theory_schedule(
-    case: Annotated[str, typer.Option(help="smooth, smooth-convex or bounded.")],
-    L: Annotated[float, typer.Option("--L", help="Smoothness of each f_i.")],
-    m: Annotated[float, typer.Option("--m", help="Strong convexity of f.")],
+    case: _Case,
+    L: _L,
+    m: _M,
     U0: Annotated[float, typer.Option("--U0", help="Bound on ||x_0 - x*||^2.")],
     steps: Annotated[int, typer.Option(help="Steps to schedule.")],
-    delta: Annotated[float, typer.Option(help="Relative gradient error.")] = 0.0,
-    c: Annotated[float, typer.Option("--c", help="Absolute gradient error.")] = 0.0,
-    sigma2: Annotated[float, typer.Option(help="E||grad f_i(x*)||^2.")] = 0.0,
-    beta: Annotated[float | None, typer.Option(help="bounded: E||g||^2 <= beta^2 ...")] = None,
-    K: Annotated[float | None, typer.Option("--K", help="bounded: ... + K.")] = None,
-    solver: Annotated[str, typer.Option(help="clarabel or scs.")] = "clarabel",
+    delta: _Delta = 0.0,
+    c: _C = 0.0,
+    sigma2: _Sigma2 = 0.0,
+    beta: _Beta = None,
+    K: _K = None,
+    solver: _Solver = "clarabel",
     plot: Annotated[Path | None, typer.Option(help="Write the trade-off and schedule PNG.")] = None,
     json_: JsonOption = False,
 ) -> None:
