@@ -4,7 +4,8 @@ the rule that a diminishing step needs μ and L, and the time to target.
 A run is built, resumed (or started), stepped, evaluated and checkpointed on a fixed schedule,
 and finished; :meth:`Run.run` is that loop, written once::
 
-    start = run.begin()                     # build; resume from a checkpoint, or start at 0
+    run.build()                             # model, optimizer, data, outputs
+    start = run.resume()                    # from the newest checkpoint, or 0
     for step in range(start, run.steps):
         run.step(step)                      # batch, loss, backward, checks, optimizer step
         if done % eval_every == 0 or done == steps: run.evaluate(done)
@@ -12,7 +13,7 @@ and finished; :meth:`Run.run` is that loop, written once::
     return run.finish()                     # last checks, the result, the final files
 
 :class:`sgdlab.run.train.SingleRun` (``sgdlab train``) and :class:`sgdlab.run.rank.RankRun`
-(each rank of ``sgdlab dist``) fill in those five steps.
+(each rank of ``sgdlab dist``) fill in those six steps.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ class Run(ABC, Generic[R]):
     current: int = 0  # the step being taken, for error messages
 
     @abstractmethod
-    def begin(self) -> int:
-        """Build everything, resume or start; the first step to take."""
+    def build(self) -> None:
+        """The model, the optimizer, the data, the outputs: everything, before any step."""
+
+    @abstractmethod
+    def resume(self) -> int:
+        """Continue from a checkpoint, or start; the first step to take, ready to take it."""
 
     @abstractmethod
     def step(self, step: int) -> None:
@@ -64,7 +69,8 @@ class Run(ABC, Generic[R]):
 
     def run(self) -> R:
         """Run to the last step; see the module doc."""
-        start = self.begin()
+        self.build()
+        start = self.resume()
         with self.stepping(start):
             for step in range(start, self.steps):
                 self.current = step

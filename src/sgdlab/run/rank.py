@@ -142,7 +142,7 @@ class RankRun(Run[dict[str, Any]]):
 
     # --- build and resume --------------------------------------------------------------------
 
-    def begin(self) -> int:
+    def build(self) -> None:
         rank, config, workload = self.rank, self.config, self.workload
         torch.manual_seed(config.seed * 1_000_003 + rank)
         part = self.part = torch.from_numpy(shard(workload, config, rank))
@@ -162,7 +162,11 @@ class RankRun(Run[dict[str, Any]]):
         if config.checkpoint_dir:
             self.cuts = CutStore(Path(config.checkpoint_dir), comm, config.key())
         self.guard = FiniteGuard(model, torch.device("cpu"))
-        start = self.start = self.resume() if self.cuts is not None else 0
+
+    def resume(self) -> int:
+        rank, config, workload = self.rank, self.config, self.workload
+        model, part, comm = self.model, self.part, self.comm
+        start = self.start = self._load_cut() if self.cuts is not None else 0
         if start == 0 and config.link_steps:
             mbps = _link_for(config, workload, model, part, comm)
             comm.injection = dataclasses.replace(comm.injection, bandwidth_mbps=mbps)
@@ -173,7 +177,7 @@ class RankRun(Run[dict[str, Any]]):
         self.start_clock()
         return start
 
-    def resume(self) -> int:
+    def _load_cut(self) -> int:
         """Load the newest cut when resuming (a collective); the step to start from."""
         config = self.config
         assert self.cuts is not None

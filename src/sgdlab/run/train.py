@@ -130,7 +130,7 @@ class SingleRun(Run[RunResult]):
 
     # --- build and resume --------------------------------------------------------------------
 
-    def begin(self) -> int:
+    def build(self) -> None:
         config = self.config
         config.validate()
         if config.threads:
@@ -164,7 +164,10 @@ class SingleRun(Run[RunResult]):
         self.skipped = self.consecutive = 0  # steps skipped under skip: in all, and in a row
         self.last_good: int | None = None  # the step of the newest checkpoint on disk
         self.checked_loadable = False  # whether a checkpoint of this state can be read back
-        start, log_offset = self._resume() if config.resume else (0, None)
+
+    def resume(self) -> int:
+        config, out, device = self.config, self.out, self.device
+        start, log_offset = self._load_checkpoint() if config.resume else (0, None)
         if not self.run_id:
             self.run_id = self.store.start_run(
                 workload=config.workload,
@@ -205,7 +208,7 @@ class SingleRun(Run[RunResult]):
         self.outside = 0.0  # evaluation and checkpoint time, for the harness-overhead benchmark
         return start
 
-    def _resume(self) -> tuple[int, int | None]:
+    def _load_checkpoint(self) -> tuple[int, int | None]:
         config = self.config
         state = load_checkpoint(self.ckpt_path)
         if state.get("key") != config.key():
