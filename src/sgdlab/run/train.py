@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -127,6 +128,8 @@ class SingleRun(Run[RunResult]):
     def __init__(self, config: TrainConfig, workload: Workload | None = None) -> None:
         self.config, self._given = config, workload
         self.steps, self.checkpoint_every = config.steps, config.checkpoint_every
+        # The progress bar's update (done, loss): nothing unless a bar is shown (``stepping``).
+        self.bar: Callable[[int, float], Any] = lambda done, loss: None
 
     # --- build and resume --------------------------------------------------------------------
 
@@ -297,8 +300,6 @@ class SingleRun(Run[RunResult]):
                 lr=opt.param_groups[0]["lr"],
             )
             self.bar(done, value)
-
-    bar: Any = staticmethod(lambda done, loss: None)  # the progress bar's update, if shown
 
     # --- off the clock -----------------------------------------------------------------------
 
