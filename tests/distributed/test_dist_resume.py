@@ -21,9 +21,10 @@ import torch
 from faults import complete_cuts, kill, launched_ranks, wait_until
 
 from sgdlab.checkpoint import load_checkpoint
+from sgdlab.distributed import ALGORITHMS
 from sgdlab.distributed.launch import RankFailure
 from sgdlab.errors import CheckpointError, ConfigError
-from sgdlab.run.config import ALGOS, DistConfig
+from sgdlab.run.config import DistConfig
 from sgdlab.run.dist import run_dist, run_dist_many
 from sgdlab.run.rank import rank_entry
 
@@ -49,8 +50,8 @@ def same_model(a: Path, b: Path) -> None:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict[str, Any]]]:
     """Every algorithm uninterrupted, in one set of rank processes."""
     base = tmp_path_factory.mktemp("reference")
-    results = run_dist_many([config(a, base / a) for a in ALGOS], timeout_s=120)
-    return {a: (base / a / "model.pt", r) for a, r in zip(ALGOS, results, strict=True)}
+    results = run_dist_many([config(a, base / a) for a in tuple(ALGORITHMS)], timeout_s=120)
+    return {a: (base / a / "model.pt", r) for a, r in zip(tuple(ALGORITHMS), results, strict=True)}
 
 
 def _start(target: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
@@ -68,7 +69,7 @@ def _start(target: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", tuple(ALGORITHMS))
 def test_sigkill_one_rank_then_resume_matches_uninterrupted(
     algo: str, tmp_path: Path, reference: dict[str, tuple[Path, dict[str, Any]]]
 ) -> None:

@@ -9,8 +9,7 @@ import typer
 
 from sgdlab.cli import options
 from sgdlab.errors import SgdlabError
-from sgdlab.run.config import DistConfig
-from sgdlab.run.dist import DEFAULT_RUN_TIMEOUT_S
+from sgdlab.run.config import DEFAULT_RUN_TIMEOUT_S, DistConfig
 
 DOC = """Train on W local ranks (gloo) with a distributed algorithm; under torchrun, one rank.
 

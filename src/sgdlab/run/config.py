@@ -1,6 +1,10 @@
 """The typed configurations of a run, and their validation: :class:`TrainConfig` (one process),
 :class:`DistConfig` (the ranks of ``sgdlab dist``) and :class:`HogwildRunConfig` (one Hogwild!
-run). Each field's :func:`option` metadata is its command-line option."""
+run). Each field's :func:`option` metadata is its command-line option.
+
+The ``sgdlab`` command builds its options from these classes whatever command it runs, so this
+module loads no torch: what validation needs of the methods it imports when it runs.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +16,23 @@ import re
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from sgdlab.distributed import ALGORITHMS
-from sgdlab.distributed.comm import DEFAULT_COLLECTIVE_TIMEOUT_S, Injection
 from sgdlab.errors import ConfigError, StoreError
-from sgdlab.optim import load_optimizer
-from sgdlab.run.finite import POLICIES
 from sgdlab.run.store import DEFAULT_DB
-from sgdlab.workloads.registry import workload_options
+
+if TYPE_CHECKING:
+    from sgdlab.distributed.comm import Injection
 
 SCHEDULES = ("constant", "diminishing")
+# What a NaN or infinite loss or gradient does (sgdlab.run.finite): end the run, or skip the step.
+POLICIES = ("stop", "skip")
+# sgdlab.distributed.comm.DEFAULT_COLLECTIVE_TIMEOUT_S, which the test of this module checks:
+# the CLI reads this default without loading torch.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 60.0
+# Seconds before a hung local run is stopped (``sgdlab dist --timeout``); the launcher's own
+# default (300 s) is for its bare API.
+DEFAULT_RUN_TIMEOUT_S = 600.0
 _COUNTS = ("eval_every", "log_every", "checkpoint_every", "threads")  # integers >= 0
 
 # Fields that change nothing about the trajectory: left out of the run's key, so a resumed run
@@ -176,7 +183,6 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-ALGOS = tuple(ALGORITHMS)  # sync, local, overlap, easgd, cocod
 
 # Fields that change nothing about the trajectory: a run may resume with other values (more
 # steps extend it: no schedule depends on the step count).
@@ -231,8 +237,12 @@ class DistConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def validate(self) -> None:
-        if self.algo not in ALGOS:
-            raise ConfigError(f"unknown algo {self.algo!r}; choose one of {', '.join(ALGOS)}")
+        from sgdlab.distributed import ALGORITHMS
+
+        if self.algo not in ALGORITHMS:
+            raise ConfigError(
+                f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}"
+            )
         for name in ("world_size", "batch_size", "tau", "steps"):
             if isinstance(getattr(self, name), bool | float) or getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
@@ -252,10 +262,15 @@ class DistConfig:
         if "lr" in self.optimizer_options:
             raise ConfigError("give the learning rate with --lr, not --set lr=...")
         # Unknown names and bad hyperparameters: one line here, not a failure in every rank.
+        import torch
+
+        from sgdlab.optim import load_optimizer
+        from sgdlab.workloads.registry import workload_options
+
         unknown = sorted(set(self.workload_options) - set(workload_options(self.workload)))
         if unknown:
             raise ConfigError(f"workload {self.workload!r} has no option {', '.join(unknown)}")
-        load_optimizer(self.optimizer, [nn.Parameter(torch.zeros(1))], lr=self.lr,
+        load_optimizer(self.optimizer, [torch.nn.Parameter(torch.zeros(1))], lr=self.lr,
                        **self.optimizer_options)
         # The algorithms check these too, but inside the ranks: a bad one should not spawn them.
         if not (math.isfinite(self.alpha) and 0 <= self.alpha <= 1) or (
@@ -270,6 +285,8 @@ class DistConfig:
         self.injection()
 
     def injection(self) -> Injection:
+        from sgdlab.distributed.comm import Injection
+
         try:
             return Injection(self.bandwidth_mbps, self.latency_ms, self.straggler_prob,
                              self.straggler_slowdown, self.seed)

@@ -20,12 +20,8 @@ from typing import Any
 
 from sgdlab.distributed.launch import RankFailure, launch
 from sgdlab.errors import ConfigError
-from sgdlab.run.config import DistConfig
+from sgdlab.run.config import DEFAULT_RUN_TIMEOUT_S, DistConfig
 from sgdlab.run.rank import rank_entry_many
-
-# Seconds before a hung run is stopped (``sgdlab dist --timeout``); the launcher's own default
-# (300 s) is for its bare API.
-DEFAULT_RUN_TIMEOUT_S = 600.0
 
 # sgdlab dist starts every rank as a process on this host; beyond this it is a fork bomb.
 _MAX_LOCAL_RANKS = 256

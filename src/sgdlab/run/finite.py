@@ -43,8 +43,6 @@ from typing import Any
 
 import torch
 
-POLICIES = ("stop", "skip")
-
 # Ten batches in a row without one finite step: past a rare bad batch (a corrupt sample, a
 # spike), the iterate or the optimizer state itself is broken and skipping cannot repair it.
 MAX_CONSECUTIVE_SKIPS = 10
