@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from sgdlab.cli import options
 from sgdlab.cli.options import DbOption, JsonOption, emit_json
+from sgdlab.experiments.smallbatch_plan import SmallBatchPlan
 from sgdlab.run.store import DEFAULT_DB
 
 app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
@@ -44,40 +46,27 @@ def _bench_overlap(
         emit_json(summary)
 
 
-def _bench_smallbatch(
-    workloads: Annotated[str, typer.Option(help="Comma-separated workloads.")] = (
-        "cnn-fmnist,mlp-mnist"
-    ),
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "8,16,128",
-    subset: Annotated[int, typer.Option(help="Training samples (a fixed seeded subset).")] = 2000,
-    validation: Annotated[int, typer.Option(help="Held-out training samples for tuning.")] = 1000,
-    epochs: Annotated[int, typer.Option(help="Epochs at every batch size.")] = 2,
-    seeds: Annotated[int, typer.Option(help="Final seeds per variant (1..N).")] = 3,
-    lams: Annotated[str, typer.Option(help="Extra lambdas a prox variant tries.")] = "0.01,0.1",
-    ablate_batch_sizes: Annotated[
-        str, typer.Option(help="Batch sizes of the lambda=0 / no-decay ablation ('' for none).")
-    ] = "8",
-    db: DbOption = DEFAULT_DB,
-    out: Annotated[Path, typer.Option(help="Folder for the table, plots and records.")] = Path(
-        "sgdlab-results/smallbatch"
-    ),
-    json_: JsonOption = False,
-) -> None:
-    """Prox-SGD/prox-Adam against SGD/Adam at small batches, tuned on an equal budget."""
+def _bench_smallbatch(*, db: Path, out: Path, json_: bool, **values: Any) -> None:
     from sgdlab.experiments.smallbatch import run_smallbatch
-    from sgdlab.experiments.smallbatch_plan import SmallBatchPlan, parse_list
 
-    plan = SmallBatchPlan(
-        workloads=parse_list(workloads, str, "workloads"),
-        batch_sizes=parse_list(batch_sizes, int, "batch sizes"),
-        subset=subset, validation=validation, epochs=epochs, seeds=seeds,
-        lams=parse_list(lams, float, "lams"),
-        ablate_batch_sizes=parse_list(ablate_batch_sizes, int, "ablation batch sizes")
-        if ablate_batch_sizes.strip() else (),
-    )
+    plan = SmallBatchPlan(**options.config_values(SmallBatchPlan, values))
     summary = run_smallbatch(plan, db=db, out=out, quiet=json_)
     if json_:
         emit_json(summary)
+
+
+def _register_smallbatch() -> None:
+    options.command(
+        app, "smallbatch",
+        "Prox-SGD/prox-Adam against SGD/Adam at small batches, tuned on an equal budget.", [
+            *options.from_config(SmallBatchPlan, "workloads", "batch_sizes", "subset",
+                                 "validation", "epochs", "seeds", "lams", "ablate_batch_sizes"),
+            options.param("db", DbOption, DEFAULT_DB),
+            options.param("out", Annotated[Path, typer.Option(
+                help="Folder for the table, plots and records.")],
+                Path("sgdlab-results/smallbatch")),
+            options.json_option(),
+        ], _bench_smallbatch)
 
 
 def _bench_mlbfgs(
@@ -181,7 +170,7 @@ def _bench_biased_sgd(
 
 app.command("quick")(_bench_quick)
 app.command("overlap")(_bench_overlap)
-app.command("smallbatch")(_bench_smallbatch)
+_register_smallbatch()
 app.command("mlbfgs")(_bench_mlbfgs)
 app.command("hogwild")(_bench_hogwild)
 app.command("biased-sgd")(_bench_biased_sgd)

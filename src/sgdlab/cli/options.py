@@ -48,12 +48,13 @@ def from_config(cls: type, *names: str) -> list[Param]:
 
 def config_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """The command's values of ``cls``'s options, by field name (undoing :func:`from_config`'s
-    parameter names)."""
+    parameter names, and parsing where the field's option says how)."""
     out = {}
     for f in dataclasses.fields(cls):
         key = f.metadata.get("name") or f.name
         if key in values:
-            out[f.name] = values[key]
+            parse = f.metadata.get("parse")
+            out[f.name] = values[key] if parse is None else parse(values[key])
     return out
 
 

@@ -5,10 +5,11 @@ of the benchmark."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sgdlab.errors import ConfigError
+from sgdlab.run.config import option
 
 # Grid centres at batch 16, scaled by sqrt(b / 16); chosen from a pilot on mlp-mnist so that
 # both a baseline's best rate and its prox variant's (about 3x higher: the harmonic decay)
@@ -39,14 +40,24 @@ ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
 class SmallBatchPlan:
     """What ``sgdlab bench smallbatch`` trains; the defaults fit ~25 minutes on 2 cores."""
 
-    workloads: tuple[str, ...] = ("cnn-fmnist", "mlp-mnist")
-    batch_sizes: tuple[int, ...] = (8, 16, 128)
-    subset: int = 2000
-    validation: int = 1000
-    epochs: int = 2
-    seeds: int = 3
-    lams: tuple[float, ...] = (1e-2, 1e-1)
-    ablate_batch_sizes: tuple[int, ...] = (8,)
+    workloads: tuple[str, ...] = field(default=("cnn-fmnist", "mlp-mnist"), metadata=option(
+        "Comma-separated workloads.", cli_type=str, cli_default="cnn-fmnist,mlp-mnist",
+        parse=lambda text: parse_list(text, str, "workloads")))
+    batch_sizes: tuple[int, ...] = field(default=(8, 16, 128), metadata=option(
+        "Comma-separated batch sizes.", cli_type=str, cli_default="8,16,128",
+        parse=lambda text: parse_list(text, int, "batch sizes")))
+    subset: int = field(default=2000, metadata=option("Training samples (a fixed seeded subset)."))
+    validation: int = field(default=1000,
+                            metadata=option("Held-out training samples for tuning."))
+    epochs: int = field(default=2, metadata=option("Epochs at every batch size."))
+    seeds: int = field(default=3, metadata=option("Final seeds per variant (1..N)."))
+    lams: tuple[float, ...] = field(default=(1e-2, 1e-1), metadata=option(
+        "Extra lambdas a prox variant tries.", cli_type=str, cli_default="0.01,0.1",
+        parse=lambda text: parse_list(text, float, "lams")))
+    ablate_batch_sizes: tuple[int, ...] = field(default=(8,), metadata=option(
+        "Batch sizes of the lambda=0 / no-decay ablation ('' for none).", cli_type=str,
+        cli_default="8",
+        parse=lambda text: parse_list(text, int, "ablation batch sizes") if text.strip() else ()))
     threads: int = 1
     bins_per_epoch: int = 10
 

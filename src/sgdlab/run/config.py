@@ -14,6 +14,7 @@ import json
 import math
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,16 +54,19 @@ _NOT_IN_KEY = (
 
 
 def option(
-    help: str, *flags: str, name: str = "", cli_type: Any = None, cli_default: Any = ...
+    help: str, *flags: str, name: str = "", cli_type: Any = None, cli_default: Any = ...,
+    parse: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """A field's command-line option (``sgdlab.cli`` builds it): its help line, and where they
     differ from the field's, its flags (default ``--field-name``), parameter name, type and
-    default."""
+    default, and ``parse``, which turns the option's value into the field's."""
     meta: dict[str, Any] = {"help": help, "flags": flags, "name": name}
     if cli_type is not None:
         meta["cli_type"] = cli_type
     if cli_default is not ...:
         meta["cli_default"] = cli_default
+    if parse is not None:
+        meta["parse"] = parse
     return meta
 
 
