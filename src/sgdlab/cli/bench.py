@@ -10,6 +10,7 @@ import typer
 
 from sgdlab.cli import options
 from sgdlab.cli.options import DbOption, JsonOption, emit_json
+from sgdlab.experiments.mlbfgs_plan import MlbfgsBenchConfig
 from sgdlab.experiments.smallbatch_plan import SmallBatchPlan
 from sgdlab.run.store import DEFAULT_DB
 
@@ -69,40 +70,23 @@ def _register_smallbatch() -> None:
         ], _bench_smallbatch)
 
 
-def _bench_mlbfgs(
-    workload: Annotated[
-        list[str] | None,
-        typer.Option(help="Workload (repeat); default logreg-fmnist, mlp-mnist, cnn-fmnist."),
-    ] = None,
-    contender: Annotated[
-        list[str] | None,
-        typer.Option(help="Contender (repeat): mlbfgs, sgd-momentum, adam, adamw, lbfgs, "
-                     "lbfgs-iter4, soap, shampoo; default all but lbfgs-iter4, shampoo."),
-    ] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds at the tuned step size.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Batch (L-BFGS: 1024, same samples).")] = 128,
-    steps_scale: Annotated[float, typer.Option(help="Multiply every workload's steps.")] = 1.0,
-    cost_rounds: Annotated[
-        int, typer.Option(help="Interleaved rounds of the step-cost measurement (0: skip).")
-    ] = 7,
-    db: DbOption = DEFAULT_DB,
-    out: Annotated[Path, typer.Option(help="Folder for the plots and the report.")] = Path(
-        "sgdlab-results/mlbfgs"
-    ),
-    json_: JsonOption = False,
-) -> None:
-    """mL-BFGS vs SGD-momentum, Adam, AdamW, L-BFGS, SOAP: tuned, 3 seeds, goals checked."""
-    from sgdlab.experiments import mlbfgs
+def _bench_mlbfgs(*, json_: bool, **values: Any) -> None:
+    from sgdlab.experiments.mlbfgs import run_mlbfgs_bench
 
-    cfg = mlbfgs.MlbfgsBenchConfig(
-        workloads=tuple(workload or mlbfgs.PLANS),
-        contenders=tuple(contender or mlbfgs.DEFAULT_CONTENDERS),
-        seeds=seeds, batch_size=batch_size, steps_scale=steps_scale, cost_rounds=cost_rounds,
-        db=db, out=out,
-    )
-    summary = mlbfgs.run_mlbfgs_bench(cfg, quiet=json_)
+    cfg = MlbfgsBenchConfig(**options.config_values(MlbfgsBenchConfig, values))
+    summary = run_mlbfgs_bench(cfg, quiet=json_)
     if json_:
         emit_json(summary)
+
+
+def _register_mlbfgs() -> None:
+    options.command(
+        app, "mlbfgs",
+        "mL-BFGS vs SGD-momentum, Adam, AdamW, L-BFGS, SOAP: tuned, 3 seeds, goals checked.", [
+            *options.from_config(MlbfgsBenchConfig, "workloads", "contenders", "seeds",
+                                 "batch_size", "steps_scale", "cost_rounds", "db", "out"),
+            options.json_option(),
+        ], _bench_mlbfgs)
 
 
 def _bench_hogwild(
@@ -171,6 +155,6 @@ def _bench_biased_sgd(
 app.command("quick")(_bench_quick)
 app.command("overlap")(_bench_overlap)
 _register_smallbatch()
-app.command("mlbfgs")(_bench_mlbfgs)
+_register_mlbfgs()
 app.command("hogwild")(_bench_hogwild)
 app.command("biased-sgd")(_bench_biased_sgd)

@@ -57,13 +57,21 @@ from rich.console import Console
 
 from sgdlab.errors import ConfigError, DivergenceError
 from sgdlab.experiments.mlbfgs_cost import step_cost
+from sgdlab.experiments.mlbfgs_plan import (
+    CONTENDERS,
+    DEFAULT_CONTENDERS,
+    PLANS,
+    Contender,
+    MlbfgsBenchConfig,
+    WorkloadPlan,
+)
 from sgdlab.experiments.mlbfgs_tables import cost_row, display_row, print_summary, summary_markdown
 from sgdlab.report.html import build_report
 from sgdlab.report.plots import plot_workload
 from sgdlab.report.scoring import spread
 from sgdlab.report.sections import Section, ShowcaseContext
 from sgdlab.run.config import TrainConfig, check_output_paths
-from sgdlab.run.store import DEFAULT_DB, ResultStore
+from sgdlab.run.store import ResultStore
 from sgdlab.run.train import RunResult, train
 from sgdlab.workloads import Workload, get_workload
 from sgdlab.workloads.base import Batch
@@ -84,125 +92,6 @@ __all__ = [
 ]
 
 STEPS_RATIO, WALL_RATIO = 1.0, 0.7  # the goals: < steps, <= 0.7x (and COST_RATIO)
-
-
-@dataclass(frozen=True)
-class Contender:
-    """An optimizer as it enters the benchmark: registry name, reference step size (the middle
-    of its grid), fixed hyperparameters, and its own batch size (``None``: the benchmark's)."""
-
-    name: str
-    optimizer: str
-    lr: float
-    options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int | None = None
-
-
-CONTENDERS: dict[str, Contender] = {
-    c.name: c
-    for c in (
-        Contender("mlbfgs", "mlbfgs", 0.1, {"history_size": 10, "update_freq": 10}),
-        Contender("sgd-momentum", "sgd", 0.05, {"momentum": 0.9}),
-        Contender("adam", "adam", 1e-3),
-        Contender("adamw", "adamw", 1e-3, {"weight_decay": 1e-2}),
-        Contender(
-            "lbfgs",
-            "lbfgs",
-            1.0,
-            {"line_search_fn": "strong_wolfe", "max_iter": 1, "history_size": 10},
-            batch_size=1024,
-        ),
-        # Four iterations per batch: all but the first pair of a step come from one batch.
-        Contender(
-            "lbfgs-iter4",
-            "lbfgs",
-            1.0,
-            {"line_search_fn": "strong_wolfe", "max_iter": 4, "history_size": 10},
-            batch_size=1024,
-        ),
-        Contender("soap", "peer:soap", 3e-3),
-        Contender("shampoo", "peer:shampoo", 1e-3),
-    )
-}
-DEFAULT_CONTENDERS = ("mlbfgs", "sgd-momentum", "adam", "adamw", "lbfgs", "soap")
-BASELINE = "sgd-momentum"  # the reference of the cost-per-step goal
-
-
-@dataclass(frozen=True)
-class WorkloadPlan:
-    """How long one workload trains and how it is evaluated.
-
-    ``eval_train``/``eval_test``: evaluate on a fixed seeded subset of this many training/test
-    samples (``None``: the workload's own choice, the whole test set). ``target``: the metric
-    value for time to target, in place of the workload's own (``None``), for budgets too short
-    to reach that; reports say which target they used.
-    """
-
-    steps: int
-    eval_every: int
-    lr_factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)
-    eval_train: int | None = None
-    eval_test: int | None = None
-    target: float | None = None
-
-
-# Scaled to the ~25 min budget on two shared cores (see benchmarks/results/mlbfgs.md).
-PLANS: dict[str, WorkloadPlan] = {
-    "logreg-fmnist": WorkloadPlan(500, 50, eval_train=10_000),
-    # The workloads' own targets (0.97, 0.88) need several epochs: the budget gives 1.7 and 0.3.
-    "mlp-mnist": WorkloadPlan(800, 50, target=0.96),
-    "cnn-fmnist": WorkloadPlan(
-        150, 25, lr_factors=(1.0, 3.0), eval_train=1000, eval_test=2000, target=0.82
-    ),
-}
-
-
-@dataclass
-class MlbfgsBenchConfig:
-    """One invocation of the benchmark (``sgdlab bench mlbfgs``)."""
-
-    workloads: tuple[str, ...] = tuple(PLANS)
-    contenders: tuple[str, ...] = DEFAULT_CONTENDERS
-    seeds: int = 3
-    batch_size: int = 128
-    steps_scale: float = 1.0
-    plans: dict[str, WorkloadPlan] = field(default_factory=lambda: dict(PLANS))
-    cost_rounds: int = 7
-    cost_steps: int = 20
-    db: Path = DEFAULT_DB
-    out: Path = Path("sgdlab-results") / "mlbfgs"
-
-    def validate(self) -> None:
-        if not self.workloads:
-            raise ConfigError("invalid workloads: name at least one")
-        unknown = [c for c in self.contenders if c not in CONTENDERS]
-        if unknown:
-            raise ConfigError(
-                f"unknown contender {unknown[0]!r}; choose from {', '.join(CONTENDERS)}"
-            )
-        if "mlbfgs" not in self.contenders:
-            raise ConfigError("invalid contenders: mlbfgs must be one of them")
-        if len(set(self.contenders)) != len(self.contenders):
-            raise ConfigError(f"invalid contenders: {self.contenders} repeats a name")
-        for name in ("seeds", "batch_size", "cost_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
-        if self.cost_rounds < 0:
-            raise ConfigError(f"invalid cost-rounds: {self.cost_rounds} (must be >= 0)")
-        if not (math.isfinite(self.steps_scale) and self.steps_scale > 0):
-            raise ConfigError(f"invalid steps-scale: {self.steps_scale}")
-        for w in self.workloads:
-            plan = self.plan(w)
-            if plan.steps < 1 or plan.eval_every < 1:
-                raise ConfigError(f"invalid plan for {w}: steps and eval_every must be >= 1")
-            if not plan.lr_factors or any(not f > 0 for f in plan.lr_factors):
-                raise ConfigError(f"invalid lr factors for {w}: {plan.lr_factors}")
-
-    def plan(self, workload: str) -> WorkloadPlan:
-        """The workload's plan with ``steps_scale`` applied (at least one step)."""
-        base = self.plans.get(workload, WorkloadPlan(500, 50))
-        steps = max(1, round(base.steps * self.steps_scale))
-        return replace(base, steps=steps, eval_every=min(base.eval_every, steps))
 
 
 def lr_grid(reference: float, factors: tuple[float, ...]) -> tuple[float, ...]:
