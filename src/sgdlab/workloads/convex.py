@@ -37,18 +37,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from sgdlab.checkpoint import atomic_write_bytes
 from sgdlab.errors import ConfigError, SolverError
-from sgdlab.workloads._newton import LogisticObjective, Progress, newton_minimize
 from sgdlab.workloads.base import SparseRows, Workload
 from sgdlab.workloads.datasets import default_cache_dir
 from sgdlab.workloads.models import LinearClassifier
+
+if TYPE_CHECKING:
+    from sgdlab.workloads._newton import Progress
 
 # Part of the cache key: a new format (or solver) never reads an old file.
 _CACHE_FORMAT = 2
@@ -102,6 +103,11 @@ def compute_optimum(
     ``progress`` shows a transient status line on stderr (default: only when stderr is a
     terminal). Raises :class:`SolverError` unless ‖∇F(θ*)‖ ≤ ``grad_tol``.
     """
+    # Imported here: scipy.optimize costs ~0.3 s, and most imports of the workloads never solve.
+    from threadpoolctl import threadpool_limits
+
+    from sgdlab.workloads._newton import LogisticObjective, newton_minimize
+
     shapes = [tuple(p.shape) for p in _linear_model(w).parameters()]
     # One BLAS thread: the products are memory-bound passes over X, and on a shared machine
     # a second thread that waits for a core made the fmnist solve 1.4-2x slower (8.5 s with
