@@ -21,9 +21,9 @@ gradient).
 
 **Solver.** scipy's ``trust-ncg`` (Steihaug-CG trust-region Newton, Nocedal & Wright Alg. 7.2)
 on the exact Hessian-vector product, in preconditioned coordinates
-:math:`\Theta = \Theta_0 + M u` with :math:`M^{-\top} M^{-1} = P \approx H(\Theta_0)`. Without
-``P`` the fmnist Hessian at :math:`\Theta^*` has a condition number near :math:`10^3` and CG
-needs about 120 products per Newton step; with it, about 15. ``P`` is
+:math:`\Theta = \Theta_0 + M u` with :math:`M^{-\top} M^{-1} = P \approx H(\Theta_0)`. At the
+fmnist optimum, CG needs 124 Hessian products to shrink a residual 10⁴-fold without ``P``, 71
+with the Kronecker form alone, and 15 with ``P`` as below. ``P`` is
 
 * dense data (:math:`d + 1 \le` 4096): in the principal basis :math:`U` of
   :math:`C = \tilde X^\top \tilde X / n` (estimated on at most 16,384 rows), the *exact*
