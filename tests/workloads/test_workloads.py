@@ -114,7 +114,7 @@ def test_L_bounds_every_components_curvature(name: str) -> None:
 def test_optimum_is_a_minimiser_and_is_cached(tmp_path: Path) -> None:
     w = get_workload("logreg-breast-cancer")
     opt = cached_optimum(w, cache_dir=tmp_path)
-    assert opt.grad_norm <= 1e-8
+    assert opt.grad_norm <= 1e-9  # L-BFGS, before, stalled at 2e-9 here
     files = list(tmp_path.glob("optimum-*.npz"))
     assert len(files) == 1
     start = time.perf_counter()
