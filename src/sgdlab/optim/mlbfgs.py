@@ -327,16 +327,14 @@ class MLBFGS(torch.optim.Optimizer):
             raise ValueError("Invalid params: MLBFGS supports real parameters only")
         self._exchange = exchange
         self._blocks = build_blocks(params_in_order, blocks)
-        self._owners = assign_blocks(
-            [sum(params_in_order[i].numel() for i in b) for b in self._blocks], world_size
-        )
-        self._owned = [b for b, owner in enumerate(self._owners) if owner == rank]
         self._index()
+        self._owners = assign_blocks(self._sizes, world_size)
+        self._owned = [b for b, owner in enumerate(self._owners) if owner == rank]
 
     def _index(self) -> None:
         """The lookups derived from the groups and the blocks (rebuilt after a copy)."""
         self._params: list[Tensor] = [p for g in self.param_groups for p in g["params"]]
-        self._sizes = [self._block_numel(b) for b in self._blocks]
+        self._sizes = [sum(self._params[i].numel() for i in b) for b in self._blocks]
         # Where each parameter's slice of its block's flat direction lies, by its position in
         # group order (not by id(), which a copy or an unpickled optimizer does not keep).
         self._where: list[tuple[int, int]] = [(0, 0)] * len(self._params)
@@ -472,7 +470,8 @@ class MLBFGS(torch.optim.Optimizer):
 
         index = 0
         for group in self.param_groups:
-            lr, mom, wd = _number(group["lr"]), group["momentum"], group["weight_decay"]
+            # float(): a one-element tensor lr is read as a number, once per group and step.
+            lr, mom, wd = float(group["lr"]), group["momentum"], group["weight_decay"]
             for p in group["params"]:
                 b, offset = self._where[index]
                 index += 1
@@ -511,12 +510,13 @@ class MLBFGS(torch.optim.Optimizer):
             state[_BLOCK_KEY] = new_block_state(self._blocks[b])
         return state[_BLOCK_KEY]
 
-    def _block_numel(self, b: list[int]) -> int:
-        return sum(self._params[i].numel() for i in b)
-
-    def _flat(self, b: int, tensors: list[Tensor]) -> Tensor:
+    def _flat(self, b: int, tensors: list[Tensor], extra: int = 0) -> Tensor:
+        """Block ``b`` of ``tensors`` as one new flat tensor, with ``extra`` slots after it."""
         parts = [tensors[i].reshape(-1) for i in self._blocks[b]]
-        return parts[0].clone() if len(parts) == 1 else torch.cat(parts)
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in parts))
+        out = parts[0].new_empty(self._sizes[b] + extra, dtype=dtype)
+        torch.cat(parts, out=out[: self._sizes[b]])
+        return out
 
     # -- curvature pairs -----------------------------------------------------------------------
 
@@ -564,11 +564,8 @@ class MLBFGS(torch.optim.Optimizer):
         """
         records: dict[int, Tensor] = {}
         for b in self._owned:
-            parts = [grads[i].reshape(-1) for i in self._blocks[b]]
-            dtype = functools.reduce(torch.promote_types, (t.dtype for t in parts))
-            record = parts[0].new_empty(self._sizes[b] + 1, dtype=dtype)
+            record = self._flat(b, grads, extra=1)  # the norm goes in the last slot
             direction = record[:-1]
-            torch.cat(parts, out=direction) if len(parts) > 1 else direction.copy_(parts[0])
             block = self._block_state(b)
             if curvature and block["s"]:
                 s, y, rho, gamma = block["s"], block["y"], block["rho"], block["gamma"]
@@ -595,11 +592,6 @@ class MLBFGS(torch.optim.Optimizer):
                 record[-1] = 0.0
                 block["nonfinite_grads"] += 1
         return records
-
-
-def _number(value: float | Tensor) -> float:
-    """A learning rate as a Python number (a 1-element tensor is read once per group step)."""
-    return float(value)
 
 
 def _grad_of(p: Tensor) -> Tensor:
