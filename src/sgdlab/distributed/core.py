@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from sgdlab.distributed.comm import Comm, Handle
-from sgdlab.optim._inner_step import inner_step
+from sgdlab.optim._inner_step import hooked_load_state_dict, hooked_state_dict, inner_step
 
 
 @dataclass
@@ -224,22 +224,17 @@ class CooperativeSGD(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict plus ``"cooperative"``: counters and our tensors."""
-        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
-            pre_hook(self)
+        return hooked_state_dict(self, self._pack)
+
+    def _pack(self) -> dict[str, Any]:
         state = self.inner.state_dict()
         state["cooperative"] = {"local_steps": self.local_steps, **self._extra_state()}
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
-            result = post_hook(self, state)
-            if result is not None:
-                state = result
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = pre_hook(self, state)
-            if result is not None:
-                state = dict(result)
+        hooked_load_state_dict(self, state_dict, self._unpack)
+
+    def _unpack(self, state: dict[str, Any]) -> None:
         if "cooperative" not in state:
             raise ValueError("Invalid state_dict: it has no 'cooperative' entry (not ours?)")
         extra = dict(state.pop("cooperative"))
@@ -248,8 +243,6 @@ class CooperativeSGD(torch.optim.Optimizer):
         self.param_groups = self.inner.param_groups
         self.local_steps = int(extra.pop("local_steps"))
         self._load_extra_state(extra)
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
 
     def __getstate__(self) -> dict[str, Any]:
         # All of it (torch's Optimizer keeps only defaults, state and param_groups, and a copy

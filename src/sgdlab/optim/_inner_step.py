@@ -13,6 +13,9 @@ wrapper's own step has fired for this user step. The inner's own hooks stay: who
 registered them on that optimizer asked to see each of its steps (a gradient clipper, a
 logger), and it does take one step per user step.
 
+:func:`hooked_state_dict` and :func:`hooked_load_state_dict` run the state-dict hooks registered
+on a wrapper around its own ``state_dict``/``load_state_dict``, as torch's do around theirs.
+
 An LR scheduler belongs on the wrapper (the parameter groups are shared): one built on the inner
 optimizer would not see the inner step, and would warn that ``lr_scheduler.step()`` came first.
 """
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-__all__ = ["inner_step"]
+__all__ = ["hooked_load_state_dict", "hooked_state_dict", "inner_step"]
 
 
 def inner_step(optimizer: Optimizer, closure: Callable[[], Any] | None = None) -> Any:
@@ -54,3 +57,29 @@ def inner_step(optimizer: Optimizer, closure: Callable[[], Any] | None = None) -
         for post_hook in list(optimizer._optimizer_step_post_hooks.values()):
             post_hook(optimizer, args, kwargs)
     return out
+
+
+def hooked_state_dict(optimizer: Optimizer, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``build()``, the wrapper's state dict, with its state-dict pre and post hooks around it."""
+    for pre_hook in optimizer._optimizer_state_dict_pre_hooks.values():
+        pre_hook(optimizer)
+    state_dict = build()
+    for post_hook in optimizer._optimizer_state_dict_post_hooks.values():
+        result = post_hook(optimizer, state_dict)
+        if result is not None:
+            state_dict = result
+    return state_dict
+
+
+def hooked_load_state_dict(
+    optimizer: Optimizer, state_dict: dict[str, Any], load: Callable[[dict[str, Any]], None]
+) -> None:
+    """``load(state_dict)`` (on a shallow copy) with the wrapper's load hooks around it."""
+    state_dict = dict(state_dict)
+    for pre_hook in optimizer._optimizer_load_state_dict_pre_hooks.values():
+        result = pre_hook(optimizer, state_dict)
+        if result is not None:
+            state_dict = dict(result)
+    load(state_dict)
+    for post_hook in optimizer._optimizer_load_state_dict_post_hooks.values():
+        post_hook(optimizer)

@@ -76,7 +76,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sgdlab.errors import ConfigError
-from sgdlab.optim._inner_step import inner_step
+from sgdlab.optim._inner_step import hooked_load_state_dict, hooked_state_dict, inner_step
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 
 __all__ = ["BUILTIN_INNER", "INNER_DECAYS", "LAM_SCHEDULES", "Proximal", "make_proximal"]
@@ -245,8 +245,9 @@ class Proximal(Optimizer):
         (stored once); ``config`` names the settings a checkpoint must be resumed with.
         Tensors are references, as in ``torch.optim``: save or copy the dict before stepping.
         """
-        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
-            pre_hook(self)
+        return hooked_state_dict(self, self._pack)
+
+    def _pack(self) -> dict[str, Any]:
         index = {id(p): i for i, p in enumerate(self._params())}
         # As torch.optim packs state: a parameter's entry under its index, any other key as it
         # is; a tensor that is no longer a parameter (its group was removed) has no index.
@@ -256,25 +257,18 @@ class Proximal(Optimizer):
             if not isinstance(key, Tensor) or id(key) in index
         }
         inner = self.inner.state_dict()
-        state_dict: dict[str, Any] = {
+        return {
             "state": packed,
             "param_groups": inner["param_groups"],
             "inner": inner,
             "config": self._config(),
         }
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
-            result = post_hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; the settings in its ``config`` must match this wrapper's."""
-        state_dict = dict(state_dict)
-        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = pre_hook(self, state_dict)
-            if result is not None:
-                state_dict = result
+        hooked_load_state_dict(self, state_dict, self._unpack)
+
+    def _unpack(self, state_dict: dict[str, Any]) -> None:
         missing = {"inner", "state", "config"} - set(state_dict)
         if missing:
             raise ValueError(f"Not a Proximal state_dict: missing {sorted(missing)}")
@@ -303,8 +297,6 @@ class Proximal(Optimizer):
                 continue
             p = params[i]
             self.state[p] = {key: _cast_like(value, p) for key, value in saved_state.items()}
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
 
     def __getstate__(self) -> dict[str, Any]:
         keep = ("inner", "window", "inner_decay", "coupled", "lam_schedule", "foreach")
