@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from sgdlab.workloads import Workload, _newton, get_workload, workload_names, workload_spec
 from sgdlab.workloads.base import SparseRows
-from sgdlab.workloads.convex import Optimum, cached_optimum, compute_optimum_lbfgs
+from sgdlab.workloads.convex import (
+    Optimum,
+    autograd_check,
+    cached_optimum,
+    compute_optimum_lbfgs,
+)
 
 
 @contextmanager
@@ -47,19 +51,6 @@ def recording_newton() -> Iterator[list[Any]]:
         yield seen
     finally:
         _newton.newton_minimize = original  # type: ignore[assignment]
-
-
-def autograd_check(w: Workload, opt: Optimum) -> tuple[float, float]:
-    """F(w*) and ‖∇F(w*)‖ by the workload's torch loss and autograd, in float64."""
-    model = w.make_model(0).double()
-    with torch.no_grad():
-        for p, star in zip(model.parameters(), opt.params, strict=True):
-            p.copy_(torch.from_numpy(star))
-    x = w.x_train
-    xd = x.take(torch.arange(w.num_train)).double() if isinstance(x, SparseRows) else x.double()
-    loss = w.loss(model, xd, w.y_train)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    return float(loss.detach()), float(torch.cat([g.flatten() for g in grads]).norm())
 
 
 def shape(w: Workload) -> str:

@@ -16,6 +16,7 @@ from sgdlab.workloads import convex
 from sgdlab.workloads.base import SparseRows, Workload
 from sgdlab.workloads.convex import (
     Optimum,
+    autograd_check,
     cached_optimum,
     compute_optimum,
     compute_optimum_lbfgs,
@@ -68,20 +69,6 @@ KINDS = {
     "sparse softmax": sparse_softmax,
     "dense wide": dense_wide,
 }
-
-
-def autograd_check(w: Workload, opt: Optimum) -> tuple[float, float]:
-    """F(θ*) and ‖∇F(θ*)‖ by the workload's own torch loss and autograd, in float64."""
-    model = w.make_model(0).double()
-    with torch.no_grad():
-        for p, star in zip(model.parameters(), opt.params, strict=True):
-            assert p.shape == star.shape
-            p.copy_(torch.from_numpy(star))
-    x = w.x_train
-    xd = x.take(torch.arange(w.num_train)).double() if isinstance(x, SparseRows) else x.double()
-    loss = w.loss(model, xd, w.y_train)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    return float(loss.detach()), float(torch.cat([g.flatten() for g in grads]).norm())
 
 
 @pytest.mark.parametrize("kind", KINDS)

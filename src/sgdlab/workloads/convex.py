@@ -141,10 +141,7 @@ def compute_optimum_lbfgs(
     model = _linear_model(w).double()
     for p in model.parameters():
         p.data.zero_()
-    if isinstance(w.x_train, SparseRows):
-        x = w.x_train.take(torch.arange(w.num_train)).double()
-    else:
-        x = w.x_train.double()
+    x = _train_rows_float64(w)
     y = w.y_train
     opt = torch.optim.LBFGS(
         model.parameters(),
@@ -234,6 +231,25 @@ def _status(name: str, show: bool | None) -> Iterator[Progress | None]:
             status.update(f"{label} · iteration {iteration} · ‖∇F‖ {grad_norm:.1e}")
 
         yield report
+
+
+def autograd_check(w: Workload, opt: Optimum) -> tuple[float, float]:
+    """F(θ*) and ‖∇F(θ*)‖ by the workload's own torch loss and autograd, in float64: a check
+    of a solver's θ* that shares none of its code."""
+    model = w.make_model(0).double()
+    with torch.no_grad():
+        for p, star in zip(model.parameters(), opt.params, strict=True):
+            if p.shape != star.shape:
+                raise ValueError(f"optimum has a part of shape {star.shape}, model {p.shape}")
+            p.copy_(torch.from_numpy(star))
+    loss = w.loss(model, _train_rows_float64(w), w.y_train)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return float(loss.detach()), float(torch.cat([g.flatten() for g in grads]).norm())
+
+
+def _train_rows_float64(w: Workload) -> torch.Tensor:
+    x = w.x_train
+    return x.take(torch.arange(w.num_train)).double() if isinstance(x, SparseRows) else x.double()
 
 
 def _linear_model(w: Workload) -> torch.nn.Module:
