@@ -71,6 +71,22 @@ def test_bad_arguments_raise_before_anything_starts() -> None:
         launch(2, "m:f", env_per_rank=[{}])
 
 
+def test_a_function_target_is_named_by_its_module_and_checked() -> None:
+    from sgdlab.run.dist import rank_entry_dicts
+
+    assert launch_module.target_name(rank_entry_dicts) == "sgdlab.run.dist:rank_entry_dicts"
+    assert launch_module.target_name(free_port) == "sgdlab.distributed.launch:free_port"
+
+    def nested(rank: int, world_size: int, payload: Any) -> None:
+        return None
+
+    for fn in (nested, lambda rank, world_size, payload: None):
+        with pytest.raises(ValueError, match="Invalid target: .*module-level function"):
+            launch(1, fn)
+    with pytest.raises(ValueError, match="Invalid target"):
+        launch(1, 3)  # type: ignore[arg-type]
+
+
 def test_free_port_is_bindable() -> None:
     import socket
 

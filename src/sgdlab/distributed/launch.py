@@ -12,8 +12,12 @@ back with ``torch.load(weights_only=True)``, which builds only tensors, numbers,
 bytes and plain containers (dict, list, tuple, set) and calls no function the file names. A
 payload or a result of any other type is refused with a one-line error (a rank that returns
 one fails the run); callers convert at the boundary (``sgdlab dist`` sends
-``dataclasses.asdict`` of its configurations, see :mod:`sgdlab.run.dist`). The files live in
-a private temporary folder (mode 0700), removed when the run ends.
+``dataclasses.asdict`` of its configurations). The files live in a private temporary folder
+(mode 0700), removed when the run ends.
+
+**The caller hands over what the ranks run**: a module-level function, whose importable
+``module:qualname`` the launcher derives and checks (:func:`target_name`), or that name as a
+string. The launcher names no module of its own callers: they sit in the layers above it.
 
 **Nothing listens beyond** ``addr``: rank 0 binds the rendezvous to ``addr:port`` itself, and
 for a loopback ``addr`` gloo uses the loopback interface (see
@@ -72,7 +76,7 @@ def free_port(addr: str = "127.0.0.1") -> int:
 
 def launch(
     world_size: int,
-    target: str,
+    target: str | Callable[..., Any],
     payload: Any = None,
     *,
     env_per_rank: Sequence[dict[str, str]] | None = None,
@@ -84,7 +88,8 @@ def launch(
     grace_s: float = 5.0,
     on_start: Callable[[list[int]], object] | None = None,
 ) -> list[Any]:
-    """Run ``target`` (``"module:function"`` or ``"/path/file.py:function"``) on every rank.
+    """Run ``target`` on every rank: a module-level function (see :func:`target_name`), or its
+    name, ``"module:function"`` or ``"/path/file.py:function"``.
 
     Returns the per-rank return values, rank 0 first. Raises :class:`RankFailure` if a rank
     fails or the run outlives ``timeout_s`` (see the module docstring). ``on_start`` is called
@@ -93,7 +98,9 @@ def launch(
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"Invalid world_size: {world_size}")
-    if ":" not in target:
+    if callable(target):
+        target = target_name(target)
+    if not isinstance(target, str) or ":" not in target:
         raise ValueError(f"Invalid target: {target!r} (need 'module:function')")
     if env_per_rank is not None and len(env_per_rank) != world_size:
         raise ValueError(
@@ -249,6 +256,26 @@ def _safe_loads(data: bytes, what: str) -> Any:
 
 def _load(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def target_name(fn: Callable[..., Any]) -> str:
+    """``"module:qualname"`` of ``fn``, checked to name ``fn`` in a fresh interpreter.
+
+    A rank is a new process, so it can run only a function defined at the top of a module it
+    can import: not one in ``__main__``, a nested function, a lambda or a method.
+    """
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    name = f"{module}:{qualname}"
+    if module in (None, "__main__") or not qualname.isidentifier():
+        raise ValueError(f"Invalid target: {name} (a rank runs a module-level function of an "
+                         "importable module)")
+    try:
+        found = resolve(name)
+    except (ImportError, AttributeError):
+        found = None
+    if found is not fn:
+        raise ValueError(f"Invalid target: {name} does not name {fn!r} when imported")
+    return name
 
 
 def resolve(target: str) -> Callable[..., Any]:

@@ -50,7 +50,7 @@ def run_dist_many(
             f"{_MAX_LOCAL_RANKS}); across hosts, start one rank per process with torchrun"
         )
     try:
-        per_rank = launch(configs[0].world_size, "sgdlab.run.dist:rank_entry_dicts",
+        per_rank = launch(configs[0].world_size, rank_entry_dicts,
                           [asdict(c) for c in configs], timeout_s=timeout_s,
                           collective_timeout_s=min(c.collective_timeout_s for c in configs),
                           **(launch_options or {}))
