@@ -52,12 +52,12 @@ def harness(
     workload: Workload, steps: int, batch_size: int, lr: float, seed: int, tmp: Path
 ) -> float:
     config = TrainConfig(
-        workload.name,
-        "sgd",
-        lr,
-        steps,
-        batch_size,
-        seed,
+        workload=workload.name,
+        optimizer="sgd",
+        lr=lr,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
         eval_every=steps,
         db=tmp / "r.db",
         out=tmp / "out",

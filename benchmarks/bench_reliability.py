@@ -39,8 +39,8 @@ def time_to_end(sig: signal.Signals, collective_timeout_s: float) -> tuple[float
     """Seconds from faulting rank 1 (after the first checkpoint) to the run's RankFailure."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ck"
-        config = DistConfig("overlap", world_size=2, workload="logreg-breast-cancer", lr=0.05,
-                            batch_size=8, steps=5000, latency_ms=15.0, checkpoint_every=20,
+        config = DistConfig(algo="overlap", world_size=2, workload="logreg-breast-cancer",
+                            lr=0.05, batch_size=8, steps=5000, latency_ms=15.0, checkpoint_every=20,
                             checkpoint_dir=str(root), collective_timeout_s=collective_timeout_s)
         pids: list[int] = []
         box: list[BaseException] = []
@@ -68,7 +68,7 @@ def time_to_end(sig: signal.Signals, collective_timeout_s: float) -> tuple[float
 
 def cut_cost(steps: int, every: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        config = DistConfig("overlap", world_size=2, workload="cnn-fmnist", lr=0.05,
+        config = DistConfig(algo="overlap", world_size=2, workload="cnn-fmnist", lr=0.05,
                             batch_size=32, steps=steps, checkpoint_every=every,
                             checkpoint_dir=str(Path(tmp) / "ck"), eval_every=steps)
         result = run_dist(config, timeout_s=600)

@@ -36,7 +36,7 @@ def config(algo: str, root: Path, **kw: Any) -> DistConfig:
     kw = {"world_size": 2, "workload": "logreg-breast-cancer", "lr": 0.05, "batch_size": 8,
           "tau": 2, "steps": STEPS, "seed": 3, "eval_every": 80,
           "optimizer_options": {"momentum": 0.9}, "checkpoint_dir": str(root), **kw}
-    return DistConfig(algo, **kw)
+    return DistConfig(algo=algo, **kw)
 
 
 def same_model(a: Path, b: Path) -> None:

@@ -37,7 +37,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def slow_run(root: Path, **kw: Any) -> DistConfig:
-    return DistConfig("overlap", world_size=2, workload="logreg-breast-cancer", lr=0.05,
+    return DistConfig(algo="overlap", world_size=2, workload="logreg-breast-cancer", lr=0.05,
                       batch_size=8, steps=2000, seed=1, latency_ms=15.0,
                       checkpoint_dir=str(root), checkpoint_every=20, **kw)
 

@@ -14,8 +14,8 @@ from sgdlab.run.train import train
 def test_two_seeds_make_one_scored_row_a_plot_and_a_page(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     for seed in (0, 1):
-        train(TrainConfig("logreg-breast-cancer", steps=20, eval_every=10, seed=seed, db=db,
-                          out=tmp_path / f"run{seed}", progress=False, threads=1))
+        train(TrainConfig(workload="logreg-breast-cancer", steps=20, eval_every=10, seed=seed,
+                          db=db, out=tmp_path / f"run{seed}", progress=False, threads=1))
     section = Section("extra", text="a line", rows=[{"a": 1.0, "b": "x"}])
     with ResultStore(db, create=False) as store:
         summary = build_report(store, tmp_path / "out", quiet=True, sections=[section])

@@ -24,8 +24,8 @@ MESSAGE = re.compile(
 
 
 def exploding(root: Path, lr: float, world_size: int = 1) -> DistConfig:
-    return DistConfig("sync", world_size=world_size, workload="logreg-breast-cancer", lr=lr,
-                      batch_size=8, steps=400, checkpoint_every=5, checkpoint_dir=str(root))
+    return DistConfig(algo="sync", world_size=world_size, workload="logreg-breast-cancer",
+                      lr=lr, batch_size=8, steps=400, checkpoint_every=5, checkpoint_dir=str(root))
 
 
 def _tensors(tree: object) -> list[torch.Tensor]:
@@ -110,7 +110,7 @@ def test_a_nan_gradient_under_a_finite_loss_stops_before_the_step(tmp_path: Path
     x[:, 0] = 0.0
     y = (x.sum(1) > 2).long()
     workload = Workload("sqrt-toy", x, y, x[:16].clone(), y[:16].clone(), 2, _SqrtModel)
-    config = DistConfig("sync", world_size=1, workload="sqrt-toy", lr=0.1, batch_size=8,
+    config = DistConfig(algo="sync", world_size=1, workload="sqrt-toy", lr=0.1, batch_size=8,
                         steps=10, checkpoint_dir=str(tmp_path), checkpoint_every=5)
     with pytest.raises(DivergenceError, match=r"at step 1 \(the gradient of parameter 'a' has "
                                               r"nan\); no checkpoint was written"):

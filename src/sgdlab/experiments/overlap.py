@@ -128,8 +128,8 @@ def overlap_showcase(ctx: Any) -> Any:
     """``make demo``: SyncSGD, LocalSGD and Overlap Local-SGD on 2 ranks, delay injected so an
     all-reduce costs about two local steps (τ = 2); one launch, about half a minute."""
     steps, tau, batch = 100, 2, 32
-    base = DistConfig("sync", world_size=2, workload="cnn-fmnist", lr=0.05, batch_size=batch,
-                      tau=tau, steps=steps, eval_every=steps, eval_samples=1000)
+    base = DistConfig(algo="sync", world_size=2, workload="cnn-fmnist", lr=0.05,
+                      batch_size=batch, tau=tau, steps=steps, eval_every=steps, eval_samples=1000)
     configs = [replace(base, algo=a, link_steps=tau) for a in ("sync", "local", "overlap")]
     configs.append(replace(base, algo="local", tau=steps))  # compute only: one average at the end
     results = run_dist_many(configs)
@@ -184,7 +184,8 @@ def benchmark_configs(grid: dict[str, Any]) -> list[DistConfig]:
     configs = []
     steps = grid["steps"]
     for part, seed in grid["runs"]:
-        base = DistConfig("local", world_size=grid["world_size"], workload=grid["workload"],
+        base = DistConfig(algo="local", world_size=grid["world_size"],
+                          workload=grid["workload"],
                           lr=grid["lr"], batch_size=grid["batch_size"], steps=steps,
                           seed=seed, partition=part, eval_every=steps // grid["evals"],
                           eval_samples=grid["eval_samples"], alpha=0.6)

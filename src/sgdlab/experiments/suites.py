@@ -30,9 +30,8 @@ def _quick_suite() -> list[TrainConfig]:
     for opt, lr, extra in (("sgd", 0.1, {}), ("sgd", 0.05, {"momentum": 0.9}), ("adam", 1e-3, {})):
         for workload, steps in (("logreg-fmnist", 1000), ("mlp-mnist", 1200), ("cnn-fmnist", 400)):
             runs.append(
-                TrainConfig(
-                    workload, opt, lr, steps, 64, optimizer_options=extra, eval_every=steps // 5
-                )
+                TrainConfig(workload=workload, optimizer=opt, lr=lr, steps=steps, batch_size=64,
+                            optimizer_options=extra, eval_every=steps // 5)
             )
     return runs
 

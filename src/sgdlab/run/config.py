@@ -1,6 +1,7 @@
-"""The typed configurations of a run, and their validation: :class:`TrainConfig` (one process),
-:class:`DistConfig` (the ranks of ``sgdlab dist``) and :class:`HogwildRunConfig` (one Hogwild!
-run). Each field's :func:`option` metadata is its command-line option.
+"""The typed configurations of a run, and their validation: :class:`RunConfig`, what they all
+share, and :class:`TrainConfig` (one process), :class:`DistConfig` (the ranks of ``sgdlab
+dist``) and :class:`HogwildRunConfig` (one Hogwild! run). Each field's :func:`option` metadata
+is its command-line option. A config is built by keyword.
 
 The ``sgdlab`` command builds its options from these classes whatever command it runs, so this
 module loads no torch: what validation needs of the methods it imports when it runs.
@@ -17,7 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sgdlab.errors import ConfigError, StoreError
 from sgdlab.run.store import DEFAULT_DB
@@ -34,7 +35,6 @@ DEFAULT_COLLECTIVE_TIMEOUT_S = 60.0
 # Seconds before a hung local run is stopped (``sgdlab dist --timeout``); the launcher's own
 # default (300 s) is for its bare API.
 DEFAULT_RUN_TIMEOUT_S = 600.0
-_COUNTS = ("eval_every", "log_every", "checkpoint_every", "threads")  # integers >= 0
 
 # Fields that change nothing about the trajectory: left out of the run's key, so a resumed run
 # may, say, write its checkpoints at another interval.
@@ -94,22 +94,65 @@ def check_output_paths(db: Path | None = None, out: Path | None = None) -> None:
             raise StoreError(f"cannot open results database {db}: {exc}") from None
 
 
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class RunConfig:
+    """What every run has: a workload and its options, a step size, a number of steps, a batch
+    and a seed, with :class:`TrainConfig`'s defaults (a subclass redefines a field whose default
+    or meaning differs); the checks they share; and the run's key in the store.
+
+    Built by keyword only: the subclasses' fields are in no order a call could rely on.
+    """
+
+    # Fields that change nothing about the trajectory: left out of the run's key.
+    not_in_key: ClassVar[tuple[str, ...]] = ()
+    # Integers beyond steps and batch_size (>= 1) and seed (>= 0) that validate checks.
+    at_least_one: ClassVar[tuple[str, ...]] = ()
+    at_least_zero: ClassVar[tuple[str, ...]] = ()
+
+    workload: str = field(metadata=option("Workload name (see `sgdlab list`)."))
+    lr: float = field(default=0.1, metadata=option("Learning rate."))
+    steps: int = field(default=1000, metadata=option("Optimizer steps."))
+    batch_size: int = field(default=64, metadata=option("Samples per step."))
+    seed: int = field(default=0, metadata=option("Seed of the model, the batches and the RNG."))
+    workload_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """The checks every run shares: its integers are integers in range, ``lr`` >= 0."""
+        positive = ("steps", "batch_size", *self.at_least_one)
+        counts = (*positive, "seed", *self.at_least_zero)
+        for name in counts:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"invalid {name.replace('_', '-')}: {value!r} (an integer)")
+        for name in counts:
+            least = 1 if name in positive else 0
+            if getattr(self, name) < least:
+                raise ConfigError(
+                    f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= {least})"
+                )
+        if isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr < 0:
+            raise ConfigError(f"invalid lr: {self.lr}")
+
+    def key(self) -> str:
+        """A short hash of everything that determines the trajectory."""
+        d = {k: v for k, v in asdict(self).items() if k not in self.not_in_key}
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
     """One training run. ``optimizer_options`` and ``workload_options`` come from ``--set``.
 
     ``on_nonfinite`` is what a NaN or infinite loss or gradient does: ``"stop"`` the run (the
     default) or ``"skip"`` the step; see :mod:`sgdlab.run.finite`.
     """
 
-    workload: str = field(metadata=option("Workload name (see `sgdlab list`)."))
+    not_in_key = _NOT_IN_KEY
+    at_least_zero = ("eval_every", "log_every", "checkpoint_every", "threads")
+
     optimizer: str = field(default="sgd", metadata=option("Optimizer name (see `sgdlab list`)."))
-    lr: float = field(default=0.1, metadata=option("Learning rate."))
-    steps: int = field(default=1000, metadata=option("Optimizer steps."))
-    batch_size: int = field(default=64, metadata=option("Samples per step."))
-    seed: int = field(default=0, metadata=option("Seed of the model, the batches and the RNG."))
     optimizer_options: dict[str, Any] = field(default_factory=dict)
-    workload_options: dict[str, Any] = field(default_factory=dict)
     schedule: str = field(
         default="constant", metadata=option("constant, or diminishing: lr = alpha/(mu(t+E)).")
     )
@@ -137,26 +180,9 @@ class TrainConfig:
     ))
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "seed", *_COUNTS):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"invalid {name.replace('_', '-')}: {value!r} (an integer)")
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(
-                    f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 1)"
-                )
-        for name in _COUNTS:
-            if getattr(self, name) < 0:
-                raise ConfigError(
-                    f"invalid {name.replace('_', '-')}: {getattr(self, name)} (must be >= 0)"
-                )
-        if isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr < 0:
-            raise ConfigError(f"invalid lr: {self.lr}")
+        super().validate()
         if "lr" in self.optimizer_options:
             raise ConfigError("give the learning rate with --lr, not --set lr=...")
-        if self.seed < 0:
-            raise ConfigError(f"invalid seed: {self.seed} (must be >= 0)")
         if self.schedule not in SCHEDULES:
             raise ConfigError(
                 f"invalid schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}"
@@ -170,12 +196,6 @@ class TrainConfig:
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"invalid device {self.device!r}; use cpu or cuda[:N]")
 
-    def key(self) -> str:
-        """A short hash of everything that determines the trajectory."""
-        d = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_KEY}
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
     def out_dir(self) -> Path:
         """``--out``, or ``sgdlab-out/<workload>-<optimizer>-s<seed>-<key>``."""
         if self.out is not None:
@@ -187,16 +207,19 @@ class TrainConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-
 # Fields that change nothing about the trajectory: a run may resume with other values (more
 # steps extend it: no schedule depends on the step count).
 _DIST_NOT_IN_KEY = ("steps", "eval_every", "eval_samples", "checkpoint_every", "checkpoint_dir",
                "resume", "collective_timeout_s")
 
 
-@dataclass
-class DistConfig:
+@dataclass(kw_only=True)
+class DistConfig(RunConfig):
     """One distributed run; ``batch_size`` is per rank."""
+
+    not_in_key = _DIST_NOT_IN_KEY
+    at_least_one = ("world_size", "tau")
+    at_least_zero = ("eval_every", "eval_samples", "checkpoint_every")
 
     algo: str = field(metadata=option("sync, local, overlap, easgd or cocod."))
     world_size: int = field(default=2, metadata=option("Ranks to spawn on this host."))
@@ -221,7 +244,6 @@ class DistConfig:
     eval_every: int = field(default=0, metadata=option("Evaluate every N steps (0: five times)."))
     eval_samples: int = 2000  # test and training samples each evaluation uses (0: all)
     optimizer_options: dict[str, Any] = field(default_factory=dict)
-    workload_options: dict[str, Any] = field(default_factory=dict)
     # > 0: a consistent cut every N steps, into checkpoint_dir
     checkpoint_every: int = field(default=0, metadata=option(
         "Checkpoint every rank every N steps (0: never)."))
@@ -235,11 +257,6 @@ class DistConfig:
     collective_timeout_s: float = field(default=DEFAULT_COLLECTIVE_TIMEOUT_S, metadata=option(
         "Seconds a rank waits for a silent peer before failing.", name="collective_timeout"))
 
-    def key(self) -> str:
-        """A short hash of everything that determines the trajectory."""
-        d = {k: v for k, v in asdict(self).items() if k not in _DIST_NOT_IN_KEY}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
     def validate(self) -> None:
         from sgdlab.distributed import ALGORITHMS
 
@@ -247,18 +264,11 @@ class DistConfig:
             raise ConfigError(
                 f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}"
             )
-        for name in ("world_size", "batch_size", "tau", "steps"):
-            if isinstance(getattr(self, name), bool | float) or getattr(self, name) < 1:
-                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
+        super().validate()
         if not math.isfinite(self.link_steps) or self.link_steps < 0:
             raise ConfigError(f"invalid link-steps: {self.link_steps}")
         if self.link_steps and self.bandwidth_mbps:
             raise ConfigError("give --link-steps or --bandwidth-mbps, not both")
-        for name in ("seed", "eval_every", "eval_samples", "checkpoint_every"):
-            if isinstance(getattr(self, name), bool | float) or getattr(self, name) < 0:
-                raise ConfigError(f"invalid {name.replace('_', '-')}: {getattr(self, name)}")
-        if not math.isfinite(self.lr) or self.lr < 0:
-            raise ConfigError(f"invalid lr: {self.lr}")
         if (self.checkpoint_every or self.resume) and not self.checkpoint_dir:
             raise ConfigError("--checkpoint-every and --resume need --checkpoint-dir")
         if not math.isfinite(self.collective_timeout_s) or self.collective_timeout_s <= 0:
@@ -316,11 +326,10 @@ def partition_alpha(spec: str) -> float | None:
     return alpha
 
 
-@dataclass
-class HogwildRunConfig:
-    """One ``sgdlab hogwild`` run: the arguments of :func:`hogwild_once`."""
+@dataclass(kw_only=True)
+class HogwildRunConfig(RunConfig):
+    """One ``sgdlab hogwild`` run: the arguments of :func:`hogwild_once`, which checks them."""
 
-    workload: str = field(metadata=option("Workload name (see `sgdlab list`)."))
     workers: int = field(default=2, metadata=option("Lock-free worker processes."))
     steps: int = field(default=100_000, metadata=option("Updates by all workers together."))
     lr: float = field(default=0.1, metadata=option("Constant step (ignored when diminishing)."))
@@ -331,7 +340,6 @@ class HogwildRunConfig:
     alpha: float = field(default=2.0, metadata=option("alpha > 1 of the diminishing step."))
     batch_size: int = field(default=1, metadata=option("Samples per update."))
     seed: int = field(default=0, metadata=option("Seed of the model, the shards and the order."))
-    workload_options: dict[str, Any] | None = None
     device: str = field(default="cpu", metadata=option("cpu, or cuda[:N] with --allow-cuda."))
     allow_cuda: bool = field(default=False, metadata=option(
         "Run lock-free on a CUDA model (no guarantee).", "--allow-cuda"))
