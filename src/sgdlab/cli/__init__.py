@@ -6,9 +6,8 @@ results untouched.
 
 One module per command: :mod:`~sgdlab.cli.train`, :mod:`~sgdlab.cli.catalogue` (``list``),
 :mod:`~sgdlab.cli.report`, :mod:`~sgdlab.cli.theory`, :mod:`~sgdlab.cli.testbed`,
-:mod:`~sgdlab.cli.dist`, :mod:`~sgdlab.cli.hogwild` and :mod:`~sgdlab.cli.bench`; the options of
-``train``, ``dist`` and ``hogwild`` are generated from their config dataclasses
-(:mod:`~sgdlab.cli.options`).
+:mod:`~sgdlab.cli.dist`, :mod:`~sgdlab.cli.hogwild` and :mod:`~sgdlab.cli.bench`; every
+command's options are generated from its config dataclass (:mod:`~sgdlab.cli.options`).
 """
 
 from __future__ import annotations

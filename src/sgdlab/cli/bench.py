@@ -9,7 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from sgdlab.cli import options
-from sgdlab.cli.options import DbOption, JsonOption, emit_json
+from sgdlab.cli.options import DbOption, emit_json
+from sgdlab.experiments.configs import (
+    BiasedSgdBenchConfig,
+    HogwildBenchConfig,
+    OverlapBenchConfig,
+    QuickBenchConfig,
+)
 from sgdlab.experiments.mlbfgs_plan import MlbfgsBenchConfig
 from sgdlab.experiments.smallbatch_plan import SmallBatchPlan
 from sgdlab.run.store import DEFAULT_DB
@@ -17,32 +23,20 @@ from sgdlab.run.store import DEFAULT_DB
 app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
 
 
-def _bench_quick(
-    db: DbOption = DEFAULT_DB,
-    out: Annotated[Path, typer.Option(help="Folder for the plots and the HTML report.")] = Path(
-        "sgdlab-results/quick"
-    ),
-    json_: JsonOption = False,
-) -> None:
+def _bench_quick(cfg: QuickBenchConfig, json_: bool) -> None:
     """A few minutes: each workload family with SGD, momentum, Adam; table, plots, report."""
     from sgdlab.experiments.suites import run_suite
 
-    summary = run_suite("quick", db=db, out=out, quiet=json_)
+    summary = run_suite("quick", db=cfg.db, out=cfg.out, quiet=json_)
     if json_:
         emit_json(summary)
 
 
-def _bench_overlap(
-    out: Annotated[Path, typer.Option(help="Folder for the figures and the table.")] = Path(
-        "sgdlab-results/overlap"
-    ),
-    grid: Annotated[str, typer.Option(help="small (about 10 minutes here) or full.")] = "small",
-    json_: JsonOption = False,
-) -> None:
+def _bench_overlap(cfg: OverlapBenchConfig, json_: bool) -> None:
     """Overlap Local-SGD against sync, Local SGD, EASGD and CoCoD-SGD under injected delay."""
     from sgdlab.experiments.overlap import overlap_benchmark
 
-    summary = overlap_benchmark(out, grid=grid, quiet=json_)
+    summary = overlap_benchmark(cfg.out, grid=cfg.grid, quiet=json_)
     if json_:
         emit_json(summary)
 
@@ -89,72 +83,46 @@ def _register_mlbfgs() -> None:
         ], _bench_mlbfgs)
 
 
-def _bench_hogwild(
-    out: Annotated[Path, typer.Option(help="Folder for the plots and hogwild.json.")] = Path(
-        "sgdlab-results/hogwild"
-    ),
-    seeds: Annotated[int, typer.Option(help="Seeds per variant.")] = 3,
-    json_: JsonOption = False,
-) -> None:
+def _bench_hogwild(cfg: HogwildBenchConfig, json_: bool) -> None:
     """Hogwild! evidence: 1/2/4 workers vs the bound, and vs PyTorch's mnist_hogwild pattern."""
     from sgdlab.experiments.hogwild import hogwild_bench, print_hogwild_table
 
-    rep = hogwild_bench(out, seeds=seeds, progress=None if json_ else print)
+    rep = hogwild_bench(cfg.out, seeds=cfg.seeds, progress=None if json_ else print)
     if json_:
         emit_json({k: v for k, v in rep.items() if k != "workloads"})
         return
     print_hogwild_table(rep)
 
 
-def _bench_biased_sgd(
-    workload: Annotated[
-        str, typer.Option(help="A dense logreg-* workload, or 'quadratic' (synthetic).")
-    ] = "logreg-breast-cancer",
-    l2: Annotated[float | None, typer.Option(help="lambda of the workload (its default).")] = None,
-    rows: Annotated[int | None, typer.Option(help="A seeded subset of the training rows.")] = None,
-    case: Annotated[str, typer.Option(help="smooth or smooth-convex.")] = "smooth-convex",
-    delta: Annotated[float, typer.Option(help="Relative gradient error.")] = 0.0,
-    c: Annotated[
-        float | None, typer.Option("--c", help="Absolute error (default: floor = ||x*||^2/10).")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="SGD steps.")] = 4000,
-    seeds: Annotated[int, typer.Option(help="Independent runs per variant.")] = 8,
-    alpha: Annotated[
-        float | None, typer.Option(help="Constant step (default: the schedule's first).")
-    ] = None,
-    plot: Annotated[Path, typer.Option(help="Write the figure here.")] = Path(
-        "sgdlab-results/biased-sgd/biased-practice.png"
-    ),
-    json_: JsonOption = False,
-) -> None:
+def _bench_biased_sgd(cfg: BiasedSgdBenchConfig, json_: bool) -> None:
     """Biased SGD (relative + absolute error) run for real, under the bound of the LMI."""
     from sgdlab.experiments import biased_practice as practice
 
-    if workload == "quadratic":
-        problem = practice.quadratic_problem(lam=0.05 if l2 is None else l2)
+    if cfg.workload == "quadratic":
+        problem = practice.quadratic_problem(lam=0.05 if cfg.l2 is None else cfg.l2)
     else:
         from sgdlab.workloads import get_workload
 
-        options: dict[str, Any] = {} if l2 is None else {"l2": l2}
-        wl = get_workload(workload, **options)
-        problem = practice.logistic_problem(wl, rows=rows)
-    rep = practice.practice_report(problem, case, delta=delta, c=c, steps=steps, seeds=seeds,
-                          alpha=alpha, plot=plot)
+        wl_options: dict[str, Any] = {} if cfg.l2 is None else {"l2": cfg.l2}
+        wl = get_workload(cfg.workload, **wl_options)
+        problem = practice.logistic_problem(wl, rows=cfg.rows)
+    rep = practice.practice_report(problem, cfg.case, delta=cfg.delta, c=cfg.c, steps=cfg.steps,
+                                   seeds=cfg.seeds, alpha=cfg.alpha, plot=cfg.plot)
     if json_:
         emit_json(rep)
         return
     from sgdlab.report.tables import print_mapping
 
-    print_mapping(f"biased SGD on {rep['problem']}, case {case}", {
+    print_mapping(f"biased SGD on {rep['problem']}, case {cfg.case}", {
         k: v for k, v in rep.items() if k != "rows"
     })
     for row in rep["rows"]:
         print_mapping(f"{row['plan']} steps, {row['direction']} error", row)
 
 
-app.command("quick")(_bench_quick)
-app.command("overlap")(_bench_overlap)
+options.config_command(app, "quick", QuickBenchConfig, _bench_quick)
+options.config_command(app, "overlap", OverlapBenchConfig, _bench_overlap)
 _register_smallbatch()
 _register_mlbfgs()
-app.command("hogwild")(_bench_hogwild)
-app.command("biased-sgd")(_bench_biased_sgd)
+options.config_command(app, "hogwild", HogwildBenchConfig, _bench_hogwild)
+options.config_command(app, "biased-sgd", BiasedSgdBenchConfig, _bench_biased_sgd)

@@ -30,20 +30,30 @@ def param(name: str, annotation: Any, default: Any = Param.empty) -> Param:
 
 
 def from_config(cls: type, *names: str) -> list[Param]:
-    """The options of ``cls``'s fields ``names``, in that order: the field's type and default,
-    and its metadata's help, flags, parameter name, and command-line type and default."""
+    """The options of ``cls``'s fields ``names``, in that order (none: every field that has an
+    option, in the class's order): the field's type and default, and its metadata's help,
+    flags, parameter name, and command-line type and default.
+
+    Each option remembers its field (:func:`option_field`), so a test can check them all."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     params = []
-    for name in names:
+    for name in names or [f.name for f in fields.values() if "help" in f.metadata]:
         f = fields[name]
         meta = f.metadata
         default = meta.get("cli_default", Param.empty if f.default is dataclasses.MISSING
                            else f.default)
         option = typer.Option(*meta.get("flags", ()), help=meta["help"])
+        option.config_field = (cls, name)
         params.append(param(meta.get("name") or name,
                             Annotated[meta.get("cli_type", hints[name]), option], default))
     return params
+
+
+def option_field(parameter: Param) -> tuple[type, str] | None:
+    """The config class and field a parameter of :func:`from_config` was made from, else None."""
+    infos = getattr(parameter.annotation, "__metadata__", ())
+    return next((info.config_field for info in infos if hasattr(info, "config_field")), None)
 
 
 def config_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +80,18 @@ def command(
     run.__doc__ = doc
     run.__name__ = name.replace("-", "_")
     app.command(name)(run)
+
+
+def config_command(
+    app: typer.Typer, name: str, cls: type, body: Callable[[Any, bool], None], *names: str
+) -> None:
+    """Register command ``name``: the options of ``cls``'s fields ``names`` (none: all of them)
+    and ``--json``; it runs ``body(cls(...), json_)``, and its help is ``body``'s docstring."""
+
+    def run(*, json_: bool, **values: Any) -> None:
+        body(cls(**config_values(cls, values)), json_)
+
+    command(app, name, body.__doc__ or "", [*from_config(cls, *names), json_option()], run)
 
 
 def json_option() -> Param:

@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from sgdlab.cli.options import DbOption, JsonOption, emit_json
+from sgdlab.cli import options
+from sgdlab.cli.options import emit_json
+from sgdlab.run.config import option
 from sgdlab.run.store import DEFAULT_DB
 
 
-def report(
-    db: DbOption = DEFAULT_DB,
-    out: Annotated[Path, typer.Option(help="Folder for the plots and the HTML report.")] = Path(
-        "sgdlab-results/report"
-    ),
-    suite: Annotated[str | None, typer.Option(help="Only runs of this suite.")] = None,
-    json_: JsonOption = False,
-) -> None:
+@dataclass(kw_only=True)
+class ReportConfig:
+    """``sgdlab report``'s knobs: which database, which of its runs, and where the report goes."""
+
+    db: Path = field(default=DEFAULT_DB, metadata=option("Results database (SQLite).", "--db"))
+    out: Path = field(default=Path("sgdlab-results/report"),
+                      metadata=option("Folder for the plots and the HTML report."))
+    suite: str | None = field(default=None, metadata=option("Only runs of this suite."))
+
+
+def report(cfg: ReportConfig, json_: bool) -> None:
     """Tabulate, plot and write an HTML report of the runs in a results database."""
     from sgdlab.report.html import build_report
     from sgdlab.run.store import ResultStore
 
-    with ResultStore(db, create=False) as store:
-        summary = build_report(store, out, suite=suite, title=f"sgdlab report: {db}", quiet=json_)
+    with ResultStore(cfg.db, create=False) as store:
+        summary = build_report(store, cfg.out, suite=cfg.suite,
+                               title=f"sgdlab report: {cfg.db}", quiet=json_)
     if json_:
         emit_json(summary)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(report)
+    options.config_command(app, "report", ReportConfig, report)

@@ -2,23 +2,70 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from sgdlab.cli.options import JsonOption, emit_json
+from sgdlab.cli import options
+from sgdlab.cli.options import emit_json
+from sgdlab.run.config import option
 
-# The options biased-sgd and schedule share.
-_Case = Annotated[str, typer.Option(help="smooth, smooth-convex or bounded.")]
-_L = Annotated[float, typer.Option("--L", help="Smoothness of each f_i.")]
-_M = Annotated[float, typer.Option("--m", help="Strong convexity of f.")]
-_Delta = Annotated[float, typer.Option(help="Relative gradient error.")]
-_C = Annotated[float, typer.Option("--c", help="Absolute gradient error.")]
-_Sigma2 = Annotated[float, typer.Option(help="E||grad f_i(x*)||^2.")]
-_Beta = Annotated[float | None, typer.Option(help="bounded: E||g||^2 <= beta^2 ...")]
-_K = Annotated[float | None, typer.Option("--K", help="bounded: ... + K.")]
-_Solver = Annotated[str, typer.Option(help="clarabel or scs.")]
+# The knobs of each command, a dataclass a command (theory/ imports nothing of ours but errors,
+# so they live here): a field's option() metadata is its command-line option.
+
+
+@dataclass(kw_only=True)
+class SgdBoundConfig:
+    """``sgdlab theory sgd-bound``: :func:`~sgdlab.cli.theory_sgd.sgd_bound_report`."""
+
+    mu: float = field(metadata=option("Strong convexity of F.", "--mu"))
+    L: float = field(metadata=option("Smoothness of every component f(.; xi).", "--L"))
+    N: float = field(metadata=option("N = 2 E||grad f(w*; xi)||^2.", "--N"))
+    w0_dist2: float = field(metadata=option("||w_0 - w*||^2.", "--w0-dist2"))
+    steps: int = field(metadata=option("Steps to bound."))
+    schedule: str = field(default="diminishing", metadata=option("diminishing or constant."))
+    alpha: float = field(default=2.0, metadata=option("alpha > 1 (diminishing)."))
+    E: float | None = field(default=None, metadata=option("Shift E >= 2 alpha L D / mu.", "--E"))
+    eta: float | None = field(default=None, metadata=option("Constant step <= 1/(2 L D)."))
+    D: int = field(default=1, metadata=option("Largest support (sparse updates).", "--D"))
+    plot: Path | None = field(default=None,
+                              metadata=option("Write the bound curves to this PNG."))
+
+
+@dataclass(kw_only=True)
+class BiasedSettingConfig:
+    """What ``biased-sgd`` and ``schedule`` share: the setting of the biased-SGD analysis."""
+
+    case: str = field(metadata=option("smooth, smooth-convex or bounded."))
+    L: float = field(metadata=option("Smoothness of each f_i.", "--L"))
+    m: float = field(metadata=option("Strong convexity of f.", "--m"))
+    delta: float = field(default=0.0, metadata=option("Relative gradient error."))
+    c: float = field(default=0.0, metadata=option("Absolute gradient error.", "--c"))
+    sigma2: float = field(default=0.0, metadata=option("E||grad f_i(x*)||^2."))
+    beta: float | None = field(default=None,
+                               metadata=option("bounded: E||g||^2 <= beta^2 ..."))
+    K: float | None = field(default=None, metadata=option("bounded: ... + K.", "--K"))
+    solver: str = field(default="clarabel", metadata=option("clarabel or scs."))
+
+
+@dataclass(kw_only=True)
+class BiasedSgdConfig(BiasedSettingConfig):
+    """``sgdlab theory biased-sgd``: :func:`~sgdlab.cli.theory_biased.biased_sgd_report`."""
+
+    alpha: float = field(metadata=option("Step size."))
+    U: float | None = field(default=None,
+                            metadata=option("Minimise rho2*U + H at this U.", "--U"))
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig(BiasedSettingConfig):
+    """``sgdlab theory schedule``: :func:`~sgdlab.cli.theory_biased.schedule_report`."""
+
+    U0: float = field(metadata=option("Bound on ||x_0 - x*||^2.", "--U0"))
+    steps: int = field(metadata=option("Steps to schedule."))
+    plot: Path | None = field(default=None,
+                              metadata=option("Write the trade-off and schedule PNG."))
 
 
 app = typer.Typer(
@@ -26,78 +73,28 @@ app = typer.Typer(
 )
 
 
-def _theory_sgd_bound(
-    mu: Annotated[float, typer.Option("--mu", help="Strong convexity of F.")],
-    L: Annotated[float, typer.Option("--L", help="Smoothness of every component f(.; xi).")],
-    N: Annotated[float, typer.Option("--N", help="N = 2 E||grad f(w*; xi)||^2.")],
-    w0_dist2: Annotated[float, typer.Option("--w0-dist2", help="||w_0 - w*||^2.")],
-    steps: Annotated[int, typer.Option(help="Steps to bound.")],
-    schedule: Annotated[str, typer.Option(help="diminishing or constant.")] = "diminishing",
-    alpha: Annotated[float, typer.Option(help="alpha > 1 (diminishing).")] = 2.0,
-    E: Annotated[float | None, typer.Option("--E", help="Shift E >= 2 alpha L D / mu.")] = None,
-    eta: Annotated[float | None, typer.Option(help="Constant step <= 1/(2 L D).")] = None,
-    D: Annotated[int, typer.Option("--D", help="Largest support (sparse updates).")] = 1,
-    plot: Annotated[Path | None, typer.Option(help="Write the bound curves to this PNG.")] = None,
-    json_: JsonOption = False,
-) -> None:
+def _theory_sgd_bound(cfg: SgdBoundConfig, json_: bool) -> None:
     """Bound E||w_t - w*||^2 for SGD without bounded gradients (Nguyen et al., ICML 2018)."""
     from sgdlab.cli.theory_sgd import sgd_bound_report
 
-    rep = sgd_bound_report(
-        mu=mu,
-        L=L,
-        N=N,
-        w0_dist2=w0_dist2,
-        steps=steps,
-        schedule=schedule,
-        alpha=alpha,
-        E=E,
-        eta=eta,
-        D=D,
-        plot=plot,
-    )
+    rep = sgd_bound_report(**asdict(cfg))
     if json_:
         emit_json(rep)
         return
     from sgdlab.report.tables import print_mapping
 
     print_mapping(
-        f"SGD bound ({schedule} step)",
+        f"SGD bound ({cfg.schedule} step)",
         {k: v for k, v in rep.items() if not isinstance(v, dict | list)}
         | {"final bound": rep["final"]["bound"], "final recursion": rep["final"]["recursion"]},
     )
 
 
-def _theory_biased_sgd(
-    case: _Case,
-    L: _L,
-    m: _M,
-    alpha: Annotated[float, typer.Option(help="Step size.")],
-    delta: _Delta = 0.0,
-    c: _C = 0.0,
-    sigma2: _Sigma2 = 0.0,
-    beta: _Beta = None,
-    K: _K = None,
-    U: Annotated[float | None, typer.Option("--U", help="Minimise rho2*U + H at this U.")] = None,
-    solver: _Solver = "clarabel",
-    json_: JsonOption = False,
-) -> None:
+def _theory_biased_sgd(cfg: BiasedSgdConfig, json_: bool) -> None:
     """One-step bound E||x+ - x*||^2 <= rho2 E||x - x*||^2 + H for biased SGD (an LMI)."""
     from sgdlab.cli.theory_biased import biased_sgd_report
 
-    rep = biased_sgd_report(
-        case,
-        L=L,
-        m=m,
-        alpha=alpha,
-        delta=delta,
-        c=c,
-        sigma2=sigma2,
-        beta=beta,
-        K=K,
-        solver=solver,
-        U=U,
-    )
+    rep = biased_sgd_report(**asdict(cfg))
     if json_:
         emit_json(rep)
         return
@@ -105,7 +102,7 @@ def _theory_biased_sgd(
 
     closed = rep.get("closed_form") or {}
     print_mapping(
-        f"biased SGD, {case}, alpha={alpha}",
+        f"biased SGD, {cfg.case}, alpha={cfg.alpha}",
         {
             "rho2": rep["rho2"],
             "H": rep["H"],
@@ -120,36 +117,20 @@ def _theory_biased_sgd(
     )
 
 
-def _theory_schedule(
-    case: _Case,
-    L: _L,
-    m: _M,
-    U0: Annotated[float, typer.Option("--U0", help="Bound on ||x_0 - x*||^2.")],
-    steps: Annotated[int, typer.Option(help="Steps to schedule.")],
-    delta: _Delta = 0.0,
-    c: _C = 0.0,
-    sigma2: _Sigma2 = 0.0,
-    beta: _Beta = None,
-    K: _K = None,
-    solver: _Solver = "clarabel",
-    plot: Annotated[Path | None, typer.Option(help="Write the trade-off and schedule PNG.")] = None,
-    json_: JsonOption = False,
-) -> None:
+def _theory_schedule(cfg: ScheduleConfig, json_: bool) -> None:
     """Step sizes by sequential minimisation: U_{k+1} = min over alpha of rho2 U_k + H."""
     from sgdlab.cli.theory_biased import schedule_report
 
-    rep = schedule_report(
-        case, L, m, delta, c, sigma2, U0=U0, steps=steps, plot=plot, beta=beta, K=K, solver=solver
-    )
+    rep = schedule_report(**asdict(cfg))
     if json_:
         emit_json(rep)
         return
     from sgdlab.report.tables import print_mapping
 
     print_mapping(
-        f"sequential schedule, {case}",
+        f"sequential schedule, {cfg.case}",
         {
-            "steps": steps,
+            "steps": cfg.steps,
             "method": rep["method"],
             "final bound": rep["final_bound"],
             "floor": rep["floor"],
@@ -161,6 +142,9 @@ def _theory_schedule(
     )
 
 
-app.command("sgd-bound")(_theory_sgd_bound)
-app.command("biased-sgd")(_theory_biased_sgd)
-app.command("schedule")(_theory_schedule)
+options.config_command(app, "sgd-bound", SgdBoundConfig, _theory_sgd_bound)
+# The required options first, as they were written before the two commands shared a setting.
+options.config_command(app, "biased-sgd", BiasedSgdConfig, _theory_biased_sgd, "case", "L", "m",
+                       "alpha", "delta", "c", "sigma2", "beta", "K", "U", "solver")
+options.config_command(app, "schedule", ScheduleConfig, _theory_schedule, "case", "L", "m", "U0",
+                       "steps", "delta", "c", "sigma2", "beta", "K", "solver", "plot")
