@@ -14,13 +14,10 @@ import typer.main
 
 from sgdlab.cli import app, options
 
-# Options that are no field of a config: the ones every command shares, and the launcher's and
-# the smallbatch suite's own (their values go to a function, not into a config).
+# Options that are no field of a config: the ones every command shares, and the smallbatch
+# suite's folder and database (they go to run_smallbatch beside its plan).
 SHARED = {"json_", "set_"}
-OWN = {
-    "dist": {"timeout", "testbed", "addr"},
-    "bench smallbatch": {"db", "out"},
-}
+OWN = {"bench smallbatch": {"db", "out"}}
 
 
 def _commands(group: typer.Typer, path: str = "") -> Iterator[tuple[str, Any]]:
@@ -93,9 +90,10 @@ def test_a_config_and_the_function_it_calls_agree_on_defaults() -> None:
     """A function behind a command keeps defaults for its callers in Python; they are the
     config's (but where listed: the command draws its figure, the function only when asked)."""
     from sgdlab.cli import theory, theory_biased, theory_sgd
+    from sgdlab.distributed.launch import launch
     from sgdlab.experiments import biased_practice, configs, hogwild, overlap
     from sgdlab.run import hogwild as run_hogwild
-    from sgdlab.run.config import HogwildRunConfig
+    from sgdlab.run.config import HogwildRunConfig, LaunchConfig
     from sgdlab.testbed.config import TestbedConfig
     from sgdlab.testbed.netns import Testbed
 
@@ -108,6 +106,7 @@ def test_a_config_and_the_function_it_calls_agree_on_defaults() -> None:
         (configs.OverlapBenchConfig, overlap.overlap_benchmark, set()),
         (HogwildRunConfig, run_hogwild.hogwild_once, {"workload_options"}),  # None or {}: none
         (TestbedConfig, Testbed.up, set()),
+        (LaunchConfig, launch, set()),  # addr (launch's timeout_s is its bare API's, 300 s)
     ]
     wrong = []
     for cls, fn, differ in pairs:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from sgdlab.cli import options
 from sgdlab.errors import SgdlabError
-from sgdlab.run.config import DEFAULT_RUN_TIMEOUT_S, DistConfig
+from sgdlab.run.config import DistConfig, LaunchConfig
 
 DOC = """Train on W local ranks (gloo) with a distributed algorithm; under torchrun, one rank.
 
@@ -19,8 +19,7 @@ DOC = """Train on W local ranks (gloo) with a distributed algorithm; under torch
     """
 
 
-def dist(*, set_: list[str] | None, timeout: float, testbed: bool, addr: str, json_: bool,
-         **values: Any) -> None:
+def dist(*, set_: list[str] | None, json_: bool, **values: Any) -> None:
     from sgdlab.run import dist as run_dist
 
     opt_options, wl_options = options.parse_sets(set_ or [])
@@ -35,8 +34,9 @@ def dist(*, set_: list[str] | None, timeout: float, testbed: bool, addr: str, js
     if run_dist.under_torchrun():
         _torchrun_main(config, json_)
         return
-    where = _netns_launch_options(config.world_size) if testbed else {"addr": addr}
-    result = run_dist.run_dist(config, launch_options=where, timeout_s=timeout)
+    how = LaunchConfig(**options.config_values(LaunchConfig, values))
+    where = _netns_launch_options(config.world_size) if how.testbed else {"addr": how.addr}
+    result = run_dist.run_dist(config, launch_options=where, timeout_s=how.timeout)
     if json_:
         options.emit_json(run_dist.result_json(result))
     else:
@@ -88,11 +88,6 @@ def register(app: typer.Typer) -> None:
         options.set_option("key=value: an inner hyperparameter, or workload.key=value."),
         *options.from_config(DistConfig, "checkpoint_every", "checkpoint_dir", "resume",
                              "collective_timeout_s"),
-        options.param("timeout", Annotated[float, typer.Option(
-            help="Seconds before a hung run is stopped.")], DEFAULT_RUN_TIMEOUT_S),
-        options.param("testbed", Annotated[bool, typer.Option(
-            help="Run each rank in its testbed namespace.")], False),
-        options.param("addr", Annotated[str, typer.Option(
-            help="Rendezvous address (a free port is picked).")], "127.0.0.1"),
+        *options.from_config(LaunchConfig),
         options.json_option(),
     ], dist)

@@ -308,6 +308,18 @@ class DistConfig(RunConfig):
             raise ConfigError(str(exc)) from None
 
 
+@dataclass(kw_only=True)
+class LaunchConfig:
+    """How ``sgdlab dist`` starts its ranks on this host; no part of the run (nor of its key)."""
+
+    timeout: float = field(default=DEFAULT_RUN_TIMEOUT_S,
+                           metadata=option("Seconds before a hung run is stopped."))
+    testbed: bool = field(default=False,
+                          metadata=option("Run each rank in its testbed namespace."))
+    addr: str = field(default="127.0.0.1",
+                      metadata=option("Rendezvous address (a free port is picked)."))
+
+
 def partition_alpha(spec: str) -> float | None:
     """``"iid"`` → None; ``"dirichlet:0.5"`` → 0.5.
 
