@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,20 +64,24 @@ def _testbed_up(cfg: TestbedConfig, json_: bool) -> None:
 
 
 def _testbed_down(*, name: str, state_dir: Path, json_: bool) -> None:
+    """Remove the testbed: its namespaces (and the processes inside) and its state file."""
     show(_down_testbed(name, state_dir=state_dir), json_, lambda result: sys.stdout.write(
         f"removed {len(result['removed'])} namespaces: {' '.join(result['removed']) or '-'}\n"
     ))
 
 
 def _testbed_status(*, name: str, state_dir: Path, json_: bool) -> None:
+    """Hosts, addresses, link shape and each host's egress counters."""
     show(_status_of_testbed(name, state_dir=state_dir), json_, _print_status)
 
 
+def _on_a_built_testbed(name: str, body: Callable[..., None]) -> None:
+    """Command ``name``: ``body`` on the testbed that ``--name`` and ``--state-dir`` say."""
+    options.command(app, name, body.__doc__ or "", [
+        *options.from_config(TestbedConfig, "name", "state_dir"), options.json_option(),
+    ], body)
+
+
 options.config_command(app, "up", TestbedConfig, _testbed_up)
-for _name, _doc, _body in (
-    ("down", "Remove the testbed: its namespaces (and the processes inside) and its state file.",
-     _testbed_down),
-    ("status", "Hosts, addresses, link shape and each host's egress counters.", _testbed_status),
-):
-    options.command(app, _name, _doc, [*options.from_config(TestbedConfig, "name", "state_dir"),
-                                       options.json_option()], _body)
+_on_a_built_testbed("down", _testbed_down)
+_on_a_built_testbed("status", _testbed_status)
