@@ -340,7 +340,9 @@ def partition_alpha(spec: str) -> float | None:
 
 @dataclass(kw_only=True)
 class HogwildRunConfig(RunConfig):
-    """One ``sgdlab hogwild`` run: the arguments of :func:`hogwild_once`, which checks them."""
+    """One ``sgdlab hogwild`` run: the arguments of :func:`hogwild_once`, which checks them in
+    Hogwild!'s own words (``sgdlab hogwild`` keeps those errors, so it does not call
+    :meth:`validate`)."""
 
     workers: int = field(default=2, metadata=option("Lock-free worker processes."))
     steps: int = field(default=100_000, metadata=option("Updates by all workers together."))
