@@ -348,13 +348,20 @@ with Testbed.up(2, "50mbit", name=sys.argv[1], state_dir=Path(sys.argv[2])) as t
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @needs_root
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_tears_down(tmp_path: Path, sig: int) -> None:
     name = f"s{sig}{os.getpid() % 100000}"
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then
+    # keeps it ignored; the child is put back to what a terminal's Ctrl-C would meet.
     proc = subprocess.Popen([sys.executable, "-c", _SIGNALLED, name, str(tmp_path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
         assert len(_namespaces(name)) == 3
