@@ -1,6 +1,6 @@
 """CLI glue for the biased-SGD analysis: JSON-ready reports and their plots.
 
-Plain functions behind two commands (argv is parsed in ``cli.py`` only)::
+Plain functions behind two commands (their options are generated in ``cli/theory.py``)::
 
     sgdlab theory biased-sgd --case {smooth,smooth-convex,bounded} --L L --m M --alpha A
         --delta D [--c C] [--sigma2 S] [--beta B] [--K K] [--U U] [--solver {clarabel,scs}] [--json]
