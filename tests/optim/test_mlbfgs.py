@@ -22,7 +22,7 @@ from torch import Tensor
 
 from sgdlab.errors import CheckpointError
 from sgdlab.optim._blocks import build_blocks, module_blocks
-from sgdlab.optim._curvature import add_pair, damp_pair, new_block_state
+from sgdlab.optim._history import add_pair, damp_pair, new_history
 from sgdlab.optim.mlbfgs import MLBFGS, DirectionExchange, MLBFGSConfig, assign_blocks
 
 F64 = torch.float64
@@ -80,6 +80,13 @@ def backward(model: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     loss = ((model(batch[0]) - batch[1]) ** 2).mean()
     loss.backward()
     return loss
+
+
+def newest_pair(block: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The newest kept pair of a block's ring buffer."""
+    m = block["valid"].numel()
+    k = int(block["head"] - 1) % m
+    return block["pairs"][k], block["pairs"][m + k]
 
 
 def textbook_direction(g: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -347,7 +354,8 @@ def test_weight_decay_acts_on_parameters_not_on_gradients_or_pairs() -> None:
     block = opt.state[w]["mlbfgs_block"]
     # y came from the raw (zero) gradients, ratio 0, damped onto sigma_low; weight decay in
     # the gradient would have given y = decay * s instead.
-    torch.testing.assert_close(block["y"][-1], sigma_low * block["s"][-1])
+    s_new, y_new = newest_pair(block)
+    torch.testing.assert_close(y_new, sigma_low * s_new)
 
 
 def test_param_groups_share_the_curvature_model_but_not_the_step() -> None:
@@ -450,7 +458,9 @@ def test_nonfinite_pair_resets_its_block_only() -> None:
 def test_nonfinite_direction_falls_back_to_the_gradient() -> None:
     model, opt = _curvature_run(6, momentum=0.0, max_norm=None, lr=0.1)
     first = next(model.parameters())
-    opt.state[first]["mlbfgs_block"]["s"][0][0] = math.inf
+    block = opt.state[first]["mlbfgs_block"]
+    m = block["valid"].numel()
+    block["gram"][m, m] = math.nan  # a y'y: the compact form's small solve is not finite
     backward(model, batches(7, 1)[0])
     before, grad = first.detach().clone(), first.grad.clone()  # type: ignore[union-attr]
     opt.step()
@@ -475,19 +485,23 @@ def test_nonfinite_gradient_does_not_move_its_block(steps: int) -> None:
     assert diag["nonfinite_resets"] == 0 and diag["history"] == history  # not the pairs' fault
 
 
-def test_pair_history_is_a_fifo_and_refuses_bad_pairs() -> None:
-    block = new_block_state([0])
+def test_pair_history_is_a_ring_and_refuses_bad_pairs() -> None:
+    block = new_history(2, 2, torch.float32, torch.device("cpu"))
     band = (0.1, 10.0, 0.0)
     pairs = [(torch.tensor([1.0, 0.0]), torch.tensor([2.0, 0.0])) for _ in range(3)]
     pairs[2] = (torch.tensor([0.0, 1.0]), torch.tensor([0.0, 4.0]))
     for s, y in pairs:
-        assert add_pair(block, s, y, band, history_size=2, pair_momentum=0.0) == "accepted"
-    assert len(block["s"]) == 2 and torch.equal(block["s"][-1], pairs[2][0])
-    assert block["rho"] == [0.5, 0.25] and block["gamma"] == 0.25
-    assert add_pair(block, torch.zeros(2), torch.ones(2), band, 2, 0.0) == "rejected"
+        assert not add_pair(block, s, y, band, pair_momentum=0.0)
+    assert int(block["valid"].sum()) == 2 and int(block["head"]) == 3
+    assert torch.equal(newest_pair(block)[0], pairs[2][0])
+    assert torch.equal(block["pairs"][1], pairs[1][0])  # the oldest slot was overwritten
+    torch.testing.assert_close(block["gram"], block["pairs"] @ block["pairs"].T)
+    assert float(block["gamma"]) == 0.25
+    assert not add_pair(block, torch.zeros(2), torch.ones(2), band, 0.0)
+    assert int(block["rejected"]) == 1 and int(block["head"]) == 3
     nan = torch.tensor([math.nan, 0.0])
-    assert add_pair(block, torch.ones(2), nan, band, 2, 0.0) == "nonfinite"
-    assert block["s"] == [] and block["nonfinite_resets"] == 1 and block["rejected"] == 1
+    assert add_pair(block, torch.ones(2), nan, band, 0.0)
+    assert int(block["valid"].sum()) == 0 and int(block["nonfinite_resets"]) == 1
 
 
 def test_direction_is_clipped_to_max_norm() -> None:

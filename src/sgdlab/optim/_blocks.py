@@ -30,10 +30,38 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
 BlockPolicy = str | Callable[[list[torch.Tensor]], list[list[int]]]
+
+
+@runtime_checkable
+class DirectionExchange(Protocol):
+    """What the optimizer needs from the communication layer to shard the two-loop recursion.
+
+    ``gather_directions`` is a collective: every rank calls it at the same step with the
+    records of the blocks it owns (``local``: block index -> flat tensor; :class:`MLBFGS`
+    sends the block's direction followed by its norm) and the owner of every block
+    (``owners[b]``); it returns the records of *all* blocks, each bit for bit the one its
+    owner sent (views into a receive buffer are fine).
+    """
+
+    @property
+    def rank(self) -> int:
+        """This process's rank, in ``range(world_size)``."""
+        ...
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks that share the blocks."""
+        ...
+
+    def gather_directions(self, local: dict[int, Tensor], owners: list[int]) -> dict[int, Tensor]:
+        """All blocks' flat directions, from each owner's ``local`` contribution."""
+        ...
 
 
 def build_blocks(params: Sequence[torch.Tensor], policy: BlockPolicy) -> list[list[int]]:

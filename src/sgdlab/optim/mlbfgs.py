@@ -29,13 +29,15 @@ of the caller's loss (weight decay *not* included):
 
    and then :math:`\phi \leftarrow \min(\phi, 1-\delta)`: at least a share :math:`\delta` of
    :math:`s` enters every :math:`y`, i.e. the model is of :math:`\phi\nabla^2 f + (1-\phi) I`
-   (a Levenberg-Marquardt shift). A pair joins the block's FIFO history of ``history_size``
-   pairs with :math:`\rho = 1/s^\top y`, and :math:`H_0 = \gamma I`,
+   (a Levenberg-Marquardt shift). A pair joins the block's history of ``history_size``
+   pairs (a ring buffer: the oldest is overwritten), and :math:`H_0 = \gamma I`,
    :math:`\gamma = s^\top y / y^\top y` of the newest pair. A pair with
    :math:`s^\top y \le 0` or :math:`s = 0` after damping is *rejected* (the history is kept).
 
-3. **Direction** (every step): per block, :math:`d_b = H_b g_b` by the two-loop recursion
-   (Nocedal & Wright, Alg. 7.4) once the block has pairs (from step :math:`T+1`), else
+3. **Direction** (every step): per block, :math:`d_b = H_b g_b`, the L-BFGS product of the
+   two-loop recursion (Nocedal & Wright, Alg. 7.4), computed in the compact form of Byrd,
+   Nocedal and Schnabel (:mod:`sgdlab.optim._history`: two passes over the history, no
+   per-pair loop) once the block has pairs (from step :math:`T+1`), else
    :math:`d_b = g_b`: before step :math:`T+1` the method is momentum SGD. The whole direction
    is clipped to norm ``max_norm``, :math:`\hat d = d \min(1, \text{max\_norm}/\lVert d\rVert)`,
    the warm-up's gradients included.
@@ -58,33 +60,36 @@ of the caller's loss (weight decay *not* included):
    heavy-ball buffer; the curvature pairs see the loss alone.
 
 **Safety.** A pair with a NaN or Inf resets its block's history and re-seeds the block's
-averages from the current values; a non-finite direction from a finite gradient resets the
-history and the block follows its gradient this step; a block whose gradient is itself not
-finite gets a zero direction (its history is kept; the heavy ball coasts). Each event is
-counted in :meth:`MLBFGS.diagnostics`, and nothing non-finite reaches the parameters.
+averages from the current values; a non-finite compact solve from a finite gradient resets the
+history and the block follows its gradient this step; a block whose direction is still not
+finite (its gradient is not) gets a zero direction (its history is kept; the heavy ball
+coasts). Each event is counted in :meth:`MLBFGS.diagnostics`, and nothing non-finite reaches
+the parameters. Every such decision is a device tensor (``torch.where``): the step reads no
+value back from the device (no ``.item()``, ``float()`` or ``.tolist()``).
 
 **Sharding.** With an ``exchange`` (see :class:`DirectionExchange`), blocks are given owners by
 :func:`assign_blocks`; rank ``r`` keeps the averages, snapshots and history *only* of its own
-blocks and runs their two-loop recursions, and the exchange fills in the other blocks'
-directions. Every rank keeps the heavy-ball buffer of every parameter, since each applies the
-full step. A block's norm :math:`\lVert d_b\rVert` travels with its direction (one extra
-element), taken by its owner: every rank then sums the same numbers in the same order
-(``math.fsum``) for the clip, and no rank reduces another's data. So the replicas stay
-bit-identical by construction, whatever the CPU: MKL's ``dot`` rounds differently for a
-tensor at another memory alignment (as the slices of an all-gather buffer are), and a norm
-each rank took itself once let replicas drift apart in the last bits under
-:class:`~sgdlab.distributed.SyncSGD` on AMD EPYC. (What every rank still computes on its own
-copy is element-wise, which rounds the same on every rank of one instruction set; hosts with
-different vector units, AVX2 beside AVX-512, can differ there, as any data-parallel
+blocks and computes their directions, and the exchange fills in the other blocks'. Every rank
+keeps the heavy-ball buffer of every parameter, since each applies the full step. A block's
+norm :math:`\lVert d_b\rVert` travels with its direction (one extra element), taken by its
+owner; every rank copies the norms in block order into a fresh tensor (``torch.stack``: same
+numbers, same order, same allocator alignment on every rank) and reduces it with ATen's
+``vector_norm``, whose summation order depends on the element count alone. So the clip is
+the same on every rank by construction, and no rank reduces another's data: MKL's ``dot``
+rounds differently for a tensor at another memory alignment (as the slices of an all-gather
+buffer are), and a norm each rank took itself once let replicas drift apart in the last bits
+under :class:`~sgdlab.distributed.SyncSGD` on AMD EPYC. (What every rank still computes on its
+own copy is element-wise, which rounds the same on every rank of one instruction set; hosts
+with different vector units, AVX2 beside AVX-512, can differ there, as any data-parallel
 optimizer can.) Memory per rank: :math:`n` (heavy ball) :math:`+ (4 + 2m)\,n_r`
 (:math:`+2n_r` with pair momentum) for :math:`n_r` owned elements, instead of
-:math:`(5 + 2m)\,n` when replicated.
-The step equals the single-rank step exactly.
+:math:`(5 + 2m)\,n` when replicated. The step equals the single-rank step exactly.
 
 **Checkpoints.** All of it lives in ``self.state``: per-parameter buffers under each parameter,
 a block's history under the block's first parameter (key ``"mlbfgs_block"``), the step counter
 under the first parameter (key ``"mlbfgs_global"``); ``state_dict()`` mid-run resumes bit for
-bit. Under sharding each rank checkpoints its own blocks. Parameters with no gradient count as
+bit, and a checkpoint of the list layout (before the ring buffers) is converted on load.
+Under sharding each rank checkpoints its own blocks. Parameters with no gradient count as
 a zero gradient inside their block's curvature model, as in ``torch.optim.LBFGS``, but the
 step leaves them alone (no move, no decay, their heavy ball kept), as torch's optimizers do.
 ``copy.deepcopy`` and ``pickle`` give an optimizer that steps exactly like the original (a
@@ -117,32 +122,25 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from sgdlab.errors import CheckpointError
 from sgdlab.optim._blocks import (
     BlockPolicy,
+    DirectionExchange,
     assign_blocks,
     build_blocks,
     check_policy,
     module_blocks,
 )
-from sgdlab.optim._curvature import (
-    COUNTERS,
-    add_pair,
-    check_damping,
-    new_block_state,
-    reset_history,
-    two_loop,
-)
+from sgdlab.optim._curvature import check_damping
+from sgdlab.optim._history import add_pair, directions
+from sgdlab.optim._mlbfgs_state import BlockStateOptimizer
 
 __all__ = [
     "MLBFGS",
@@ -152,16 +150,6 @@ __all__ = [
     "module_blocks",
 ]
 
-_BLOCK_KEY = "mlbfgs_block"
-_GLOBAL_KEY = "mlbfgs_global"
-_COUNTER_NAMES = {
-    "accepted": "pairs_accepted",
-    "damped": "pairs_damped",
-    "rejected": "pairs_rejected",
-    "nonfinite_resets": "nonfinite_resets",
-    "nonfinite_grads": "nonfinite_grads",
-}
-# Knobs of the curvature model: shared by all blocks, so they must agree across param groups.
 _CURVATURE_KEYS = (
     "history_size",
     "update_freq",
@@ -171,32 +159,6 @@ _CURVATURE_KEYS = (
     "damping",
     "max_norm",
 )
-
-
-@runtime_checkable
-class DirectionExchange(Protocol):
-    """What the optimizer needs from the communication layer to shard the two-loop recursion.
-
-    ``gather_directions`` is a collective: every rank calls it at the same step with the
-    records of the blocks it owns (``local``: block index -> flat tensor; :class:`MLBFGS`
-    sends the block's direction followed by its norm) and the owner of every block
-    (``owners[b]``); it returns the records of *all* blocks, each bit for bit the one its
-    owner sent (views into a receive buffer are fine).
-    """
-
-    @property
-    def rank(self) -> int:
-        """This process's rank, in ``range(world_size)``."""
-        ...
-
-    @property
-    def world_size(self) -> int:
-        """The number of ranks that share the blocks."""
-        ...
-
-    def gather_directions(self, local: dict[int, Tensor], owners: list[int]) -> dict[int, Tensor]:
-        """All blocks' flat directions, from each owner's ``local`` contribution."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -233,7 +195,7 @@ class MLBFGSConfig:
 _D = MLBFGSConfig()
 
 
-class MLBFGS(torch.optim.Optimizer):
+class MLBFGS(BlockStateOptimizer):
     """mL-BFGS (see the module docstring for the update and the state it keeps).
 
     Args:
@@ -331,103 +293,13 @@ class MLBFGS(torch.optim.Optimizer):
         self._owners = assign_blocks(self._sizes, world_size)
         self._owned = [b for b, owner in enumerate(self._owners) if owner == rank]
 
-    def _index(self) -> None:
-        """The lookups derived from the groups and the blocks (rebuilt after a copy)."""
-        self._params: list[Tensor] = [p for g in self.param_groups for p in g["params"]]
-        self._sizes = [sum(self._params[i].numel() for i in b) for b in self._blocks]
-        # Where each parameter's slice of its block's flat direction lies, by its position in
-        # group order (not by id(), which a copy or an unpickled optimizer does not keep).
-        self._where: list[tuple[int, int]] = [(0, 0)] * len(self._params)
-        for b, block in enumerate(self._blocks):
-            offset = 0
-            for i in block:
-                self._where[i] = (b, offset)
-                offset += self._params[i].numel()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """What :mod:`copy` and :mod:`pickle` keep: torch's three fields and the blocks.
-
-        A sharded optimizer cannot be copied: its exchange is a live collective. Copy its
-        ``state_dict()`` into a new optimizer built with the new exchange instead.
-        """
-        if self._exchange is not None:
-            raise TypeError(
-                "MLBFGS with an exchange (sharded blocks) cannot be copied or pickled; "
-                "load its state_dict() into an optimizer built with its own exchange"
-            )
-        state = super().__getstate__()
-        state.update(_blocks=self._blocks, _owners=self._owners, _owned=self._owned)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # torch's load_state_dict() comes through here too, with the exchange still in place.
-        super().__setstate__(state)
-        self.__dict__.setdefault("_exchange", None)
-        self._index()
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Only during construction: the blocks are fixed once built."""
-        if hasattr(self, "_blocks"):
-            raise ValueError("Invalid add_param_group: MLBFGS fixes its blocks at construction")
-        super().add_param_group(param_group)
-
-    @property
-    def blocks(self) -> list[list[int]]:
-        """The blocks, as lists of indices into the parameters in group order."""
-        return [list(b) for b in self._blocks]
-
-    @property
-    def owners(self) -> list[int]:
-        """The rank that owns each block."""
-        return list(self._owners)
-
-    def diagnostics(self) -> dict[str, Any]:
-        """Counters summed over the blocks this rank owns, and the global step figures.
-
-        ``step``; ``pairs_accepted`` (damped ones included), ``pairs_damped``,
-        ``pairs_rejected``; ``nonfinite_resets`` (histories dropped for a non-finite pair or
-        direction), ``nonfinite_grads`` (block-steps skipped for a non-finite gradient);
-        ``history`` (pairs held, per owned block); ``direction_norm`` (the last
-        direction's norm before clipping, over all blocks: the gradient's in the warm-up;
-        NaN before the first step);
-        ``clipped_steps``; ``blocks`` (how many) and ``owned_blocks``.
-        """
-        out: dict[str, Any] = dict(self._global())
-        totals = dict.fromkeys(COUNTERS, 0)
-        history = {}
-        for b in self._owned:
-            block = self.state[self._params[self._blocks[b][0]]].get(_BLOCK_KEY)
-            if block is not None:
-                for key in COUNTERS:
-                    totals[key] += block[key]
-                history[b] = len(block["s"])
-        out.update({_COUNTER_NAMES[k]: v for k, v in totals.items()})
-        out.update(history=history, blocks=len(self._blocks), owned_blocks=list(self._owned))
-        return out
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a checkpoint; its blocks must be the ones this optimizer was built with.
-
-        A rank keeps only the blocks it owns; one it owns that the checkpoint lacks (saved by
-        ranks that shared the blocks otherwise) starts afresh from an empty history.
-        """
-        super().load_state_dict(state_dict)
-        for b, block in enumerate(self._blocks):
-            state = self.state[self._params[block[0]]].get(_BLOCK_KEY)
-            if state is not None and list(state["params"]) != block:
-                raise CheckpointError(
-                    f"mL-BFGS checkpoint has block {list(state['params'])} where this "
-                    f"optimizer has block {block}: build it with the same blocks policy"
-                )
-            if b not in self._owned:  # another rank's block: keep none of its curvature state
-                self.state[self._params[block[0]]].pop(_BLOCK_KEY, None)
-                for i in block:
-                    self.state[self._params[i]].pop("param_avg", None)
-                    self.state[self._params[i]].pop("grad_avg", None)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One mL-BFGS step; returns the closure's loss (``None`` without a closure)."""
+        """One mL-BFGS step; returns the closure's loss (``None`` without a closure).
+
+        No value is read back from the device: every decision is a tensor (see
+        :mod:`sgdlab.optim._history`).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -438,14 +310,14 @@ class MLBFGS(torch.optim.Optimizer):
         t, period = glob["step"], group0["update_freq"]
         grads = [_grad_of(p) for p in self._params]
 
+        seeded = [b for b in self._owned if "param_snapshot" in self._block_state(b)]
         for b in self._owned:
-            if "param_snapshot" not in self._block_state(b):
-                # The first step, or a checkpoint from ranks that shared blocks otherwise.
+            if b not in seeded:  # the first step, or a checkpoint from other owners
                 self._seed_block(b, grads)
-            else:
-                self._average(b, grads, group0["beta_param"], group0["beta_grad"])
-                if (t - 1) % period == 0:
-                    self._form_pair(b, grads, group0)
+        self._average(seeded, grads, group0["beta_param"], group0["beta_grad"])
+        if (t - 1) % period == 0:
+            for b in seeded:
+                self._form_pair(b, grads, group0)
 
         curvature = t > period  # the first pair was formed at step 1 + T
         local = self._local_records(grads, curvature)
@@ -456,69 +328,65 @@ class MLBFGS(torch.optim.Optimizer):
             missing = set(range(len(self._blocks))) - set(records)
             if missing:
                 raise RuntimeError(f"exchange returned no direction for blocks {missing}")
-        # Each block's norm is its owner's, carried in the record's last slot: every rank sums
-        # the same numbers in the same order (exactly, with fsum), so the clip is the same on
-        # every rank whatever its CPU, and no BLAS reduction runs on another rank's data.
-        norms = torch.stack([records[b][-1] for b in range(len(self._blocks))]).tolist()
-        norm = math.sqrt(math.fsum(v * v for v in norms))
-        glob["direction_norm"] = norm
-        scale = 1.0
+        # Each block's norm is its owner's, carried in the record's last slot. torch.stack
+        # copies them, in block order, into a fresh tensor (the allocator's alignment, the
+        # same on every rank), and ATen's norm of it rounds by the element count alone: every
+        # rank gets the same bits, and no BLAS reduction runs on another rank's data.
+        norms = torch.stack([records[b][-1] for b in range(len(self._blocks))])
+        norm = torch.linalg.vector_norm(norms)
+        # Kept in the first parameter's dtype, to which torch's load_state_dict casts it.
+        glob["direction_norm"] = norm.to(self._params[0].dtype)
         max_norm = group0["max_norm"]
-        if max_norm is not None and norm > max_norm:
-            scale = max_norm / norm
-            glob["clipped_steps"] += 1
+        scale = None
+        if max_norm is not None:
+            over = norm > max_norm
+            glob["clipped_steps"] = glob["clipped_steps"] + over
+            scale = torch.where(over, max_norm / norm, torch.ones_like(norm))
 
         index = 0
         for group in self.param_groups:
-            # float(): a one-element tensor lr is read as a number, once per group and step.
-            lr, mom, wd = float(group["lr"]), group["momentum"], group["weight_decay"]
+            params, dirs = [], []
             for p in group["params"]:
                 b, offset = self._where[index]
                 index += 1
-                if p.grad is None:  # left alone, as torch's optimizers do: no step, no decay
-                    continue
-                d = records[b][offset : offset + p.numel()].view_as(p)
-                if scale != 1.0:
-                    d = d * scale
-                if mom != 0.0:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d.clone()
-                    else:
-                        state["momentum_buffer"].mul_(mom).add_(d)
-                    d = state["momentum_buffer"]
-                if wd != 0.0:
-                    p.mul_(1.0 - lr * wd)
-                p.add_(d, alpha=-lr)
+                if p.grad is not None:  # else left alone, as torch's optimizers do
+                    params.append(p)
+                    dirs.append(records[b][offset : offset + p.numel()].view_as(p))
+            if params:
+                self._apply(group, params, dirs, scale)
         return loss
 
+    def _apply(
+        self, group: dict[str, Any], params: list[Tensor], dirs: list[Tensor], scale: Any
+    ) -> None:
+        """Heavy ball and decoupled weight decay for one group (element-wise, foreach)."""
+        # float(): a one-element tensor lr is read as a number, once per group and step.
+        lr, mom, wd = float(group["lr"]), group["momentum"], group["weight_decay"]
+        scales = None if scale is None else [scale.to(d.dtype) for d in dirs]
+        if mom != 0.0:
+            bufs, ds, ss = [], [], []
+            for k, (p, d) in enumerate(zip(params, dirs, strict=True)):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d.clone() if scales is None else d * scales[k]
+                else:
+                    bufs.append(state["momentum_buffer"])
+                    ds.append(d)
+                    ss.append(None if scales is None else scales[k])
+            if bufs:  # b <- m b + scale d: the clip folded into the heavy ball's one pass
+                torch._foreach_mul_(bufs, mom)
+                if scales is None:
+                    torch._foreach_add_(bufs, ds)
+                else:
+                    torch._foreach_addcmul_(bufs, ds, ss)  # type: ignore[arg-type]
+            dirs = [self.state[p]["momentum_buffer"] for p in params]
+        elif scales is not None:
+            dirs = [d * s for d, s in zip(dirs, scales, strict=True)]
+        if wd != 0.0:
+            torch._foreach_mul_(params, 1.0 - lr * wd)
+        torch._foreach_add_(params, dirs, alpha=-lr)
+
     # -- state ---------------------------------------------------------------------------------
-
-    def _global(self) -> dict[str, Any]:
-        # Global counters live under the first parameter (as torch.optim.LBFGS does) so that
-        # state_dict() carries them with no extra keys.
-        state = self.state[self._params[0]]
-        if _GLOBAL_KEY not in state:
-            state[_GLOBAL_KEY] = {"step": 0, "direction_norm": math.nan, "clipped_steps": 0}
-        return state[_GLOBAL_KEY]
-
-    def _block_state(self, b: int) -> dict[str, Any]:
-        # A block's curvature state lives under its first parameter, so state_dict() maps it
-        # to that parameter's index, and a rank holds it only for the blocks it owns.
-        state = self.state[self._params[self._blocks[b][0]]]
-        if _BLOCK_KEY not in state:
-            state[_BLOCK_KEY] = new_block_state(self._blocks[b])
-        return state[_BLOCK_KEY]
-
-    def _flat(self, b: int, tensors: list[Tensor], extra: int = 0) -> Tensor:
-        """Block ``b`` of ``tensors`` as one new flat tensor, with ``extra`` slots after it."""
-        parts = [tensors[i].reshape(-1) for i in self._blocks[b]]
-        dtype = functools.reduce(torch.promote_types, (t.dtype for t in parts))
-        out = parts[0].new_empty(self._sizes[b] + extra, dtype=dtype)
-        torch.cat(parts, out=out[: self._sizes[b]])
-        return out
-
-    # -- curvature pairs -----------------------------------------------------------------------
 
     def _seed_block(self, b: int, grads: list[Tensor]) -> None:
         for i in self._blocks[b]:
@@ -529,14 +397,19 @@ class MLBFGS(torch.optim.Optimizer):
         block["param_snapshot"] = self._flat_state(b, "param_avg")
         block["grad_snapshot"] = self._flat_state(b, "grad_avg")
 
-    def _flat_state(self, b: int, key: str) -> Tensor:
-        return torch.cat([self.state[self._params[i]][key].reshape(-1) for i in self._blocks[b]])
-
-    def _average(self, b: int, grads: list[Tensor], beta_p: float, beta_g: float) -> None:
-        for i in self._blocks[b]:
-            state = self.state[self._params[i]]
-            state["param_avg"].mul_(beta_p).add_(self._params[i], alpha=1.0 - beta_p)
-            state["grad_avg"].mul_(beta_g).add_(grads[i], alpha=1.0 - beta_g)
+    def _average(
+        self, blocks: list[int], grads: list[Tensor], beta_p: float, beta_g: float
+    ) -> None:
+        index = [i for b in blocks for i in self._blocks[b]]
+        if not index:
+            return
+        for key, beta, new in (
+            ("param_avg", beta_p, self._params),
+            ("grad_avg", beta_g, grads),
+        ):
+            # M <- beta M + (1 - beta) x as one pass (lerp; weight 1 gives x exactly).
+            avgs = [self.state[self._params[i]][key] for i in index]
+            torch._foreach_lerp_(avgs, [new[i] for i in index], 1.0 - beta)
 
     def _form_pair(self, b: int, grads: list[Tensor], group: dict[str, Any]) -> None:
         block = self._block_state(b)
@@ -544,53 +417,36 @@ class MLBFGS(torch.optim.Optimizer):
         m_grad = self._flat_state(b, "grad_avg")
         s = m_param - block["param_snapshot"]
         y = m_grad - block["grad_snapshot"]
-        block["param_snapshot"], block["grad_snapshot"] = m_param, m_grad
-        outcome = add_pair(
-            block, s, y, group["damping"], group["history_size"], group["pair_momentum"]
-        )
-        if outcome == "nonfinite":
-            self._seed_block(b, grads)  # start the averages afresh from finite values
+        bad = add_pair(block, s, y, group["damping"], group["pair_momentum"])
+        # After a NaN or Inf the averages start afresh from the current (finite) values.
+        for i in self._blocks[b]:
+            state = self.state[self._params[i]]
+            state["param_avg"] = torch.where(bad, self._params[i], state["param_avg"])
+            state["grad_avg"] = torch.where(bad, grads[i], state["grad_avg"])
+        block["param_snapshot"] = torch.where(bad, self._flat(b, self._params), m_param)
+        block["grad_snapshot"] = torch.where(bad, self._flat(b, grads), m_grad)
 
     # -- directions ----------------------------------------------------------------------------
 
     def _local_records(self, grads: list[Tensor], curvature: bool) -> dict[int, Tensor]:
         """For each owned block, its direction followed by the direction's norm (one tensor).
 
-        The direction is :math:`H_b g_b` once the block has pairs, else :math:`g_b`. A
-        non-finite direction from a finite gradient resets the history and falls back to the
-        gradient; a non-finite gradient gives a zero direction. The norm is taken here, by the
-        owner, with an ATen reduction (``vector_norm``), whose order depends on the element
-        count alone and not on where the tensor lies in memory (MKL's ``dot`` does not).
+        The direction is :math:`H_b g_b` in compact form once pairs can exist, else
+        :math:`g_b`. A non-finite compact solve from a finite gradient resets the history and
+        the block follows its gradient; a non-finite direction (a non-finite gradient) is
+        replaced by zeros. The norm is taken here, by the owner, with an ATen reduction
+        (``_foreach_norm``, i.e. ``vector_norm``), whose order depends on the element count
+        alone and not on where the tensor lies in memory (MKL's ``dot`` does not).
         """
-        records: dict[int, Tensor] = {}
-        for b in self._owned:
-            record = self._flat(b, grads, extra=1)  # the norm goes in the last slot
-            direction = record[:-1]
-            block = self._block_state(b)
-            if curvature and block["s"]:
-                s, y, rho, gamma = block["s"], block["y"], block["rho"], block["gamma"]
-                two_loop(direction, s, y, rho, gamma, inplace=True)
-            records[b] = record
+        owned = self._owned
+        records = {b: self._flat(b, grads, extra=1) for b in owned}
         if not records:
             return records
-        norms = torch.stack([torch.linalg.vector_norm(r[:-1]) for r in records.values()])
-        finite = torch.isfinite(norms).tolist()
-        for k, (b, record) in enumerate(records.items()):
-            if finite[k]:
-                record[-1] = norms[k]
-                continue
-            direction = record[:-1]
-            block = self._block_state(b)
-            flat = self._flat(b, grads)
-            norm = torch.linalg.vector_norm(flat)
-            if bool(torch.isfinite(norm)) and block["s"] and curvature:
-                reset_history(block)  # the history is at fault: forget it, follow the gradient
-                direction.copy_(flat)
-                record[-1] = norm
-            else:  # the gradient is at fault, not the history: skip the block this step
-                direction.zero_()
-                record[-1] = 0.0
-                block["nonfinite_grads"] += 1
+        dirs = [records[b][:-1] for b in owned]
+        blocks = [self._block_state(b) for b in owned]
+        norms = directions(blocks, dirs, curvature)
+        for b, norm in zip(owned, norms, strict=True):
+            records[b][-1:] = norm
         return records
 
 

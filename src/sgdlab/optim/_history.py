@@ -1,0 +1,248 @@
+r"""One block's curvature history on ring buffers, and :math:`H g` in compact form.
+
+The pairs of a block live in one preallocated tensor ``W`` of shape ``(2m, n)``: rows
+``0..m-1`` hold the ``s`` vectors and rows ``m..2m-1`` the ``y`` vectors, each pair in the ring
+slot ``k = head mod m`` it was written to, with a mask ``valid`` of the slots that hold a kept
+pair. Beside it the Gram matrix :math:`G = W W^\top` (``2m x 2m``), updated by one product
+when a pair is written, so that a step never forms an inner product of two stored pairs.
+
+Everything a step decides (keep or reject a pair, damp it, reset after a NaN) is a device
+tensor selected with ``torch.where``: no ``.item()``, ``float()`` or ``.tolist()``, so the step
+never waits for the device.
+
+**Compact form** (Byrd, Nocedal, Schnabel 1994, Thm 2.2; Nocedal & Wright eq. 7.24). With the
+kept pairs oldest first, :math:`a = S^\top g`, :math:`b = Y^\top g`, :math:`R` the upper
+triangle of :math:`S^\top Y` and :math:`D` its diagonal,
+
+.. math:: H g = \gamma g + S p + \gamma Y q, \quad u = R^{-1} a, \quad q = -u, \quad
+          p = R^{-\top}\big((D + \gamma Y^\top Y) u - \gamma b\big),
+
+which is what the two-loop recursion (:func:`sgdlab.optim._curvature.two_loop`, the
+specification) computes. One product ``W g`` gives :math:`a, b`; the ``m x m`` triangular
+solves run in float64 for all blocks at once; one product ``W^T c`` goes back. A slot that
+holds no pair gets a unit diagonal in :math:`R` and zeros elsewhere, so it adds nothing.
+The ring order is chronological from ``head`` on (the slot written longest ago first).
+
+Example:
+    >>> h = new_history(2, 3, torch.float64, torch.device("cpu"))
+    >>> s, y = torch.tensor([1.0, 0.0]), torch.tensor([4.0, 0.0])  # curvature 4 along s
+    >>> _ = add_pair(h, s.double(), y.double(), (0.0, float("inf"), 0.0), 0.0)
+    >>> c, gamma, ok = compact_coefficients([h], [h["pairs"] @ torch.tensor([2.0, 0.0]).double()])
+    >>> (gamma[0] * torch.tensor([2.0, 0.0]).double() + h["pairs"].T @ c[0]).tolist()
+    [0.5, 0.0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# Events counted per block (device tensors), readable through MLBFGS.diagnostics().
+COUNTERS = ("accepted", "damped", "rejected", "nonfinite_resets", "nonfinite_grads")
+# The block's entries that are not floating point: torch's load_state_dict casts every tensor
+# of the state to its parameter's dtype, so these are cast back after a load.
+INTEGER_KEYS = (*COUNTERS, "head")
+BOOL_KEYS = ("valid", "has_avg")
+
+
+def new_history(n: int, m: int, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """An empty history of ``m`` pairs for a block of ``n`` elements."""
+    return {
+        "pairs": torch.zeros(2 * m, n, dtype=dtype, device=device),
+        "gram": torch.zeros(2 * m, 2 * m, dtype=dtype, device=device),
+        "valid": torch.zeros(m, dtype=torch.bool, device=device),
+        "head": torch.zeros((), dtype=torch.long, device=device),
+        "gamma": torch.ones((), dtype=dtype, device=device),
+        "has_avg": torch.zeros((), dtype=torch.bool, device=device),
+        **{key: torch.zeros((), dtype=torch.long, device=device) for key in COUNTERS},
+    }
+
+
+def restore_dtypes(block: dict[str, Any]) -> None:
+    """Undo torch's cast of the integer and boolean entries to the parameter's dtype."""
+    for key in INTEGER_KEYS:
+        block[key] = block[key].to(torch.long)
+    for key in BOOL_KEYS:
+        block[key] = block[key].to(torch.bool)
+
+
+def held(block: dict[str, Any]) -> Tensor:
+    """How many pairs the block holds (a device tensor)."""
+    return block["valid"].sum()
+
+
+def reset_where(block: dict[str, Any], bad: Tensor) -> None:
+    """Forget the pairs where ``bad`` (a device bool), and count it."""
+    block["valid"] = block["valid"] & ~bad
+    block["gamma"] = torch.where(bad, torch.ones_like(block["gamma"]), block["gamma"])
+    block["has_avg"] = block["has_avg"] & ~bad
+    block["nonfinite_resets"] = block["nonfinite_resets"] + bad
+
+
+def damp_pair(s: Tensor, y: Tensor, damping: tuple[float, float, float]) -> tuple[Tensor, Tensor]:
+    r"""``(y_damped, phi)``: :math:`y \leftarrow \phi y + (1-\phi) s` with
+    :math:`\phi = \min(\phi_{band}, 1-\delta)` (see :func:`~sgdlab.optim._curvature.
+    damping_factor`, the scalar specification), all on the device; ``s`` must be non-zero
+    wherever the result is used."""
+    sigma_low, sigma_high, delta = damping
+    ratio = torch.dot(s, y) / torch.dot(s, s)
+    one = torch.ones_like(ratio)
+    phi = torch.where(
+        ratio < sigma_low,
+        (1.0 - sigma_low) / (1.0 - ratio),
+        torch.where(ratio > sigma_high, (sigma_high - 1.0) / (ratio - 1.0), one),
+    )
+    phi = torch.clamp(phi, max=1.0 - delta)
+    damped = y * phi + s * (1.0 - phi)
+    return torch.where(phi < 1.0, damped, y), phi
+
+
+def add_pair(
+    block: dict[str, Any],
+    s: Tensor,
+    y: Tensor,
+    damping: tuple[float, float, float],
+    pair_momentum: float,
+) -> Tensor:
+    r"""Smooth, damp and keep ``(s, y)`` in the next ring slot; returns a device bool, true
+    when the pair was not finite (the history is then reset).
+
+    Pair momentum: :math:`s \leftarrow \mu_p s_{prev} + (1-\mu_p) s`, the same for :math:`y`,
+    with the previous *undamped* smoothed pair. A pair with :math:`s = 0`, or with
+    :math:`s^\top y \le 0` after damping, is rejected and the history kept. A kept pair sets
+    :math:`\gamma = s^\top y / y^\top y`.
+    """
+    if pair_momentum > 0.0:
+        if "s_avg" in block:
+            has = block["has_avg"]
+            s = torch.where(has, s * (1.0 - pair_momentum) + block["s_avg"] * pair_momentum, s)
+            y = torch.where(has, y * (1.0 - pair_momentum) + block["y_avg"] * pair_momentum, y)
+        block["s_avg"], block["y_avg"] = s.clone(), y.clone()
+        block["has_avg"] = torch.ones_like(block["has_avg"])
+    ss, yy = torch.dot(s, s), torch.dot(y, y)
+    finite = torch.isfinite(ss) & torch.isfinite(yy)
+    y, phi = damp_pair(s, y, damping)
+    sy, yy = torch.dot(s, y), torch.dot(y, y)
+    keep = finite & (ss > 0) & (sy > 0) & (yy > 0) & torch.isfinite(sy) & torch.isfinite(yy)
+    pairs, m = block["pairs"], block["valid"].numel()
+    slot = torch.remainder(block["head"], m).reshape(1)
+    rows = torch.cat([slot, slot + m])
+    old = pairs.index_select(0, rows)
+    new = torch.stack([s, y]).to(pairs.dtype)
+    pairs.index_copy_(0, rows, torch.where(keep, new, old))
+    # The Gram matrix's two new rows (and columns) from the rows now stored.
+    stored = pairs.index_select(0, rows)
+    cross = torch.stack([pairs @ stored[0], pairs @ stored[1]], dim=1)  # (2m, 2), two passes
+    gram = block["gram"]
+    fresh = gram.index_copy(1, rows, cross).index_copy(0, rows, cross.T)
+    block["gram"] = torch.where(keep, fresh, gram)
+    block["valid"] = block["valid"].index_copy(0, slot, block["valid"].index_select(0, slot) | keep)
+    block["head"] = block["head"] + keep
+    block["gamma"] = torch.where(keep, (sy / yy).to(block["gamma"].dtype), block["gamma"])
+    block["accepted"] = block["accepted"] + keep
+    block["damped"] = block["damped"] + (keep & (phi < 1.0))
+    block["rejected"] = block["rejected"] + (finite & ~keep)
+    reset_where(block, ~finite)
+    return ~finite
+
+
+def compact_coefficients(
+    blocks: list[dict[str, Any]], projections: list[Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""For blocks of one history size, with ``projections[i] = W_i g_i``: the coefficients
+    ``c`` (``(B, 2m)``, float64) and the ``gamma`` (``(B,)``) such that :math:`H_i g_i =
+    \gamma_i g_i + W_i^\top c_i`, and whether each block's ``c`` is finite. Where it is not,
+    ``c`` is 0 and ``gamma`` 1 (the block then follows its gradient)."""
+    f64 = torch.float64
+    m = blocks[0]["valid"].numel()
+    gram = torch.stack([b["gram"].to(f64) for b in blocks])
+    proj = torch.stack([p.to(f64) for p in projections])
+    valid = torch.stack([b["valid"] for b in blocks])
+    head = torch.stack([b["head"] for b in blocks])
+    gamma = torch.stack([b["gamma"].to(f64) for b in blocks])
+    # Oldest first: the slot at head was written longest ago.
+    order = torch.remainder(head[:, None] + torch.arange(m, device=head.device), m)  # (B, m)
+    v = torch.gather(valid, 1, order).to(f64)
+    rows = order[:, :, None].expand(-1, -1, m)
+    cols = order[:, None, :].expand(-1, m, -1)
+    sy = gram[:, :m, m:].gather(1, rows).gather(2, cols) * (v[:, :, None] * v[:, None, :])
+    yy = gram[:, m:, m:].gather(1, rows).gather(2, cols) * (v[:, :, None] * v[:, None, :])
+    a = proj[:, :m].gather(1, order) * v
+    b = proj[:, m:].gather(1, order) * v
+    r = torch.triu(sy) + torch.diag_embed(1.0 - v)
+    u = torch.linalg.solve_triangular(r, a[:, :, None], upper=True)
+    z = (torch.diag_embed(torch.diagonal(sy, dim1=1, dim2=2)) + gamma[:, None, None] * yy) @ u
+    z = z - (gamma[:, None] * b)[:, :, None]
+    p = torch.linalg.solve_triangular(r.transpose(1, 2), z, upper=False)
+    c = torch.zeros(len(blocks), 2 * m, dtype=f64, device=gram.device)
+    c.scatter_(1, order, p[:, :, 0])
+    c.scatter_(1, order + m, -gamma[:, None] * u[:, :, 0])
+    ok = torch.isfinite(c).all(dim=1) & torch.isfinite(gamma)
+    c = torch.where(ok[:, None], c, torch.zeros_like(c))
+    return c, torch.where(ok, gamma, torch.ones_like(gamma)), ok
+
+
+def from_pairs(
+    s: list[Tensor], y: list[Tensor], gamma: float, m: int, like: Tensor, counters: dict[str, Any]
+) -> dict[str, Any]:
+    """A ring-buffer history holding the pairs ``(s_i, y_i)``, oldest first (as checkpoints of
+    the list layout kept them), with the newest pair's ``gamma`` and the block's counters;
+    ``like`` is a flat tensor of the block's size, dtype and device."""
+    block = new_history(like.numel(), m, like.dtype, like.device)
+    pairs = block["pairs"]
+    kept = list(zip(s, y, strict=True))[-m:]
+    for k, (s_k, y_k) in enumerate(kept):
+        pairs[k], pairs[m + k] = s_k, y_k
+        block["valid"][k] = True
+    block["head"].fill_(len(kept) % m)
+    block["gram"] = pairs @ pairs.T
+    block["gamma"].fill_(float(gamma))
+    for key in COUNTERS:
+        block[key].fill_(int(counters.get(key, 0)))
+    return block
+
+
+def from_list_layout(old: dict[str, Any], m: int, like: Tensor) -> dict[str, Any]:
+    """The ring-buffer block of a checkpoint's list-layout block (``"s"``, ``"y"``, ``"rho"``
+    lists, ``gamma`` and the counters as numbers, ``s_avg`` possibly ``None``)."""
+    ring = from_pairs(old["s"], old["y"], old["gamma"], m, like, old)
+    ring["params"] = list(old["params"])
+    for key in ("param_snapshot", "grad_snapshot"):
+        if key in old:
+            ring[key] = old[key]
+    if old.get("s_avg") is not None:
+        ring.update(s_avg=old["s_avg"], y_avg=old["y_avg"])
+        ring["has_avg"].fill_(True)
+    return ring
+
+
+def directions(blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool) -> list[Tensor]:
+    r"""Overwrite each flat gradient ``dirs[i]`` with its block's direction; returns the
+    directions' norms (0-d tensors), all on the device.
+
+    With ``curvature``, :math:`d = \gamma g + W^\top c` (:func:`compact_coefficients`); a
+    non-finite ``c`` from a finite gradient resets the block's history (the block then follows
+    its gradient). A direction that is still not finite (its gradient is not) becomes zeros,
+    with norm 0, and is counted in ``nonfinite_grads``. The norms are ATen's (``_foreach_norm``,
+    i.e. ``vector_norm``), whose order depends on the element count alone, not on where the
+    tensor lies in memory (MKL's ``dot`` does not).
+    """
+    if curvature and blocks:
+        proj = [blk["pairs"] @ d for blk, d in zip(blocks, dirs, strict=True)]
+        coeffs, gamma, ok = compact_coefficients(blocks, proj)
+        for k, (blk, d) in enumerate(zip(blocks, dirs, strict=True)):
+            # A non-finite projection means a non-finite gradient, not the history's fault.
+            grad_ok = torch.isfinite(proj[k]).all()
+            reset_where(blk, grad_ok & ~ok[k] & blk["valid"].any())
+            pairs = blk["pairs"]
+            d.mul_(gamma[k].to(d.dtype)).addmv_(pairs.T, coeffs[k].to(pairs.dtype))
+    norms = list(torch._foreach_norm(dirs)) if dirs else []
+    out = []
+    for blk, d, norm in zip(blocks, dirs, norms, strict=True):
+        finite = torch.isfinite(norm)
+        blk["nonfinite_grads"] = blk["nonfinite_grads"] + ~finite
+        torch.where(finite, d, torch.zeros((), dtype=d.dtype, device=d.device), out=d)
+        out.append(torch.where(finite, norm, torch.zeros_like(norm)))
+    return out

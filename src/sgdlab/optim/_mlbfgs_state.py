@@ -1,0 +1,193 @@
+"""The state layout of :class:`~sgdlab.optim.mlbfgs.MLBFGS`: where each block's history and the
+global counters live in ``self.state``, checkpoints (old layouts converted on load), copies,
+and the diagnostics read from it. The update itself is in :mod:`sgdlab.optim.mlbfgs`."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sgdlab.errors import CheckpointError
+from sgdlab.optim._history import (
+    COUNTERS,
+    from_list_layout,
+    held,
+    new_history,
+    restore_dtypes,
+)
+
+_BLOCK_KEY = "mlbfgs_block"
+_GLOBAL_KEY = "mlbfgs_global"
+_COUNTER_NAMES = {
+    "accepted": "pairs_accepted",
+    "damped": "pairs_damped",
+    "rejected": "pairs_rejected",
+    "nonfinite_resets": "nonfinite_resets",
+    "nonfinite_grads": "nonfinite_grads",
+}
+# Knobs of the curvature model: shared by all blocks, so they must agree across param groups.
+
+class BlockStateOptimizer(torch.optim.Optimizer):
+    """An optimizer whose parameters are partitioned into blocks (``_blocks``), each with a
+    curvature history under its first parameter, of which this rank owns ``_owned``."""
+
+    _exchange: Any
+    _blocks: list[list[int]]
+    _owners: list[int]
+    _owned: list[int]
+
+    def _index(self) -> None:
+        """The lookups derived from the groups and the blocks (rebuilt after a copy)."""
+        self._params: list[Tensor] = [p for g in self.param_groups for p in g["params"]]
+        self._sizes = [sum(self._params[i].numel() for i in b) for b in self._blocks]
+        # Where each parameter's slice of its block's flat direction lies, by its position in
+        # group order (not by id(), which a copy or an unpickled optimizer does not keep).
+        self._where: list[tuple[int, int]] = [(0, 0)] * len(self._params)
+        for b, block in enumerate(self._blocks):
+            offset = 0
+            for i in block:
+                self._where[i] = (b, offset)
+                offset += self._params[i].numel()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What :mod:`copy` and :mod:`pickle` keep: torch's three fields and the blocks.
+
+        A sharded optimizer cannot be copied: its exchange is a live collective. Copy its
+        ``state_dict()`` into a new optimizer built with the new exchange instead.
+        """
+        if self._exchange is not None:
+            raise TypeError(
+                "MLBFGS with an exchange (sharded blocks) cannot be copied or pickled; "
+                "load its state_dict() into an optimizer built with its own exchange"
+            )
+        state = super().__getstate__()
+        state.update(_blocks=self._blocks, _owners=self._owners, _owned=self._owned)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch's load_state_dict() comes through here too, with the exchange still in place.
+        super().__setstate__(state)
+        self.__dict__.setdefault("_exchange", None)
+        self._index()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Only during construction: the blocks are fixed once built."""
+        if hasattr(self, "_blocks"):
+            raise ValueError("Invalid add_param_group: MLBFGS fixes its blocks at construction")
+        super().add_param_group(param_group)
+
+    @property
+    def blocks(self) -> list[list[int]]:
+        """The blocks, as lists of indices into the parameters in group order."""
+        return [list(b) for b in self._blocks]
+
+    @property
+    def owners(self) -> list[int]:
+        """The rank that owns each block."""
+        return list(self._owners)
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Counters summed over the blocks this rank owns, and the global step figures.
+
+        ``step``; ``pairs_accepted`` (damped ones included), ``pairs_damped``,
+        ``pairs_rejected``; ``nonfinite_resets`` (histories dropped for a non-finite pair or
+        direction), ``nonfinite_grads`` (block-steps skipped for a non-finite gradient);
+        ``history`` (pairs held, per owned block); ``direction_norm`` (the last
+        direction's norm before clipping, over all blocks: the gradient's in the warm-up;
+        NaN before the first step);
+        ``clipped_steps``; ``blocks`` (how many) and ``owned_blocks``.
+        """
+        glob = self._global()
+        out: dict[str, Any] = {
+            "step": glob["step"],
+            "direction_norm": float(glob["direction_norm"]),
+            "clipped_steps": int(glob["clipped_steps"]),
+        }
+        totals = dict.fromkeys(COUNTERS, 0)
+        history = {}
+        for b in self._owned:
+            block = self.state[self._params[self._blocks[b][0]]].get(_BLOCK_KEY)
+            if block is not None:
+                for key in COUNTERS:
+                    totals[key] += int(block[key])
+                history[b] = int(held(block))
+        out.update({_COUNTER_NAMES[k]: v for k, v in totals.items()})
+        out.update(history=history, blocks=len(self._blocks), owned_blocks=list(self._owned))
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint; its blocks must be the ones this optimizer was built with.
+
+        A rank keeps only the blocks it owns; one it owns that the checkpoint lacks (saved by
+        ranks that shared the blocks otherwise) starts afresh from an empty history. A
+        checkpoint of the list layout (``"s"``, ``"y"``, ``"rho"`` lists per block, before the
+        ring buffers) is converted on load.
+        """
+        super().load_state_dict(state_dict)
+        glob = self.state[self._params[0]].get(_GLOBAL_KEY)
+        if glob is not None:
+            glob["clipped_steps"] = torch.as_tensor(glob["clipped_steps"]).to(torch.long)
+            glob["direction_norm"] = torch.as_tensor(glob["direction_norm"])
+        m = self.param_groups[0]["history_size"]
+        for b, block in enumerate(self._blocks):
+            holder = self.state[self._params[block[0]]]
+            state = holder.get(_BLOCK_KEY)
+            if state is not None and list(state["params"]) != block:
+                raise CheckpointError(
+                    f"mL-BFGS checkpoint has block {list(state['params'])} where this "
+                    f"optimizer has block {block}: build it with the same blocks policy"
+                )
+            if b not in self._owned:  # another rank's block: keep none of its curvature state
+                holder.pop(_BLOCK_KEY, None)
+                for i in block:
+                    self.state[self._params[i]].pop("param_avg", None)
+                    self.state[self._params[i]].pop("grad_avg", None)
+            elif state is not None and "pairs" not in state:  # the list layout
+                like = self._flat(b, [p.detach() for p in self._params])
+                holder[_BLOCK_KEY] = from_list_layout(state, m, like)
+            elif state is not None:
+                restore_dtypes(state)
+
+    def _global(self) -> dict[str, Any]:
+        # Global counters live under the first parameter (as torch.optim.LBFGS does) so that
+        # state_dict() carries them with no extra keys.
+        state = self.state[self._params[0]]
+        if _GLOBAL_KEY not in state:
+            p = self._params[0]
+            state[_GLOBAL_KEY] = {
+                "step": 0,
+                "direction_norm": torch.tensor(math.nan, dtype=p.dtype, device=p.device),
+                "clipped_steps": torch.zeros((), dtype=torch.long, device=p.device),
+            }
+        return state[_GLOBAL_KEY]
+
+    def _block_state(self, b: int) -> dict[str, Any]:
+        # A block's curvature state lives under its first parameter, so state_dict() maps it
+        # to that parameter's index, and a rank holds it only for the blocks it owns.
+        state = self.state[self._params[self._blocks[b][0]]]
+        if _BLOCK_KEY not in state:
+            p = self._params[self._blocks[b][0]]
+            m = self.param_groups[0]["history_size"]
+            dtype = functools.reduce(
+                torch.promote_types, (self._params[i].dtype for i in self._blocks[b])
+            )
+            state[_BLOCK_KEY] = new_history(self._sizes[b], m, dtype, p.device)
+            state[_BLOCK_KEY]["params"] = list(self._blocks[b])
+        return state[_BLOCK_KEY]
+
+    def _flat(self, b: int, tensors: list[Tensor], extra: int = 0) -> Tensor:
+        """Block ``b`` of ``tensors`` as one new flat tensor, with ``extra`` slots after it."""
+        parts = [tensors[i].reshape(-1) for i in self._blocks[b]]
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in parts))
+        out = parts[0].new_empty(self._sizes[b] + extra, dtype=dtype)
+        torch.cat(parts, out=out[: self._sizes[b]])
+        return out
+
+    # -- curvature pairs -----------------------------------------------------------------------
+
+    def _flat_state(self, b: int, key: str) -> Tensor:
+        return torch.cat([self.state[self._params[i]][key].reshape(-1) for i in self._blocks[b]])
