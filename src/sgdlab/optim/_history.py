@@ -95,8 +95,8 @@ def damp_pair(s: Tensor, y: Tensor, damping: tuple[float, float, float]) -> tupl
         torch.where(ratio > sigma_high, (sigma_high - 1.0) / (ratio - 1.0), one),
     )
     phi = torch.clamp(phi, max=1.0 - delta)
-    damped = y * phi + s * (1.0 - phi)
-    return torch.where(phi < 1.0, damped, y), phi
+    # Undamped where phi = 1: y * 1 + s * 0 is y (s is finite wherever the pair is kept).
+    return y * phi + s * (1.0 - phi), phi
 
 
 def add_pair(
@@ -105,12 +105,14 @@ def add_pair(
     y: Tensor,
     damping: tuple[float, float, float],
     pair_momentum: float,
+    blend_damped: bool = False,
 ) -> Tensor:
     r"""Smooth, damp and keep ``(s, y)`` in the next ring slot; returns a device bool, true
     when the pair was not finite (the history is then reset).
 
     Pair momentum: :math:`s \leftarrow \mu_p s_{prev} + (1-\mu_p) s`, the same for :math:`y`,
-    with the previous *undamped* smoothed pair. A pair with :math:`s = 0`, or with
+    with the previous *undamped* smoothed pair (with ``blend_damped``, as the authors' code,
+    with the previous damped one). A pair with :math:`s = 0`, or with
     :math:`s^\top y \le 0` after damping, is rejected and the history kept. A kept pair sets
     :math:`\gamma = s^\top y / y^\top y`.
     """
@@ -124,6 +126,8 @@ def add_pair(
     ss, yy = torch.dot(s, s), torch.dot(y, y)
     finite = torch.isfinite(ss) & torch.isfinite(yy)
     y, phi = damp_pair(s, y, damping)
+    if pair_momentum > 0.0 and blend_damped:
+        block["y_avg"] = y.clone()
     sy, yy = torch.dot(s, y), torch.dot(y, y)
     keep = finite & (ss > 0) & (sy > 0) & (yy > 0) & torch.isfinite(sy) & torch.isfinite(yy)
     pairs, m = block["pairs"], block["valid"].numel()
@@ -243,6 +247,8 @@ def directions(blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool
     for blk, d, norm in zip(blocks, dirs, norms, strict=True):
         finite = torch.isfinite(norm)
         blk["nonfinite_grads"] = blk["nonfinite_grads"] + ~finite
-        torch.where(finite, d, torch.zeros((), dtype=d.dtype, device=d.device), out=d)
+        # Zeros where not finite: times 0 leaves NaN and Inf entries NaN, which nan_to_num_
+        # then zeroes (two vectorised passes; a where with a 0-d condition is not vectorised).
+        d.mul_(finite.to(d.dtype)).nan_to_num_(0.0, 0.0, 0.0)
         out.append(torch.where(finite, norm, torch.zeros_like(norm)))
     return out

@@ -14,6 +14,7 @@ from torch import Tensor
 from sgdlab.errors import CheckpointError
 from sgdlab.optim._history import (
     COUNTERS,
+    add_pair,
     from_list_layout,
     held,
     new_history,
@@ -191,3 +192,67 @@ class BlockStateOptimizer(torch.optim.Optimizer):
 
     def _flat_state(self, b: int, key: str) -> Tensor:
         return torch.cat([self.state[self._params[i]][key].reshape(-1) for i in self._blocks[b]])
+
+    # -- averages and pairs ---------------------------------------------------------------------
+
+    def _lead(self, b: int) -> Tensor:
+        """The parameter that holds block ``b``'s curvature state."""
+        return self._params[self._blocks[b][0]]
+
+    def _seed_block(self, b: int, grads: list[Tensor], snapshot: bool = True) -> None:
+        for i in self._blocks[b]:
+            state = self.state[self._params[i]]
+            state["param_avg"] = self._params[i].detach().clone()
+            state["grad_avg"] = grads[i].clone()
+        block = self._block_state(b)
+        block.pop("param_snapshot", None)
+        block.pop("grad_snapshot", None)
+        if snapshot:  # the authors' variant takes its first snapshot at the first pair step
+            block["param_snapshot"] = self._flat_state(b, "param_avg")
+            block["grad_snapshot"] = self._flat_state(b, "grad_avg")
+
+    def _average(
+        self,
+        blocks: list[int],
+        grads: list[Tensor],
+        beta_p: float,
+        beta_g: float,
+        authors: bool = False,
+    ) -> None:
+        index = [i for b in blocks for i in self._blocks[b]]
+        if not index:
+            return
+        for key, beta, new in (
+            ("param_avg", beta_p, self._params),
+            ("grad_avg", beta_g, grads),
+        ):
+            avgs = [self.state[self._params[i]][key] for i in index]
+            if authors:  # M <- beta M + x, un-normalised
+                torch._foreach_mul_(avgs, beta)
+                torch._foreach_add_(avgs, [new[i] for i in index])
+            else:  # M <- beta M + (1 - beta) x as one pass (lerp; weight 1 gives x exactly)
+                torch._foreach_lerp_(avgs, [new[i] for i in index], 1.0 - beta)
+
+    def _form_pair(self, b: int, grads: list[Tensor], group: dict[str, Any]) -> None:
+        block = self._block_state(b)
+        authors = group["variant"] == "authors"
+        m_param = self._flat_state(b, "param_avg")
+        m_grad = self._flat_state(b, "grad_avg")
+        if authors:  # their gradient average restarts from g at every pair step
+            for i in self._blocks[b]:
+                self.state[self._params[i]]["grad_avg"].copy_(grads[i])
+            if "param_snapshot" not in block:  # their first pair step only takes snapshots
+                block["param_snapshot"], block["grad_snapshot"] = m_param, m_grad
+                return
+        s = m_param - block["param_snapshot"]
+        y = m_grad - block["grad_snapshot"]
+        bad = add_pair(
+            block, s, y, group["damping"], group["pair_momentum"], blend_damped=authors
+        )
+        # After a NaN or Inf the averages start afresh from the current (finite) values.
+        for i in self._blocks[b]:
+            state = self.state[self._params[i]]
+            state["param_avg"] = torch.where(bad, self._params[i], state["param_avg"])
+            state["grad_avg"] = torch.where(bad, grads[i], state["grad_avg"])
+        block["param_snapshot"] = torch.where(bad, self._flat(b, self._params), m_param)
+        block["grad_snapshot"] = torch.where(bad, self._flat(b, grads), m_grad)

@@ -98,7 +98,11 @@ it is read as a number at each step.
 
 **Unlike the authors' public code**, every parameter is in some block (none skipped), the
 history is optimizer state (so checkpoints keep it), blocks are sharded rather than replicated
-on every rank, and weight decay is decoupled rather than added to the gradient.
+on every rank, and weight decay is decoupled rather than added to the gradient (theirs also
+scales the gradient entering the averages by :math:`1+\lambda`). Their rules for averages,
+pairs and the direction's length are on offer as ``variant="authors"``
+(:meth:`MLBFGSConfig.authors`; see :class:`MLBFGS` for what differs and why ours is the
+default); a test checks it against a transcription of their update.
 
 Example:
     >>> _ = torch.manual_seed(0)
@@ -139,7 +143,7 @@ from sgdlab.optim._blocks import (
     module_blocks,
 )
 from sgdlab.optim._curvature import check_damping
-from sgdlab.optim._history import add_pair, directions
+from sgdlab.optim._history import directions
 from sgdlab.optim._mlbfgs_state import BlockStateOptimizer
 
 __all__ = [
@@ -158,6 +162,7 @@ _CURVATURE_KEYS = (
     "pair_momentum",
     "damping",
     "max_norm",
+    "variant",
 )
 
 
@@ -186,6 +191,27 @@ class MLBFGSConfig:
     weight_decay: float = 0.0
     max_norm: float | None = 0.3
     blocks: str = "layer"
+    variant: str = "ours"
+
+    @classmethod
+    def authors(cls, lr: float = 0.1, weight_decay: float = 0.0) -> MLBFGSConfig:
+        """The authors' public code (``yuehniu/mL-BFGS``, ``opt/slimblock.py``) as a preset:
+        their rules (``variant="authors"``, see :class:`MLBFGS`) and defaults (averaging 0.9
+        and 0.99, pair momentum 0.8, band (0.01, 1.5) with 0.2, T = 100, 100 pairs, one
+        block)."""
+        return cls(
+            lr=lr,
+            weight_decay=weight_decay,
+            history_size=100,
+            update_freq=100,
+            beta_param=0.9,
+            beta_grad=0.99,
+            pair_momentum=0.8,
+            damping=(0.01, 1.5, 0.2),
+            max_norm=None,
+            blocks=f"size:{2**62}",
+            variant="authors",
+        )
 
     def build(self, params: Iterable[Any], exchange: DirectionExchange | None = None) -> MLBFGS:
         """The optimizer over ``params`` with these settings."""
@@ -215,6 +241,17 @@ class MLBFGS(BlockStateOptimizer):
             no clipping.
         blocks: ``"layer"``, ``"size:<numel>"`` or a callable (see :mod:`sgdlab.optim._blocks`).
         exchange: the rank's :class:`DirectionExchange`; ``None`` for a single process.
+        variant: ``"ours"`` (the module docstring) or ``"authors"``, the rules of the authors'
+            code: un-normalised averages :math:`M \\leftarrow \\beta M + x`, the gradient
+            average restarted from :math:`g` at each pair, pairs at steps :math:`kT` with the
+            first at :math:`2T`, pair momentum blended with the previous *damped* pair, and
+            from step :math:`2T` on a unit-norm direction (the global norm) instead of the
+            clip (``max_norm`` is not used). Use it with :meth:`MLBFGSConfig.authors`. We keep
+            our rules by default: normalised averages keep :math:`y = A s` exact on a
+            quadratic (theirs restart only :math:`g`'s average, so their pairs mix
+            unequal filters), the clip keeps the step bounded without blowing small
+            directions up to unit length, and the first pair comes a period sooner. Weight
+            decay stays decoupled in both (theirs adds it to the gradient).
 
     Precondition: call ``loss.backward()`` (or pass a closure) before :meth:`step`.
     """
@@ -234,6 +271,7 @@ class MLBFGS(BlockStateOptimizer):
         max_norm: float | None = _D.max_norm,
         blocks: BlockPolicy = _D.blocks,
         exchange: DirectionExchange | None = None,
+        variant: str = _D.variant,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError(f"Invalid lr: a tensor lr must have one element, got {lr.numel()}")
@@ -256,12 +294,14 @@ class MLBFGS(BlockStateOptimizer):
         if max_norm is not None and not max_norm > 0.0:
             raise ValueError(f"Invalid max_norm: {max_norm}")
         check_policy(blocks)
+        if variant not in ("ours", "authors"):
+            raise ValueError(f"Invalid variant: {variant!r}")
         rank, world_size = 0, 1
         if exchange is not None:
             rank, world_size = exchange.rank, exchange.world_size
             if not (isinstance(world_size, int) and world_size >= 1 and 0 <= rank < world_size):
                 raise ValueError(f"Invalid exchange: rank {rank} of world_size {world_size}")
-        if beta_param != beta_grad:
+        if beta_param != beta_grad and variant == "ours":
             warnings.warn(
                 f"beta_param={beta_param} differs from beta_grad={beta_grad}: the averaged "
                 "pairs then no longer satisfy the secant equation on a quadratic",
@@ -278,6 +318,7 @@ class MLBFGS(BlockStateOptimizer):
             damping=damping,
             weight_decay=weight_decay,
             max_norm=max_norm,
+            variant=variant,
         )
         super().__init__(params, defaults)
         for key in _CURVATURE_KEYS:
@@ -310,16 +351,18 @@ class MLBFGS(BlockStateOptimizer):
         t, period = glob["step"], group0["update_freq"]
         grads = [_grad_of(p) for p in self._params]
 
-        seeded = [b for b in self._owned if "param_snapshot" in self._block_state(b)]
+        authors = group0["variant"] == "authors"
+        seeded = [b for b in self._owned if "param_avg" in self.state[self._lead(b)]]
         for b in self._owned:
             if b not in seeded:  # the first step, or a checkpoint from other owners
-                self._seed_block(b, grads)
-        self._average(seeded, grads, group0["beta_param"], group0["beta_grad"])
-        if (t - 1) % period == 0:
+                self._seed_block(b, grads, snapshot=not authors)
+        self._average(seeded, grads, group0["beta_param"], group0["beta_grad"], authors)
+        if (t if authors else t - 1) % period == 0:
             for b in seeded:
                 self._form_pair(b, grads, group0)
 
-        curvature = t > period  # the first pair was formed at step 1 + T
+        # The first pair was formed at step 1 + T (the authors': 2T).
+        curvature = t >= 2 * period if authors else t > period
         local = self._local_records(grads, curvature)
         if self._exchange is None:
             records = local
@@ -338,7 +381,9 @@ class MLBFGS(BlockStateOptimizer):
         glob["direction_norm"] = norm.to(self._params[0].dtype)
         max_norm = group0["max_norm"]
         scale = None
-        if max_norm is not None:
+        if authors and curvature:  # the authors' unit-norm direction
+            scale = 1.0 / norm
+        elif max_norm is not None and not authors:
             over = norm > max_norm
             glob["clipped_steps"] = glob["clipped_steps"] + over
             scale = torch.where(over, max_norm / norm, torch.ones_like(norm))
@@ -387,44 +432,6 @@ class MLBFGS(BlockStateOptimizer):
         torch._foreach_add_(params, dirs, alpha=-lr)
 
     # -- state ---------------------------------------------------------------------------------
-
-    def _seed_block(self, b: int, grads: list[Tensor]) -> None:
-        for i in self._blocks[b]:
-            state = self.state[self._params[i]]
-            state["param_avg"] = self._params[i].detach().clone()
-            state["grad_avg"] = grads[i].clone()
-        block = self._block_state(b)
-        block["param_snapshot"] = self._flat_state(b, "param_avg")
-        block["grad_snapshot"] = self._flat_state(b, "grad_avg")
-
-    def _average(
-        self, blocks: list[int], grads: list[Tensor], beta_p: float, beta_g: float
-    ) -> None:
-        index = [i for b in blocks for i in self._blocks[b]]
-        if not index:
-            return
-        for key, beta, new in (
-            ("param_avg", beta_p, self._params),
-            ("grad_avg", beta_g, grads),
-        ):
-            # M <- beta M + (1 - beta) x as one pass (lerp; weight 1 gives x exactly).
-            avgs = [self.state[self._params[i]][key] for i in index]
-            torch._foreach_lerp_(avgs, [new[i] for i in index], 1.0 - beta)
-
-    def _form_pair(self, b: int, grads: list[Tensor], group: dict[str, Any]) -> None:
-        block = self._block_state(b)
-        m_param = self._flat_state(b, "param_avg")
-        m_grad = self._flat_state(b, "grad_avg")
-        s = m_param - block["param_snapshot"]
-        y = m_grad - block["grad_snapshot"]
-        bad = add_pair(block, s, y, group["damping"], group["pair_momentum"])
-        # After a NaN or Inf the averages start afresh from the current (finite) values.
-        for i in self._blocks[b]:
-            state = self.state[self._params[i]]
-            state["param_avg"] = torch.where(bad, self._params[i], state["param_avg"])
-            state["grad_avg"] = torch.where(bad, grads[i], state["grad_avg"])
-        block["param_snapshot"] = torch.where(bad, self._flat(b, self._params), m_param)
-        block["grad_snapshot"] = torch.where(bad, self._flat(b, grads), m_grad)
 
     # -- directions ----------------------------------------------------------------------------
 
