@@ -161,11 +161,11 @@ def compact_coefficients(
     ``c`` is 0 and ``gamma`` 1 (the block then follows its gradient)."""
     f64 = torch.float64
     m = blocks[0]["valid"].numel()
-    gram = torch.stack([b["gram"].to(f64) for b in blocks])
-    proj = torch.stack([p.to(f64) for p in projections])
+    gram = _stack64([b["gram"] for b in blocks])
+    proj = _stack64(projections)
     valid = torch.stack([b["valid"] for b in blocks])
     head = torch.stack([b["head"] for b in blocks])
-    gamma = torch.stack([b["gamma"].to(f64) for b in blocks])
+    gamma = _stack64([b["gamma"] for b in blocks])
     # Oldest first: the slot at head was written longest ago.
     order = torch.remainder(head[:, None] + torch.arange(m, device=head.device), m)  # (B, m)
     v = torch.gather(valid, 1, order).to(f64)
@@ -236,19 +236,38 @@ def directions(blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool
     if curvature and blocks:
         proj = [blk["pairs"] @ d for blk, d in zip(blocks, dirs, strict=True)]
         coeffs, gamma, ok = compact_coefficients(blocks, proj)
+        # A non-finite projection means a non-finite gradient, not the history's fault.
+        grad_ok = torch.isfinite(_stack64(proj)).all(dim=1)
+        held_any = torch.stack([blk["valid"] for blk in blocks]).any(dim=1)
+        bad = grad_ok & ~ok & held_any
+        cast = _casts([d.dtype for d in dirs], coeffs, gamma)
         for k, (blk, d) in enumerate(zip(blocks, dirs, strict=True)):
-            # A non-finite projection means a non-finite gradient, not the history's fault.
-            grad_ok = torch.isfinite(proj[k]).all()
-            reset_where(blk, grad_ok & ~ok[k] & blk["valid"].any())
-            pairs = blk["pairs"]
-            d.mul_(gamma[k].to(d.dtype)).addmv_(pairs.T, coeffs[k].to(pairs.dtype))
-    norms = list(torch._foreach_norm(dirs)) if dirs else []
-    out = []
-    for blk, d, norm in zip(blocks, dirs, norms, strict=True):
-        finite = torch.isfinite(norm)
-        blk["nonfinite_grads"] = blk["nonfinite_grads"] + ~finite
+            reset_where(blk, bad[k])
+            c_k, gamma_k = cast[d.dtype]
+            d.mul_(gamma_k[k]).addmv_(blk["pairs"].T, c_k[k])
+    if not dirs:
+        return []
+    norms = _stack64(list(torch._foreach_norm(dirs)))
+    finite = torch.isfinite(norms)
+    out = torch.where(finite, norms, torch.zeros_like(norms))
+    keep = {dtype: finite.to(dtype) for dtype in {d.dtype for d in dirs}}
+    for k, (blk, d) in enumerate(zip(blocks, dirs, strict=True)):
+        blk["nonfinite_grads"] = blk["nonfinite_grads"] + ~finite[k]
         # Zeros where not finite: times 0 leaves NaN and Inf entries NaN, which nan_to_num_
         # then zeroes (two vectorised passes; a where with a 0-d condition is not vectorised).
-        d.mul_(finite.to(d.dtype)).nan_to_num_(0.0, 0.0, 0.0)
-        out.append(torch.where(finite, norm, torch.zeros_like(norm)))
-    return out
+        d.mul_(keep[d.dtype][k]).nan_to_num_(0.0, 0.0, 0.0)
+    return [out[k].to(d.dtype) for k, d in enumerate(dirs)]
+
+
+def _stack64(tensors: list[Tensor]) -> Tensor:
+    """``tensors`` (of one shape) stacked as one float64 tensor."""
+    if len({t.dtype for t in tensors}) == 1:
+        return torch.stack(tensors).to(torch.float64)
+    return torch.stack([t.to(torch.float64) for t in tensors])
+
+
+def _casts(
+    dtypes: list[torch.dtype], coeffs: Tensor, gamma: Tensor
+) -> dict[torch.dtype, tuple[Tensor, Tensor]]:
+    """``coeffs`` and ``gamma`` cast once to each of the blocks' dtypes."""
+    return {dtype: (coeffs.to(dtype), gamma.to(dtype)) for dtype in set(dtypes)}
