@@ -171,7 +171,7 @@ class MLBFGSConfig:
     """Hyperparameters of :class:`MLBFGS` and their defaults.
 
     The defaults were chosen on small mini-batch problems (logistic regression, a tanh MLP; see
-    ``tests/optim/test_mlbfgs.py``) to train as well as or better than SGD with ``lr=0.1,
+    ``tests/optim/test_mlbfgs_defaults.py``) to train as well as or better than SGD with ``lr=0.1,
     momentum=0.9``, which is also the warm-up. The damping band is in units of the loss's
     curvature along ``s`` (per unit of parameter change): ``(0.5, 2.0)`` keeps the block
     preconditioner's curvature estimates within a factor 2 of 1, which suits mean losses
