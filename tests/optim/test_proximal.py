@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from sgdlab.errors import ConfigError
-from sgdlab.optim.proximal import Proximal, make_proximal
+from sgdlab.optim.proximal import Proximal
+from sgdlab.optim.proximal_factory import make_proximal
 
 # A small least-squares problem f(w, c) = 1/(2|B|) sum_{i in B} (a_i . w + c - b_i)^2 with
 # batches of 2 rows: noisy gradients, and an exact gradient to write oracles with.
@@ -231,30 +232,6 @@ def test_checkpoint_mid_window_resumes_exactly(name: str, coupled: bool, stop: i
         assert torch.equal(p, q)
 
 
-def test_checkpoint_with_an_lr_scheduler_resumes_exactly() -> None:
-    def build(params: list[torch.nn.Parameter]) -> tuple[Proximal, Any]:
-        opt = Proximal(torch.optim.SGD(params, lr=0.3, momentum=0.9), lam=0.2, window=4,
-                       lam_schedule="inverse_lr")
-        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
-
-    straight = _params()
-    opt, scheduler = build(straight)
-    _train(opt, straight, range(10), scheduler)
-
-    first = _params()
-    opt, scheduler = build(first)
-    _train(opt, first, range(5), scheduler)
-    saved = _roundtrip({"opt": opt.state_dict(), "sched": scheduler.state_dict()})
-    resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
-    opt, scheduler = build(resumed)
-    opt.load_state_dict(saved["opt"])  # after the scheduler is built, as torch documents
-    scheduler.load_state_dict(saved["sched"])
-    _train(opt, resumed, range(5, 10), scheduler)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.3 * 0.5**3)
-    for p, q in zip(resumed, straight, strict=True):
-        assert torch.equal(p, q)
-
-
 def test_state_dict_loads_only_into_a_matching_wrapper() -> None:
     params = _params()
     opt = Proximal(torch.optim.SGD(params, lr=0.1), lam=0.1, window=4)
@@ -455,9 +432,10 @@ def _sgd() -> torch.optim.Optimizer:
         ({"lam": 0.1, "inner_decay": "cosine"},
          "Invalid inner_decay: 'cosine' (allowed: 'harmonic', 'none')"),
         ({"lam": 0.1, "lam_schedule": "linear"},
-         "Invalid lam_schedule: 'linear' (allowed: 'constant', 'inverse_lr')"),
+         "Invalid lam_schedule: 'linear' (allowed: 'constant', 'inverse_lr', 'authors')"),
         ({"lam": 0.1, "coupled": "yes"}, "Invalid coupled: 'yes'"),
         ({"lam": 0.1, "foreach": 1}, "Invalid foreach: 1"),
+        ({"lam": 0.1, "epoch_steps": 0}, "Invalid epoch_steps: 0 (an integer >= 1, or None)"),
     ],
 )
 def test_bad_hyperparameters_raise(kwargs: dict[str, Any], message: str) -> None:

@@ -7,7 +7,8 @@ import torch
 
 from sgdlab.optim._blocks import assign_blocks, module_blocks
 from sgdlab.optim.mlbfgs import MLBFGS, DirectionExchange, MLBFGSConfig
-from sgdlab.optim.proximal import Proximal, make_proximal
+from sgdlab.optim.proximal import Proximal
+from sgdlab.optim.proximal_factory import make_proximal
 from sgdlab.optim.registry import (
     OptimizerSpec,
     get_spec,

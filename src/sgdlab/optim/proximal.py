@@ -39,10 +39,18 @@ Two ways to combine the term with the inner optimizer :math:`\mathcal{A}`:
   the result toward the anchor: :math:`\theta \leftarrow \theta - \eta_k\, 2\lambda_t
   (\theta - \tilde\theta_w)` (as AdamW decouples weight decay from Adam).
 
-The weight is :math:`\lambda_t = \lambda` (``lam_schedule="constant"``) or, as in the reference
-code, :math:`\lambda_t = \lambda / \eta` (``"inverse_lr"``, :math:`\eta` the group's undecayed
-learning rate; :math:`\lambda_t = 0` while :math:`\eta = 0`). With SGD and ``inverse_lr`` the pull
-:math:`\eta_k 2\lambda_t = 2\lambda/(k+1)` is independent of the learning rate.
+The weight is :math:`\lambda_t = \lambda` (``lam_schedule="constant"``), or grows as an outer
+scheduler decays the learning rate :math:`\eta_t` (not the in-window :math:`\eta_k`):
+:math:`\lambda_t = \lambda\,\eta_0/\eta_t` (``"authors"``, as the reference code
+``huiqu18/TRAlgorithm`` runs it with :math:`\lambda = 0.1`; :math:`\eta_0` is the group's
+learning rate when the wrapper adopted it, kept as ``prox_lr0``) or :math:`\lambda/\eta_t`
+(``"inverse_lr"``, the same with :math:`\lambda` in units of :math:`\eta_0`). Either is 0 while
+:math:`\eta_t = 0`. With SGD the pull :math:`\eta_k 2\lambda_t = 2\lambda\eta_0/(k+1)` is then
+independent of the decay.
+
+The window runs on across epochs (every ``window`` steps), or, as the authors' loop does it,
+restarts at the first step of every epoch (``epoch_steps``, the steps of one epoch; the last
+window of an epoch is then cut short), or whenever :meth:`Proximal.restart_window` is called.
 
 A group whose inner optimizer *maximizes* (``maximize=True``) climbs
 :math:`f(\theta) - \lambda \lVert \theta - \tilde\theta_w \rVert^2`: the coupled term enters
@@ -64,10 +72,9 @@ with the inner optimizer's own (see :mod:`sgdlab.optim._inner_step`).
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -75,16 +82,29 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from sgdlab.errors import ConfigError
 from sgdlab.optim._inner_step import hooked_load_state_dict, hooked_state_dict, inner_step
+from sgdlab.optim._proximal_kernels import (
+    INNER_DECAYS,
+    LAM_SCHEDULES,
+    SETTINGS,
+    ascent_sign,
+    cast_like,
+    check_lam,
+    check_settings,
+    is_index,
+    proximal_gradients,
+    pull_toward_anchors,
+    put_back,
+    refuse_sparse,
+    restore_lrs,
+    scale_lrs,
+)
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 
-__all__ = ["BUILTIN_INNER", "INNER_DECAYS", "LAM_SCHEDULES", "Proximal", "make_proximal"]
+__all__ = ["INNER_DECAYS", "LAM_SCHEDULES", "SETTINGS", "Proximal"]
 
-INNER_DECAYS = ("harmonic", "none")
-LAM_SCHEDULES = ("constant", "inverse_lr")
-
-InnerFactory = Callable[..., Optimizer]
+# Their step(closure) evaluates the closure once and returns its value unread.
+_ONE_EVALUATION = SINGLE_PASS_OPTIMIZERS
 
 
 class Proximal(Optimizer):
@@ -101,8 +121,11 @@ class Proximal(Optimizer):
             step at window position :math:`k` (and restores it after the step); ``"none"``.
         coupled: add :math:`2\lambda_t(\theta - \tilde\theta)` to the gradient the inner
             optimizer sees (``True``), or take the proximal step after the inner step.
-        lam_schedule: ``"constant"`` (:math:`\lambda_t = \lambda`) or ``"inverse_lr"``
-            (:math:`\lambda_t = \lambda/\eta`).
+        lam_schedule: ``"constant"`` (:math:`\lambda_t = \lambda`), ``"authors"``
+            (:math:`\lambda\eta_0/\eta_t`) or ``"inverse_lr"`` (:math:`\lambda/\eta_t`).
+        epoch_steps: ``None`` (the window runs on), or the steps of one epoch: the window
+            restarts at every step that is a multiple of it (counted by :meth:`step`, from the
+            first), as the authors restart it at every epoch.
         foreach: use the multi-tensor ``torch._foreach_*`` kernels for the proximal term;
             ``False`` runs the per-tensor loop that specifies them. ``None`` (default) chooses
             as ``torch.optim`` does: foreach when the parameters are not on the CPU, where the
@@ -145,30 +168,19 @@ class Proximal(Optimizer):
         inner_decay: str = "harmonic",
         coupled: bool = True,
         lam_schedule: str = "constant",
+        epoch_steps: int | None = None,
         foreach: bool | None = None,
     ) -> None:
         if not isinstance(inner, Optimizer):
             raise TypeError(f"Invalid inner: expected a torch.optim.Optimizer, got {inner!r}")
-        _check_lam(lam)
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"Invalid window: {window} (an integer >= 1)")
-        if inner_decay not in INNER_DECAYS:
-            raise ValueError(
-                f"Invalid inner_decay: {inner_decay!r} (allowed: {_names(INNER_DECAYS)})"
-            )
-        if lam_schedule not in LAM_SCHEDULES:
-            raise ValueError(
-                f"Invalid lam_schedule: {lam_schedule!r} (allowed: {_names(LAM_SCHEDULES)})"
-            )
-        if not isinstance(coupled, bool):
-            raise ValueError(f"Invalid coupled: {coupled!r} (True or False)")
-        if foreach is not None and not isinstance(foreach, bool):
-            raise ValueError(f"Invalid foreach: {foreach!r} (True, False or None)")
+        check_lam(lam)
+        check_settings(window, inner_decay, coupled, lam_schedule, epoch_steps, foreach)
         self.inner = inner
         self.window = window
         self.inner_decay = inner_decay
         self.coupled = coupled
         self.lam_schedule = lam_schedule
+        self.epoch_steps = epoch_steps
         self.foreach = foreach
         # Scratch for the coupled gradients: not state (rebuilt each step), never checkpointed.
         self._scratch: dict[Tensor, Tensor] = {}
@@ -184,10 +196,11 @@ class Proximal(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the inner optimizer (and so to this one); ``prox_lam`` defaults."""
         param_group.setdefault("prox_lam", self.defaults["prox_lam"])
-        _check_lam(param_group["prox_lam"])
-        if any(param_group is group for group in self.inner.param_groups):
-            return  # one of the inner's own groups, adopted in __init__: nothing to add
-        self.inner.add_param_group(param_group)
+        check_lam(param_group["prox_lam"])
+        if not any(param_group is group for group in self.inner.param_groups):
+            self.inner.add_param_group(param_group)  # else adopted in __init__: nothing to add
+        # eta_0 of lam_schedule="authors": the lr a scheduler started from, else today's.
+        param_group.setdefault("prox_lr0", float(param_group.get("initial_lr", param_group["lr"])))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients through the inner optimizer."""
@@ -208,8 +221,10 @@ class Proximal(Optimizer):
         if self.coupled and closure is None:
             # Refused at every step, before anything moves: the term is zero at k == 0, so
             # the inner optimizer alone would otherwise take a sparse gradient there.
-            _refuse_sparse(self._params())
+            refuse_sparse(self._params())
         glob = self._global_state()
+        if self.epoch_steps is not None and glob["step"] % self.epoch_steps == 0:
+            glob["window_pos"] = 0
         k = glob["window_pos"]
         if k == 0:
             self._reset_anchors()
@@ -217,7 +232,7 @@ class Proximal(Optimizer):
         lrs = [float(group["lr"]) for group in self.param_groups]
         prox_on = any(lam != 0.0 for lam in lams)
         scale = 1.0 / (k + 1) if self.inner_decay == "harmonic" else 1.0
-        saved_lrs = self._scale_lrs(scale)
+        saved_lrs = scale_lrs(self.param_groups, scale)
         try:
             # At k == 0 every anchor equals its parameter, so one gradient's coupled term is
             # exactly zero; not so for a closure evaluated again after the iterate has moved
@@ -229,10 +244,18 @@ class Proximal(Optimizer):
             if not self.coupled and prox_on:
                 self._proximal_step(lams, [lr * scale for lr in lrs])
         finally:
-            self._restore_lrs(saved_lrs)
+            restore_lrs(saved_lrs)
         glob["window_pos"] = (k + 1) % self.window
         glob["step"] += 1
         return loss if loss is not None else inner_loss
+
+    def restart_window(self) -> None:
+        """Start a new window at the next :meth:`step`: it re-anchors, and its position is 0.
+
+        For a loop that restarts windows on events of its own (an epoch of varying length);
+        ``epoch_steps`` does it for epochs of a fixed number of steps.
+        """
+        self._global_state()["window_pos"] = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Return ``{"state": ..., "param_groups": ..., "inner": ..., "config": ...}``.
@@ -281,7 +304,7 @@ class Proximal(Optimizer):
                 )
         params = self._params()
         for i in state_dict["state"]:
-            if _is_index(i) and not 0 <= i < len(params):
+            if is_index(i) and not 0 <= i < len(params):
                 raise ValueError(f"Invalid state_dict: parameter index {i} of {len(params)}")
         inner = state_dict["inner"]
         if "param_groups" in state_dict:  # the top-level groups rule (checkpoints before lack them)
@@ -292,14 +315,14 @@ class Proximal(Optimizer):
         params = self._params()
         self.state = defaultdict(dict)
         for i, saved_state in state_dict["state"].items():
-            if not _is_index(i):
+            if not is_index(i):
                 self.state[i] = dict(saved_state)  # as torch.optim keeps an entry of its own
                 continue
             p = params[i]
-            self.state[p] = {key: _cast_like(value, p) for key, value in saved_state.items()}
+            self.state[p] = {key: cast_like(value, p) for key, value in saved_state.items()}
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("inner", "window", "inner_decay", "coupled", "lam_schedule", "foreach")
+        keep = ("inner", *SETTINGS)
         return {**super().__getstate__(), **{key: getattr(self, key) for key in keep}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -346,6 +369,7 @@ class Proximal(Optimizer):
             "inner_decay": self.inner_decay,
             "coupled": self.coupled,
             "lam_schedule": self.lam_schedule,
+            "epoch_steps": self.epoch_steps,
         }
 
     def _lam_t(self, group: dict[str, Any]) -> float:
@@ -353,7 +377,10 @@ class Proximal(Optimizer):
         if self.lam_schedule == "constant":
             return lam
         lr = float(group["lr"])
-        return lam / lr if lr != 0.0 else 0.0
+        if lr == 0.0:
+            return 0.0
+        lr0 = group.setdefault("prox_lr0", float(group.get("initial_lr", lr)))  # old checkpoints
+        return lam * float(lr0) / lr if self.lam_schedule == "authors" else lam / lr
 
     def _reset_anchors(self) -> None:
         stale: list[Tensor] = []
@@ -406,12 +433,12 @@ class Proximal(Optimizer):
             try:
                 return inner_step(self.inner)
             finally:
-                _put_back(swapped)
+                put_back(swapped)
         first_loss: list[Any] = []
 
         def proximal_closure() -> Any:
             # The caller's closure zeroes and fills its own gradient tensors, not our scratch.
-            _put_back(swapped)
+            put_back(swapped)
             swapped.clear()
             loss = closure()
             with torch.no_grad():
@@ -424,7 +451,7 @@ class Proximal(Optimizer):
         try:
             inner_loss = inner_step(self.inner, proximal_closure)
         finally:
-            _put_back(swapped)
+            put_back(swapped)
         return first_loss[0] if first_loss else inner_loss
 
     def _add_proximal_gradient(self, lams: list[float]) -> list[tuple[Tensor, Tensor]]:
@@ -435,10 +462,10 @@ class Proximal(Optimizer):
                 continue
             params, anchors = self._anchored(group)
             grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]  # not None
-            _refuse_sparse(params)
+            refuse_sparse(params)
             bufs = [self._scratch_like(p, g) for p, g in zip(params, grads, strict=True)]
-            coef = _ascent_sign(group) * 2.0 * lam
-            _proximal_gradients(params, grads, anchors, bufs, coef, self._use_foreach())
+            coef = ascent_sign(group) * 2.0 * lam
+            proximal_gradients(params, grads, anchors, bufs, coef, self._use_foreach())
             for p, g, buf in zip(params, grads, bufs, strict=True):
                 swapped.append((p, g))
                 p.grad = buf
@@ -457,7 +484,7 @@ class Proximal(Optimizer):
                 continue
             params, anchors = self._anchored(group)
             squares = [(p - a).square().sum() for p, a in zip(params, anchors, strict=True)]
-            total += _ascent_sign(group) * lam * float(sum(squares))
+            total += ascent_sign(group) * lam * float(sum(squares))
         return total
 
     def _proximal_step(self, lams: list[float], step_sizes: list[float]) -> None:
@@ -465,151 +492,4 @@ class Proximal(Optimizer):
             if lam == 0.0:
                 continue
             params, anchors = self._anchored(group)
-            _pull_toward_anchors(params, anchors, eta * 2.0 * lam, self._use_foreach())
-
-    def _scale_lrs(self, scale: float) -> list[tuple[dict[str, Any], Any, Any]]:
-        if scale == 1.0:
-            return []
-        saved = [(group, group["lr"], group["lr"] * scale) for group in self.param_groups]
-        for group, _, scaled in saved:
-            group["lr"] = scaled
-        return saved
-
-    @staticmethod
-    def _restore_lrs(saved: list[tuple[dict[str, Any], Any, Any]]) -> None:
-        for group, lr, scaled in saved:
-            # An inner optimizer that sets its own lr during the step (learning-rate-free
-            # methods do) keeps what it set; otherwise the scheduled value comes back.
-            if group["lr"] is scaled:
-                group["lr"] = lr
-
-
-def make_proximal(
-    inner: str | InnerFactory,
-    params: Iterable[Any],
-    *,
-    lam: float,
-    window: int = 10,
-    inner_decay: str = "harmonic",
-    coupled: bool = True,
-    lam_schedule: str = "constant",
-    foreach: bool | None = None,
-    **inner_hparams: Any,
-) -> Proximal:
-    """Build ``Proximal(inner(params, **inner_hparams), lam=lam, ...)``.
-
-    ``inner`` is a factory ``(params, **hparams) -> Optimizer`` (a registry entry, an
-    optimizer class) or one of the names in :data:`BUILTIN_INNER`. ``"sgd"`` is
-    ``torch.optim.SGD`` with ``momentum=0.9`` unless given: TRSGD was run with momentum, and so
-    is the SGD practitioners compare against; ``momentum=0`` gives the textbook update.
-
-    >>> import torch
-    >>> w = torch.nn.Parameter(torch.zeros(3))
-    >>> opt = make_proximal("sgd", [w], lam=0.01, window=5, lr=0.1)
-    >>> type(opt.inner).__name__, opt.param_groups[0]["momentum"], opt.window
-    ('SGD', 0.9, 5)
-    """
-    if isinstance(inner, str):
-        key = inner.lower()
-        if key not in BUILTIN_INNER:
-            raise ConfigError(
-                f"Unknown inner optimizer {inner!r} (built in: {_names(tuple(BUILTIN_INNER))}; "
-                "or pass a factory)"
-            )
-        factory = BUILTIN_INNER[key]
-    elif callable(inner):
-        factory = inner
-    else:
-        raise ConfigError(f"Invalid inner: {inner!r} (a name or a factory)")
-    return Proximal(factory(params, **inner_hparams), lam=lam, window=window, coupled=coupled,
-                    inner_decay=inner_decay, lam_schedule=lam_schedule, foreach=foreach)
-
-
-def _sgd_with_momentum(params: Iterable[Any], **hparams: Any) -> Optimizer:
-    hparams.setdefault("momentum", 0.9)
-    return torch.optim.SGD(params, **hparams)
-
-
-# Their step(closure) evaluates the closure once and returns its value unread.
-_ONE_EVALUATION = SINGLE_PASS_OPTIMIZERS
-
-BUILTIN_INNER: dict[str, InnerFactory] = {
-    "sgd": _sgd_with_momentum,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-}
-
-
-# -- kernels: the per-tensor loop is the specification; foreach must match it ----------------
-
-
-def _proximal_gradients(params: list[Tensor], grads: list[Tensor], anchors: list[Tensor],
-                        out: list[Tensor], coef: float, foreach: bool) -> None:
-    """Write ``g + coef * (p - anchor)`` into ``out``, leaving ``g`` untouched."""
-    if not params:
-        return
-    if foreach:
-        # foreach kernels have no out=: build the term in place in ``out``.
-        torch._foreach_copy_(out, params)
-        torch._foreach_sub_(out, anchors)
-        torch._foreach_mul_(out, coef)
-        torch._foreach_add_(out, grads)
-        return
-    for p, g, a, buf in zip(params, grads, anchors, out, strict=True):
-        torch.sub(p, a, out=buf)
-        torch.add(g, buf, alpha=coef, out=buf)
-
-
-def _pull_toward_anchors(params: list[Tensor], anchors: list[Tensor], pull: float,
-                         foreach: bool) -> None:
-    """In place ``p <- p - pull * (p - anchor)``, that is ``p <- lerp(p, anchor, pull)``.
-
-    One read of ``p`` and ``anchor`` and one write, with no temporary.
-    """
-    if not params:
-        return
-    if foreach:
-        torch._foreach_lerp_(params, anchors, pull)
-        return
-    for p, a in zip(params, anchors, strict=True):
-        p.lerp_(a, pull)
-
-
-def _ascent_sign(group: dict[str, Any]) -> float:
-    """-1 for a group the inner optimizer maximizes: it then climbs ``f - lam |theta - a|^2``,
-    whose gradient ``g - 2 lam (theta - a)`` still pulls toward the anchor."""
-    return -1.0 if group.get("maximize", False) else 1.0
-
-
-def _refuse_sparse(params: list[Tensor]) -> None:
-    if any(p.grad is not None and p.grad.is_sparse for p in params):
-        raise RuntimeError(
-            "Proximal(coupled=True) does not support sparse gradients: the proximal term "
-            "2 lam (theta - anchor) is dense (coupled=False takes them where the inner "
-            "optimizer does)"
-        )
-
-
-def _put_back(swapped: list[tuple[Tensor, Tensor]]) -> None:
-    for p, g in swapped:
-        p.grad = g
-
-
-def _cast_like(value: Any, param: Tensor) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device=param.device, dtype=param.dtype, copy=True)
-    return value
-
-
-def _is_index(key: Any) -> bool:
-    return isinstance(key, int) and not isinstance(key, bool)
-
-
-def _check_lam(lam: Any) -> None:
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam < math.inf:
-        raise ValueError(f"Invalid lam: {lam}")
-
-
-def _names(allowed: tuple[str, ...]) -> str:
-    return ", ".join(repr(name) for name in allowed)
+            pull_toward_anchors(params, anchors, eta * 2.0 * lam, self._use_foreach())

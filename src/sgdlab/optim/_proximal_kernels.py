@@ -1,0 +1,126 @@
+"""The proximal wrapper's kernels and small helpers (:mod:`sgdlab.optim.proximal`).
+
+The per-tensor loop of each kernel is its specification; the ``foreach`` path must match it
+(``tests/optim/test_proximal.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+INNER_DECAYS = ("harmonic", "none")
+LAM_SCHEDULES = ("constant", "inverse_lr", "authors")
+# The keyword arguments of Proximal besides lam: make_proximal hands the rest to the inner.
+SETTINGS = ("window", "inner_decay", "coupled", "lam_schedule", "epoch_steps", "foreach")
+
+
+def check_settings(window: Any, inner_decay: Any, coupled: Any, lam_schedule: Any,
+                   epoch_steps: Any, foreach: Any) -> None:
+    """Raise ``ValueError`` naming the first of Proximal's settings that is out of range."""
+    for name, value in (("window", window), ("epoch_steps", epoch_steps)):
+        if value is None and name == "epoch_steps":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            extra = ", or None" if name == "epoch_steps" else ""
+            raise ValueError(f"Invalid {name}: {value} (an integer >= 1{extra})")
+    for name, value, allowed in (("inner_decay", inner_decay, INNER_DECAYS),
+                                 ("lam_schedule", lam_schedule, LAM_SCHEDULES)):
+        if value not in allowed:
+            raise ValueError(f"Invalid {name}: {value!r} (allowed: {quoted_names(allowed)})")
+    if not isinstance(coupled, bool):
+        raise ValueError(f"Invalid coupled: {coupled!r} (True or False)")
+    if foreach is not None and not isinstance(foreach, bool):
+        raise ValueError(f"Invalid foreach: {foreach!r} (True, False or None)")
+
+
+def proximal_gradients(params: list[Tensor], grads: list[Tensor], anchors: list[Tensor],
+                        out: list[Tensor], coef: float, foreach: bool) -> None:
+    """Write ``g + coef * (p - anchor)`` into ``out``, leaving ``g`` untouched."""
+    if not params:
+        return
+    if foreach:
+        # foreach kernels have no out=: build the term in place in ``out``.
+        torch._foreach_copy_(out, params)
+        torch._foreach_sub_(out, anchors)
+        torch._foreach_mul_(out, coef)
+        torch._foreach_add_(out, grads)
+        return
+    for p, g, a, buf in zip(params, grads, anchors, out, strict=True):
+        torch.sub(p, a, out=buf)
+        torch.add(g, buf, alpha=coef, out=buf)
+
+
+def pull_toward_anchors(params: list[Tensor], anchors: list[Tensor], pull: float,
+                         foreach: bool) -> None:
+    """In place ``p <- p - pull * (p - anchor)``, that is ``p <- lerp(p, anchor, pull)``.
+
+    One read of ``p`` and ``anchor`` and one write, with no temporary.
+    """
+    if not params:
+        return
+    if foreach:
+        torch._foreach_lerp_(params, anchors, pull)
+        return
+    for p, a in zip(params, anchors, strict=True):
+        p.lerp_(a, pull)
+
+
+def ascent_sign(group: dict[str, Any]) -> float:
+    """-1 for a group the inner optimizer maximizes: it then climbs ``f - lam |theta - a|^2``,
+    whose gradient ``g - 2 lam (theta - a)`` still pulls toward the anchor."""
+    return -1.0 if group.get("maximize", False) else 1.0
+
+
+def refuse_sparse(params: list[Tensor]) -> None:
+    if any(p.grad is not None and p.grad.is_sparse for p in params):
+        raise RuntimeError(
+            "Proximal(coupled=True) does not support sparse gradients: the proximal term "
+            "2 lam (theta - anchor) is dense (coupled=False takes them where the inner "
+            "optimizer does)"
+        )
+
+
+def put_back(swapped: list[tuple[Tensor, Tensor]]) -> None:
+    for p, g in swapped:
+        p.grad = g
+
+
+def cast_like(value: Any, param: Tensor) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device=param.device, dtype=param.dtype, copy=True)
+    return value
+
+
+def is_index(key: Any) -> bool:
+    return isinstance(key, int) and not isinstance(key, bool)
+
+
+def check_lam(lam: Any) -> None:
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam < math.inf:
+        raise ValueError(f"Invalid lam: {lam}")
+
+
+def quoted_names(allowed: tuple[str, ...]) -> str:
+    return ", ".join(repr(name) for name in allowed)
+
+
+def scale_lrs(groups: list[dict[str, Any]], scale: float) -> list[tuple[dict[str, Any], Any, Any]]:
+    """Multiply every group's ``lr`` by ``scale``; return what :func:`restore_lrs` needs."""
+    if scale == 1.0:
+        return []
+    saved = [(group, group["lr"], group["lr"] * scale) for group in groups]
+    for group, _, scaled in saved:
+        group["lr"] = scaled
+    return saved
+
+
+def restore_lrs(saved: list[tuple[dict[str, Any], Any, Any]]) -> None:
+    for group, lr, scaled in saved:
+        # An inner optimizer that sets its own lr during the step (learning-rate-free
+        # methods do) keeps what it set; otherwise the scheduled value comes back.
+        if group["lr"] is scaled:
+            group["lr"] = lr
