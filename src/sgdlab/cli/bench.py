@@ -3,6 +3,7 @@ each method's evidence (:mod:`sgdlab.experiments`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from sgdlab.experiments.configs import (
     QuickBenchConfig,
 )
 from sgdlab.experiments.mlbfgs_plan import MlbfgsBenchConfig
-from sgdlab.experiments.smallbatch_plan import SmallBatchPlan
+from sgdlab.experiments.smallbatch_plan import SmallBatchPlan, with_protocol_defaults
 from sgdlab.run.store import DEFAULT_DB
 
 app = typer.Typer(help="Benchmark suites: train, score, plot and report.", no_args_is_help=True)
@@ -41,11 +42,16 @@ def _bench_overlap(cfg: OverlapBenchConfig, json_: bool) -> None:
         emit_json(summary)
 
 
-def _bench_smallbatch(*, db: Path, out: Path, json_: bool, **values: Any) -> None:
+def _bench_smallbatch(*, ctx: typer.Context, db: Path, out: Path, json_: bool,
+                      **values: Any) -> None:
     from sgdlab.experiments.smallbatch import run_smallbatch
 
     plan = SmallBatchPlan(**options.config_values(SmallBatchPlan, values))
-    summary = run_smallbatch(plan, db=db, out=out, quiet=json_)
+    sources = {f.name: ctx.get_parameter_source(f.metadata.get("name") or f.name)
+               for f in dataclasses.fields(SmallBatchPlan)}
+    given = {name for name, source in sources.items()
+             if source is not None and source.name != "DEFAULT"}  # typed on the command line
+    summary = run_smallbatch(with_protocol_defaults(plan, given), db=db, out=out, quiet=json_)
     if json_:
         emit_json(summary)
 
@@ -55,7 +61,9 @@ def _register_smallbatch() -> None:
         app, "smallbatch",
         "Prox-SGD/prox-Adam against SGD/Adam at small batches, tuned on an equal budget.", [
             *options.from_config(SmallBatchPlan, "workloads", "batch_sizes", "subset",
-                                 "validation", "epochs", "seeds", "lams", "ablate_batch_sizes"),
+                                 "validation", "epochs", "seeds", "lams", "ablate_batch_sizes",
+                                 "protocol"),
+            options.param("ctx", typer.Context),
             options.param("db", DbOption, DEFAULT_DB),
             options.param("out", Annotated[Path, typer.Option(
                 help="Folder for the table, plots and records.")],

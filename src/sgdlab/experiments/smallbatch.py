@@ -55,12 +55,14 @@ import torch
 
 from sgdlab.errors import ConfigError, DivergenceError
 from sgdlab.experiments.smallbatch_plan import (
-    ABLATIONS,
+    AUTHORS_OPTIONS,
+    AUTHORS_PROX_OPTIONS,
     BASELINE_OF,
     LR_CENTRES,
     VARIANTS,
     Record,
     SmallBatchPlan,
+    ablations,
 )
 from sgdlab.experiments.smallbatch_report import write_outputs
 from sgdlab.run.config import TrainConfig, check_output_paths
@@ -78,6 +80,17 @@ def refinements(lr: float, n: int) -> list[float]:
     """``n`` learning rates around ``lr``: the half-way points to its grid neighbours first."""
     offsets = (-0.25, 0.25, -0.125, 0.125)[:n]
     return [_round(lr * 10.0**o) for o in offsets]
+
+
+def mean_decay(window: int, epoch_steps: int | None) -> float:
+    """The mean of the in-window factor ``1/(k+1)`` over the steps of one epoch (or of one
+    window, if the window runs on): the prox variant's average step is its lr times this.
+
+    >>> round(mean_decay(10, None), 4), round(mean_decay(10, 25), 4)
+    (0.2929, 0.3229)
+    """
+    steps = range(epoch_steps if epoch_steps is not None else window)
+    return sum(1.0 / (t % window + 1) for t in steps) / len(steps)
 
 
 def split_workload(workload: Workload, subset: int, validation: int) -> tuple[Workload, Workload]:
@@ -161,14 +174,15 @@ class _Bench:
         for seed in seeds:
             self.run(final, b, variant, "final", seed, best.lr, chosen)
         if variant in BASELINE_OF and b in plan.ablate_batch_sizes:
-            for label, (change, lr_of) in ABLATIONS.items():
-                lr = best.lr
+            for label, (change, lr_of) in ablations(plan.protocol).items():
+                lr, opts = best.lr, {**chosen, **change}
                 if lr_of == "baseline":
                     lr = self.chosen[f"{final.name} b={b} {BASELINE_OF[variant]}"]["lr"]
+                elif lr_of == "mean":  # the baseline optimizer at the prox variant's mean step
+                    epoch = plan.subset // b if plan.protocol == "authors" else None
+                    lr, opts = _round(best.lr * mean_decay(_window(chosen), epoch)), {}
                 for seed in seeds:
-                    self.run(
-                        final, b, f"{variant} {label}", "ablation", seed, lr, {**chosen, **change}
-                    )
+                    self.run(final, b, f"{variant} {label}", "ablation", seed, lr, opts)
 
     def run(
         self,
@@ -181,9 +195,17 @@ class _Bench:
         opts: dict[str, Any],
     ) -> Record:
         """Train once with the runner and record it (a diverged run has no accuracy)."""
-        _, registry_name, fixed = VARIANTS[variant.split(" ")[0]]
+        base, _, ablation = variant.partition(" ")
+        if ablation == "mean lr":  # the baseline optimizer, at the prox variant's mean step
+            base = BASELINE_OF[base]
+        _, registry_name, fixed = VARIANTS[base]
         steps_per_epoch = self.plan.subset // b
         steps = self.plan.epochs * steps_per_epoch
+        authors = self.plan.protocol == "authors"
+        if authors:
+            prox = {**AUTHORS_PROX_OPTIONS, "epoch_steps": steps_per_epoch} if (
+                base in BASELINE_OF) else {}
+            fixed = {**fixed, **AUTHORS_OPTIONS, **prox}
         rec = Record(
             workload.name, b, variant, role, seed, lr, {**fixed, **opts}, steps, steps_per_epoch
         )
@@ -199,7 +221,9 @@ class _Bench:
             batch_size=b,
             seed=seed,
             optimizer_options=rec.options,
-            eval_every=steps,
+            # Under the authors' protocol a final run is scored every epoch (its curve).
+            eval_every=steps_per_epoch if authors and role != "tune" else steps,
+            schedule="step" if authors else "constant",
             log_every=1,
             db=self.db,
             out=self.out / "runs",
@@ -231,6 +255,12 @@ def _best(trials: Sequence[Record]) -> Record:
             f"every tuning run of {trials[0].variant} at batch {trials[0].batch_size} diverged"
         )
     return max(done, key=lambda t: (t.accuracy, -(t.eval_loss or 0.0)))
+
+
+def _window(options: dict[str, Any]) -> int:
+    from sgdlab.optim import PROX_DEFAULTS
+
+    return int(options.get("window", PROX_DEFAULTS["window"]))
 
 
 def _round(x: float) -> float:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from sgdlab.checkpoint import atomic_write_bytes
+from sgdlab.experiments import smallbatch_stats
 from sgdlab.experiments.smallbatch_plan import (
     ABLATIONS,
+    AUTHORS_ABLATIONS,
     BASELINE_OF,
     VARIANTS,
     Record,
@@ -38,7 +40,8 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
             groups[(r.workload, r.batch_size, r.variant)].append(r)
     means: dict[tuple[str, int, str], tuple[float, float]] = {}  # mean, its squared error
     rows = []
-    order = list(VARIANTS) + [f"{v} {a}" for v in BASELINE_OF for a in ABLATIONS]
+    labels = dict.fromkeys((*ABLATIONS, *AUTHORS_ABLATIONS))  # the union, in order
+    order = list(VARIANTS) + [f"{v} {a}" for v in BASELINE_OF for a in labels]
     for (name, b, variant), rs in sorted(
         groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order.index(kv[0][2]))
     ):
@@ -58,9 +61,11 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
                 "batch": b,
                 "variant": variant,
                 "lr": rs[0].lr,
-                "lam": opts.get("lam", PROX_DEFAULTS["lam"]) if "prox" in variant else "",
+                "lam": opts.get("lam", PROX_DEFAULTS["lam"]) if "lam" in opts or (
+                    "prox" in variant and "mean lr" not in variant) else "",
                 "runs": f"{len(accs)}/{len(rs)}",
                 "test acc %": _mean_std(accs),
+                "mean ± se": smallbatch_stats.mean_se(accs),
                 "mean": mean,
                 "std": std,
                 "vs baseline": gap if base else "",
@@ -86,15 +91,23 @@ def write_outputs(
     rows = summarize(records)
     with ResultStore(db) as store:
         curves = loss_curves(store, records, plan.bins_per_epoch)
+        accuracy = smallbatch_stats.accuracy_curves(store, records)
     plots = _plot_curves(curves, plan, out)
+    paired: list[dict[str, Any]] = []
+    text = markdown(rows, plan, tag, records)
+    if plan.protocol == "authors":
+        plots += smallbatch_stats.plot_accuracy(accuracy, plan.workloads, plan.batch_sizes, out)
+        paired = smallbatch_stats.paired_rows(records)
+        text += smallbatch_stats.markdown(paired)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "smallbatch.md"
-    atomic_write_bytes(md, markdown(rows, plan, tag, records).encode())
+    atomic_write_bytes(md, text.encode())
     blob = {
         "suite": tag,
         "plan": asdict(plan),
         "chosen": chosen,
         "rows": rows,
+        "paired": paired,
         "records": [asdict(r) for r in records],
     }
     atomic_write_bytes(out / "smallbatch.json", json.dumps(blob, indent=1, default=str).encode())
@@ -103,6 +116,7 @@ def write_outputs(
     return {
         "suite": tag,
         "rows": rows,
+        "paired": paired,
         "chosen": chosen,
         "plots": [str(p) for p in plots],
         "markdown": str(md),
@@ -190,6 +204,7 @@ _COLUMNS = (
     "lam",
     "runs",
     "test acc %",
+    "mean ± se",
     "vs baseline",
     "train loss",
     "ms/step",
@@ -206,7 +221,8 @@ def markdown(
     lines = [
         f"Suite `{tag}`: {plan.subset} training samples (seeded subset), {plan.epochs} epochs, "
         f"tuned on seed 0 against {plan.validation} validation samples, then seeds "
-        f"1..{plan.seeds} on the full test set; lams tried {list(plan.lams)}.",
+        f"1..{plan.seeds} on the full test set; lams tried {list(plan.lams)}; protocol "
+        f"{plan.protocol}. `test acc %` is mean ± sample std, `mean ± se` its standard error.",
         "",
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "---|" * len(_COLUMNS),

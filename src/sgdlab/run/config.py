@@ -26,7 +26,7 @@ from sgdlab.run.store import DEFAULT_DB
 if TYPE_CHECKING:
     from sgdlab.distributed.comm import Injection
 
-SCHEDULES = ("constant", "diminishing")
+SCHEDULES = ("constant", "diminishing", "step")
 # What a NaN or infinite loss or gradient does (sgdlab.run.finite): end the run, or skip the step.
 POLICIES = ("stop", "skip")
 # sgdlab.distributed.comm.DEFAULT_COLLECTIVE_TIMEOUT_S, which the test of this module checks:
@@ -154,7 +154,9 @@ class TrainConfig(RunConfig):
     optimizer: str = field(default="sgd", metadata=option("Optimizer name (see `sgdlab list`)."))
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     schedule: str = field(
-        default="constant", metadata=option("constant, or diminishing: lr = alpha/(mu(t+E)).")
+        default="constant", metadata=option(
+            "constant; diminishing: lr = alpha/(mu(t+E)); step: lr, then lr/10 from half the "
+            "steps and lr/100 from three quarters (the step decay of Zhang, Qu et al.).")
     )
     mu: float | None = field(default=None, metadata=option("Strong convexity (diminishing).",
                                                            "--mu"))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 
 from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sgdlab.errors import CheckpointError, ConfigError, DivergenceError
@@ -148,7 +149,10 @@ class SingleRun(Run[RunResult]):
         self.opt = load_optimizer(
             config.optimizer, self.model.parameters(), lr=config.lr, **config.optimizer_options
         )
-        self.sched: DiminishingLR | None = None
+        self.sched: LRScheduler | None = None
+        if config.schedule == "step":
+            # As the proximal method's authors decay it (at 50% and 75% of training).
+            self.sched = MultiStepLR(self.opt, [config.steps // 2, 3 * config.steps // 4], 0.1)
         if config.schedule == "diminishing":
             mu, L = diminishing_constants(
                 workload, config.mu, config.L,
