@@ -87,7 +87,7 @@ def mean_decay(window: int, epoch_steps: int | None) -> float:
     window, if the window runs on): the prox variant's average step is its lr times this.
 
     >>> round(mean_decay(10, None), 4), round(mean_decay(10, 25), 4)
-    (0.2929, 0.3229)
+    (0.2929, 0.3257)
     """
     steps = range(epoch_steps if epoch_steps is not None else window)
     return sum(1.0 / (t % window + 1) for t in steps) / len(steps)
