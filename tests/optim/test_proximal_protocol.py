@@ -149,3 +149,45 @@ def test_registry_prox_defaults_are_the_documented_ones() -> None:
     assert opt.defaults["prox_lam"] == PROX_DEFAULTS["lam"]
     assert opt.window == PROX_DEFAULTS["window"]
     assert opt.lam_schedule == PROX_DEFAULTS.get("lam_schedule", "constant")
+
+
+class _SGD(torch.optim.SGD):
+    """A subclass: the wrapper does not fold the term into its weight decay (the two-pass path)."""
+
+
+class _Adam(torch.optim.Adam):
+    """As _SGD."""
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_term_folded_into_weight_decay_matches_the_two_pass_term(name: str,
+                                                                 maximize: bool) -> None:
+    def build(params: list[torch.nn.Parameter], plain: bool) -> Proximal:
+        if name == "sgd":
+            cls: Any = _SGD if plain else torch.optim.SGD
+            inner = cls(params, lr=0.05, momentum=0.9, weight_decay=0.01, maximize=maximize)
+        else:
+            cls = _Adam if plain else torch.optim.Adam
+            inner = cls(params, lr=0.01, weight_decay=0.01, maximize=maximize)
+        return Proximal(inner, lam=0.3, window=4)
+
+    folded, two_pass = [_param()], [_param()]
+    opt, ref = build(folded, False), build(two_pass, True)
+    seen: list[float] = []  # what the inner step reads: 0.01 + 2 lam inside a window
+    opt.inner.register_step_pre_hook(
+        lambda o, *_: seen.append(o.param_groups[0]["weight_decay"]))
+    sign = -1.0 if maximize else 1.0
+    for t in range(10):
+        for o, w in ((opt, folded[0]), (ref, two_pass[0])):
+            o.zero_grad()
+            a, b = torch.as_tensor(A[BATCHES[t]]), torch.as_tensor(B[BATCHES[t]])
+            (sign * 0.5 * ((a @ w - b) ** 2).mean()).backward()
+            grad = w.grad.clone()  # type: ignore[union-attr]
+            o.step()
+            assert torch.equal(w.grad, grad)  # type: ignore[arg-type]  # the caller's, as it was
+        assert opt.param_groups[0]["weight_decay"] == 0.01  # put back after every step
+    assert seen == [0.01 if t % 4 == 0 else pytest.approx(0.01 + 0.6) for t in range(10)]
+    np.testing.assert_allclose(folded[0].detach().numpy(), two_pass[0].detach().numpy(),
+                               rtol=1e-12, atol=1e-14)
+    assert np.abs(folded[0].detach().numpy() - THETA0).max() > 1e-3

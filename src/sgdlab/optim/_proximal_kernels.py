@@ -7,6 +7,7 @@ The per-tensor loop of each kernel is its specification; the ``foreach`` path mu
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -52,6 +53,38 @@ def proximal_gradients(params: list[Tensor], grads: list[Tensor], anchors: list[
     for p, g, a, buf in zip(params, grads, anchors, out, strict=True):
         torch.sub(p, a, out=buf)
         torch.add(g, buf, alpha=coef, out=buf)
+
+
+def anchor_gradients(grads: list[Tensor], anchors: list[Tensor], out: list[Tensor], coef: float,
+                     foreach: bool) -> None:
+    """Write ``g - coef * anchor`` into ``out`` (one pass): the proximal gradient less its
+    ``coef * p`` part, which the inner optimizer's weight decay then adds."""
+    if not grads:
+        return
+    if foreach:
+        torch._foreach_copy_(out, grads)
+        torch._foreach_add_(out, anchors, alpha=-coef)
+        return
+    for g, a, buf in zip(grads, anchors, out, strict=True):
+        torch.add(g, a, alpha=-coef, out=buf)
+
+
+# torch optimizers whose weight_decay adds weight_decay * p to the (maximize-negated) gradient
+# before their update reads it (L2, not AdamW's decoupled decay).
+_L2_DECAY = (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop, torch.optim.Adagrad)
+
+
+def folds_into_weight_decay(inner: torch.optim.Optimizer) -> bool:
+    """Whether ``2 lam (p - anchor)`` can enter ``inner`` as weight decay plus ``-2 lam anchor``.
+
+    Exactly these classes (a subclass may change the update), every group's ``weight_decay`` a
+    float and, for Adam, not decoupled.
+    """
+    return type(inner) in _L2_DECAY and all(
+        isinstance(group.get("weight_decay"), float | int)
+        and not group.get("decoupled_weight_decay", False)
+        for group in inner.param_groups
+    )
 
 
 def pull_toward_anchors(params: list[Tensor], anchors: list[Tensor], pull: float,
@@ -124,3 +157,29 @@ def restore_lrs(saved: list[tuple[dict[str, Any], Any, Any]]) -> None:
         # methods do) keeps what it set; otherwise the scheduled value comes back.
         if group["lr"] is scaled:
             group["lr"] = lr
+
+
+def lr_pull(coupled: bool, inner_decay: str) -> float:
+    """The largest in-window lr factor the pull meets: 1 at k = 0 (decoupled), 1/2 at k = 1
+    (coupled: the term is zero at k = 0) under the harmonic decay."""
+    return 0.5 if coupled and inner_decay == "harmonic" else 1.0
+
+
+def warn_if_overshooting(pull: float) -> None:
+    """Warn when the pull toward the anchor, ``eta_k 2 lam_t (theta - anchor)`` for coupled SGD
+    and any decoupled inner optimizer, jumps past the anchor (a factor >= 1). Adaptive inner
+    optimizers rescale the coupled term, so their callers do not ask."""
+    if pull >= 1.0:
+        warnings.warn(
+            f"Proximal: the pull toward the anchor, lr * 2 * lam_t = {pull:g} at its largest, "
+            "overshoots the anchor; lower lam or lr",
+            stacklevel=3,
+        )
+
+
+def scratch_like(cache: dict[Tensor, Tensor], p: Tensor, g: Tensor) -> Tensor:
+    """``p``'s scratch buffer in ``cache``, (re)made when it no longer fits ``g``."""
+    buf = cache.get(p)
+    if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or buf.device != g.device:
+        buf = cache[p] = torch.empty_like(g, memory_format=torch.preserve_format)
+    return buf

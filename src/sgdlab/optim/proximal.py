@@ -72,7 +72,6 @@ with the inner optimizer's own (see :mod:`sgdlab.optim._inner_step`).
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from itertools import chain
@@ -87,17 +86,22 @@ from sgdlab.optim._proximal_kernels import (
     INNER_DECAYS,
     LAM_SCHEDULES,
     SETTINGS,
+    anchor_gradients,
     ascent_sign,
     cast_like,
     check_lam,
     check_settings,
+    folds_into_weight_decay,
     is_index,
+    lr_pull,
     proximal_gradients,
     pull_toward_anchors,
     put_back,
     refuse_sparse,
     restore_lrs,
     scale_lrs,
+    scratch_like,
+    warn_if_overshooting,
 )
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 
@@ -189,7 +193,10 @@ class Proximal(Optimizer):
         # copying. The list itself is then shared, so groups added later show up on both.
         super().__init__(inner.param_groups, {**inner.defaults, "prox_lam": lam})
         self.param_groups = inner.param_groups
-        self._warn_if_overshooting()
+        pulls = [lr_pull(self.coupled, self.inner_decay) * float(group["lr"]) * 2.0
+                 * self._lam_t(group) for group in self.param_groups]
+        if not (self.coupled and (window == 1 or not isinstance(inner, torch.optim.SGD))):
+            warn_if_overshooting(max(pulls, default=0.0))
 
     # -- the Optimizer contract -------------------------------------------------------------
 
@@ -332,24 +339,6 @@ class Proximal(Optimizer):
 
     # -- the method ----------------------------------------------------------------------
 
-    def _warn_if_overshooting(self) -> None:
-        # The pull toward the anchor is eta_k 2 lam_t (theta - anchor), for SGD (coupled) and
-        # any inner optimizer (decoupled); a factor >= 1 jumps past the anchor. Adaptive inner
-        # optimizers rescale the coupled term, so they are not judged. The largest factor acts
-        # at k = 0 (decoupled) or k = 1 (coupled: the term is zero at k = 0).
-        if self.coupled and (self.window == 1 or not isinstance(self.inner, torch.optim.SGD)):
-            return
-        decay = 0.5 if self.coupled and self.inner_decay == "harmonic" else 1.0
-        for group in self.param_groups:
-            pull = decay * float(group["lr"]) * 2.0 * self._lam_t(group)
-            if pull >= 1.0:
-                warnings.warn(
-                    f"Proximal: the pull toward the anchor, lr * 2 * lam_t = {pull:g} at its "
-                    "largest, overshoots the anchor; lower lam or lr",
-                    stacklevel=3,
-                )
-                return
-
     def _global_state(self) -> dict[str, Any]:
         # Window position and step count belong to the optimizer, not to one tensor; keeping
         # them in ``self.state`` under the first parameter (as torch.optim.LBFGS does) is what
@@ -429,11 +418,14 @@ class Proximal(Optimizer):
     def _coupled_inner_step(self, lams: list[float], closure: Callable[[], Any] | None) -> Any:
         swapped: list[tuple[Tensor, Tensor]] = []
         if closure is None:
-            swapped = self._add_proximal_gradient(lams)
+            folded: list[tuple[dict[str, Any], Any]] = []
+            swapped = self._add_proximal_gradient(lams, folded)
             try:
                 return inner_step(self.inner)
             finally:
                 put_back(swapped)
+                for group, weight_decay in folded:
+                    group["weight_decay"] = weight_decay
         first_loss: list[Any] = []
 
         def proximal_closure() -> Any:
@@ -454,28 +446,40 @@ class Proximal(Optimizer):
             put_back(swapped)
         return first_loss[0] if first_loss else inner_loss
 
-    def _add_proximal_gradient(self, lams: list[float]) -> list[tuple[Tensor, Tensor]]:
-        """Point each ``p.grad`` at ``g + 2 lam_t (p - anchor)``; return ``(p, g)`` to restore."""
+    def _add_proximal_gradient(
+        self, lams: list[float], folded: list[tuple[dict[str, Any], Any]] | None = None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Point each ``p.grad`` at ``g + 2 lam_t (p - anchor)``; return ``(p, g)`` to restore.
+
+        Handed ``folded``, a group whose inner optimizer adds ``weight_decay * p`` to the
+        gradient before anything else (:func:`folds_into_weight_decay`) gets ``g - 2 lam_t
+        anchor`` and ``weight_decay + 2 lam_t``, the same gradient in one pass instead of two;
+        ``(group, weight_decay)`` goes into ``folded`` to be put back after the step.
+        """
         swapped: list[tuple[Tensor, Tensor]] = []
+        fold = folded is not None and folds_into_weight_decay(self.inner)
         for group, lam in zip(self.param_groups, lams, strict=True):
             if lam == 0.0:
                 continue
             params, anchors = self._anchored(group)
             grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]  # not None
             refuse_sparse(params)
-            bufs = [self._scratch_like(p, g) for p, g in zip(params, grads, strict=True)]
+            bufs = [scratch_like(self._scratch, p, g) for p, g in zip(params, grads, strict=True)]
             coef = ascent_sign(group) * 2.0 * lam
-            proximal_gradients(params, grads, anchors, bufs, coef, self._use_foreach())
+            # Weight decay reaches every parameter with a gradient: not one anchored just now.
+            if fold and folded is not None and len(params) == sum(
+                    p.grad is not None for p in group["params"]):
+                # maximize negates the gradient before adding weight_decay * p: the anchor's
+                # sign follows the ascent sign, the fold's does not.
+                anchor_gradients(grads, anchors, bufs, coef, self._use_foreach())
+                folded.append((group, group["weight_decay"]))
+                group["weight_decay"] = group["weight_decay"] + 2.0 * lam
+            else:
+                proximal_gradients(params, grads, anchors, bufs, coef, self._use_foreach())
             for p, g, buf in zip(params, grads, bufs, strict=True):
                 swapped.append((p, g))
                 p.grad = buf
         return swapped
-
-    def _scratch_like(self, p: Tensor, g: Tensor) -> Tensor:
-        buf = self._scratch.get(p)
-        if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or buf.device != g.device:
-            buf = self._scratch[p] = torch.empty_like(g, memory_format=torch.preserve_format)
-        return buf
 
     def _penalty(self, lams: list[float]) -> float:
         total = 0.0
