@@ -6,9 +6,16 @@ the variants interleaved in a rotating order within each repeat so drift in the 
 hits all of them alike. Reported: the median per-step time over repeats with its interquartile
 range, the median time inside ``step()`` alone, and the median over repeats of the ratio to the
 bare optimizer measured in the same repeat (goal: <= 1.1x for the whole training step). The
-``foreach`` rows force the multi-tensor kernels that the CPU default (``foreach=None``) skips.
+``foreach`` rows force the multi-tensor kernels that the CPU default (``foreach=None``) skips;
+the ``wd`` rows give every optimizer weight decay 1e-4 (the authors' protocol), into which the
+wrapper folds its term (one pass instead of two).
+
+``--params N`` times ``step()`` alone on N parameters (four tensors), SGD-momentum and Adam
+with weight decay beside their prox variants, and a ``copy_`` of the same tensors: the bytes
+each step moves at copy bandwidth against the time it takes.
 
     PYTHONPATH=src python benchmarks/bench_proximal_overhead.py --repeats 15 --steps 100
+    PYTHONPATH=src python benchmarks/bench_proximal_overhead.py --params 2000000 --repeats 15
 """
 
 from __future__ import annotations
@@ -31,11 +38,17 @@ Variant = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 def _variants(lam: float, window: int) -> dict[str, tuple[str, Variant]]:
     """name -> (bare baseline name, factory)."""
 
-    def sgd(p: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.SGD(p, lr=0.05, momentum=0.9)
+    def sgd(p: list[torch.nn.Parameter], wd: float = 0.0) -> torch.optim.Optimizer:
+        return torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=wd)
 
-    def adam(p: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(p, lr=1e-3)
+    def adam(p: list[torch.nn.Parameter], wd: float = 0.0) -> torch.optim.Optimizer:
+        return torch.optim.Adam(p, lr=1e-3, weight_decay=wd)
+
+    def sgd_wd(p: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return sgd(p, 1e-4)
+
+    def adam_wd(p: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return adam(p, 1e-4)
 
     def prox(inner: Variant, **kw: Any) -> Variant:
         return lambda p: Proximal(inner(p), lam=lam, window=window, **kw)
@@ -49,6 +62,10 @@ def _variants(lam: float, window: int) -> dict[str, tuple[str, Variant]]:
         "prox-adam": ("adam", prox(adam)),
         "prox-adam foreach": ("adam", prox(adam, foreach=True)),
         "prox-adam decoupled": ("adam", prox(adam, coupled=False)),
+        "sgd wd": ("sgd wd", sgd_wd),
+        "prox-sgd wd": ("sgd wd", prox(sgd_wd)),
+        "adam wd": ("adam wd", adam_wd),
+        "prox-adam wd": ("adam wd", prox(adam_wd)),
     }
 
 
@@ -90,6 +107,53 @@ class _Run:
         return (time.perf_counter() - start) / n, in_step / n
 
 
+def step_alone(n_params: int, variants: dict[str, tuple[str, Variant]], repeats: int,
+              steps: int) -> None:
+    """``step()`` alone on ``n_params`` parameters in four tensors, interleaved, beside a
+    ``copy_`` of them: median us per step, IQR, ratio to the bare optimizer, and the step's
+    time at copy bandwidth (GB/s of a copy: 2 x 4 bytes x n read and written)."""
+    sizes = [n_params // 2, n_params // 4, n_params // 8, n_params - 7 * (n_params // 8)]
+    names = [n for n in variants if " wd" in n or n in ("sgd", "prox-sgd", "adam", "prox-adam")]
+    opts = {}
+    for name in names:
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(k, generator=gen)) for k in sizes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+        opts[name] = variants[name][1](params)
+        for _ in range(12):  # past the first window: the term is on at k > 0
+            opts[name].step()
+    src = [torch.randn(k) for k in sizes]
+    dst = [torch.empty(k) for k in sizes]
+    times: dict[str, list[float]] = {name: [] for name in [*names, "copy"]}
+    for r in range(repeats):
+        order = [*names, "copy"]
+        order = order[r % len(order):] + order[: r % len(order)]
+        for name in order:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                if name == "copy":
+                    for d, s_ in zip(dst, src, strict=True):
+                        d.copy_(s_)
+                else:
+                    opts[name].step()
+            times[name].append((time.perf_counter() - t0) / steps)
+    copy = statistics.median(times["copy"])
+    gbps = 8 * n_params / copy / 1e9
+    print(f"step() alone, {n_params} float32 parameters in 4 tensors, {repeats} repeats x "
+          f"{steps} steps, interleaved; copy_ of the same: {1e6 * copy:.0f} us = {gbps:.1f} GB/s")
+    print(f"{'variant':<16}{'step (us)':>11}{'IQR (us)':>17}{'vs bare':>9}{'range':>13}"
+          f"{'copies':>8}")
+    for name in names:
+        base = variants[name][0]
+        ratios = [t / b for t, b in zip(times[name], times[base], strict=True)]
+        q1, _, q3 = statistics.quantiles(times[name], n=4)
+        med = statistics.median(times[name])
+        print(f"{name:<16}{1e6 * med:>11.0f}{f'{1e6 * q1:.0f}-{1e6 * q3:.0f}':>17}"
+              f"{statistics.median(ratios):>8.3f}x{f'{min(ratios):.2f}-{max(ratios):.2f}':>13}"
+              f"{med / copy:>8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -100,8 +164,13 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=0.01)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--params", type=int, default=0,
+                        help="time step() alone on this many parameters (0: the MLP steps)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.params:
+        step_alone(args.params, _variants(args.lam, args.window), args.repeats, args.steps)
+        return
 
     gen = torch.Generator().manual_seed(0)
     data = [

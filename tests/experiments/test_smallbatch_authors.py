@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from sgdlab.cli import main
-from sgdlab.experiments.smallbatch import mean_decay
+from sgdlab.experiments.smallbatch import lr_grid, mean_decay
 from sgdlab.experiments.smallbatch_plan import (
     AUTHORS_PLAN,
     AUTHORS_PROX_OPTIONS,
@@ -68,6 +69,15 @@ def test_cli_runs_the_authors_protocol(tmp_path: Path, capsys: pytest.CaptureFix
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     records = json.loads(Path(summary["records"]).read_text())["records"]
     spe = 160 // 32
+    tune = [(r["variant"], r["lr"]) for r in records if r["role"] == "tune"]
+    assert sorted(Counter(v for v, _ in tune).values()) == [4] * 4  # an equal budget
+    for variant in ("sgd", "prox-sgd", "adam", "prox-adam"):
+        grid = lr_grid("adam" if "adam" in variant else "sgd", 32)
+        rates = [lr for v, lr in tune if v == variant]
+        assert rates[:3] == list(grid)
+        if rates[3] not in grid and rates[3] not in (lr * 10**s for lr in grid for s in (-.25, .25)):
+            assert rates[3] == pytest.approx(grid[0] / 10**0.5 if rates[3] < grid[0] else
+                                             grid[-1] * 10**0.5, rel=1e-2)  # past an edge
     for r in records:
         assert r["options"]["weight_decay"] == 1e-4
         if r["variant"].startswith("prox") and "mean lr" not in r["variant"]:
