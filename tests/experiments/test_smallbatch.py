@@ -232,4 +232,5 @@ def test_showcase_returns_a_section(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
     section = smallbatch.smallbatch_showcase(ctx)
     assert [row["variant"] for row in section.rows] == list(VARIANTS)
-    assert all(p.exists() for p in section.images) and len(section.images) == 1
+    assert all(p.exists() for p in section.images) and len(section.images) == 2  # loss, accuracy
+    assert smallbatch.SHOWCASE_PLAN.protocol == "authors"
