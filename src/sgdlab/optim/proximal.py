@@ -10,8 +10,7 @@ and the ``S`` steps of the window minimise the proximal objective
     F_w(\theta) = f(\theta) + \lambda \lVert \theta - \tilde\theta_w \rVert^2 ,
 
 which is :math:`(2\lambda - L)`-strongly convex when :math:`f` is :math:`L`-smooth and
-:math:`2\lambda > L`, so noisy small-batch gradients cannot drag the iterate far from the
-anchor. :math:`\nabla F_w(\theta) = \nabla f(\theta) + 2\lambda(\theta - \tilde\theta_w)`.
+:math:`2\lambda > L`, so noisy small-batch gradients cannot drag the iterate far from the anchor.
 For a strongly convex problem SGD wants a step :math:`\propto 1/k`, so inside the window the step
 at position :math:`k = 0, \dots, S-1` is
 
@@ -52,22 +51,24 @@ The window runs on across epochs (every ``window`` steps), or, as the authors' l
 restarts at the first step of every epoch (``epoch_steps``, the steps of one epoch; the last
 window of an epoch is then cut short), or whenever :meth:`Proximal.restart_window` is called.
 
-A group whose inner optimizer *maximizes* (``maximize=True``) climbs
-:math:`f(\theta) - \lambda \lVert \theta - \tilde\theta_w \rVert^2`: the coupled term enters
-with the opposite sign, so it pulls toward the anchor either way. Coupled mode refuses sparse
-gradients at every step (the term is dense); decoupled mode takes them where the inner
-optimizer does.
+Faithfulness: with ``lam_schedule="authors"``, ``lam=0.1`` and ``epoch_steps`` the epoch's
+length, ``Proximal(SGD)`` is the authors' TRSGD (to rounding: where exact, the coupled term
+enters through the inner optimizer's L2 weight decay, one pass instead of two) and
+``Proximal(Adam)`` their TRAdam but for where :math:`\epsilon` enters (they add it to
+:math:`\sqrt{v}` before the bias correction, torch after). The registry's ``prox-sgd`` and
+``prox-adam`` keep a constant, weak default instead (``sgdlab.optim.PROX_DEFAULTS`` says why).
+
+A group that *maximizes* climbs :math:`f(\theta) - \lambda \lVert \theta - \tilde\theta_w
+\rVert^2` (the term pulls toward the anchor either way). Coupled mode refuses sparse gradients
+(the term is dense); decoupled mode takes them where the inner optimizer does.
 
 State: per parameter, ``anchor``; global, ``window_pos`` (:math:`k`) and ``step``, kept under
-the first parameter (see :meth:`Proximal._global_state`). The per-group weight
-:math:`\lambda` lives in the shared parameter groups as ``prox_lam``. ``state_dict()`` has
-torch's ``state`` and ``param_groups`` at the top and the inner optimizer's own state dict
-beside them, so a checkpoint taken mid-window resumes exactly.
+the first parameter (see :meth:`Proximal._global_state`); per group ``prox_lam`` and
+``prox_lr0``. ``state_dict()`` has torch's ``state`` and ``param_groups`` at the top and the
+inner's own state dict beside them, so a checkpoint taken mid-window resumes exactly.
 
-Hooks: one :meth:`~Proximal.step` is one user step. The global step hooks
-(``torch.optim.optimizer.register_optimizer_step_pre_hook`` and ``..._post_hook``) and this
-wrapper's own fire once, handed the wrapper; the inner step runs without the global hooks but
-with the inner optimizer's own (see :mod:`sgdlab.optim._inner_step`).
+Hooks: one :meth:`~Proximal.step` is one user step: the global and this wrapper's step hooks fire
+once, handed the wrapper; the inner step fires its own only (:mod:`sgdlab.optim._inner_step`).
 """
 
 from __future__ import annotations
@@ -257,11 +258,8 @@ class Proximal(Optimizer):
         return loss if loss is not None else inner_loss
 
     def restart_window(self) -> None:
-        """Start a new window at the next :meth:`step`: it re-anchors, and its position is 0.
-
-        For a loop that restarts windows on events of its own (an epoch of varying length);
-        ``epoch_steps`` does it for epochs of a fixed number of steps.
-        """
+        """Start a new window at the next :meth:`step` (it re-anchors, at position 0): for a
+        loop with epochs of varying length (``epoch_steps`` does it for a fixed length)."""
         self._global_state()["window_pos"] = 0
 
     def state_dict(self) -> dict[str, Any]:
