@@ -56,17 +56,15 @@ def proximal_gradients(params: list[Tensor], grads: list[Tensor], anchors: list[
 
 
 def anchor_gradients(grads: list[Tensor], anchors: list[Tensor], out: list[Tensor], coef: float,
-                     foreach: bool) -> None:
-    """Write ``g - coef * anchor`` into ``out`` (one pass): the proximal gradient less its
-    ``coef * p`` part, which the inner optimizer's weight decay then adds."""
-    if not grads:
-        return
+                     foreach: bool) -> list[Tensor]:
+    """``g - coef * anchor`` in one pass: the proximal gradient less its ``coef * p`` part,
+    which the inner optimizer's weight decay then adds. Written into ``out`` by the loop; the
+    foreach kernel, which has no ``out=``, returns fresh tensors (``out`` is not read)."""
     if foreach:
-        torch._foreach_copy_(out, grads)
-        torch._foreach_add_(out, anchors, alpha=-coef)
-        return
+        return list(torch._foreach_add(grads, anchors, alpha=-coef)) if grads else []
     for g, a, buf in zip(grads, anchors, out, strict=True):
         torch.add(g, a, alpha=-coef, out=buf)
+    return out
 
 
 # torch optimizers whose weight_decay adds weight_decay * p to the (maximize-negated) gradient

@@ -462,18 +462,19 @@ class Proximal(Optimizer):
             params, anchors = self._anchored(group)
             grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]  # not None
             refuse_sparse(params)
-            bufs = [scratch_like(self._scratch, p, g) for p, g in zip(params, grads, strict=True)]
-            coef = ascent_sign(group) * 2.0 * lam
+            coef, foreach = ascent_sign(group) * 2.0 * lam, self._use_foreach()
             # Weight decay reaches every parameter with a gradient: not one anchored just now.
-            if fold and folded is not None and len(params) == sum(
-                    p.grad is not None for p in group["params"]):
+            folds = fold and len(params) == sum(p.grad is not None for p in group["params"])
+            bufs = [] if folds and foreach else [  # the foreach fold returns fresh tensors
+                scratch_like(self._scratch, p, g) for p, g in zip(params, grads, strict=True)]
+            if folds and folded is not None:
                 # maximize negates the gradient before adding weight_decay * p: the anchor's
                 # sign follows the ascent sign, the fold's does not.
-                anchor_gradients(grads, anchors, bufs, coef, self._use_foreach())
+                bufs = anchor_gradients(grads, anchors, bufs, coef, foreach)
                 folded.append((group, group["weight_decay"]))
                 group["weight_decay"] = group["weight_decay"] + 2.0 * lam
             else:
-                proximal_gradients(params, grads, anchors, bufs, coef, self._use_foreach())
+                proximal_gradients(params, grads, anchors, bufs, coef, foreach)
             for p, g, buf in zip(params, grads, bufs, strict=True):
                 swapped.append((p, g))
                 p.grad = buf
