@@ -107,3 +107,18 @@ def test_cli_runs_the_authors_protocol(tmp_path: Path, capsys: pytest.CaptureFix
             assert steps == ([0, spe, 2 * spe] if r["role"] != "tune" else [0, 2 * spe])
     registry = {runs[r["run_id"]].optimizer for r in records if r["variant"].endswith("mean lr")}
     assert registry == {"sgd", "adam"}
+
+
+def test_step_schedule_decays_at_half_and_three_quarters(tmp_path: Path) -> None:
+    from sgdlab.run.config import TrainConfig
+    from sgdlab.run.train import train
+
+    config = TrainConfig(workload=WL, optimizer="prox-sgd", lr=0.2, steps=8, batch_size=16,
+                         schedule="step", log_every=1, db=tmp_path / "r.db", out=tmp_path / "o",
+                         progress=False, optimizer_options={"lam_schedule": "authors"})
+    result = train(config)
+    events = [json.loads(line) for line in (Path(result.out_dir) / "events.jsonl").open()]
+    # the lr each step ran at is the one logged after the step before it
+    logged = [e["lr"] for e in events if e.get("event") == "step"]
+    ran_at = [0.2, *logged[:-1]]
+    assert ran_at == pytest.approx([0.2] * 4 + [0.02] * 2 + [0.002] * 2)
