@@ -93,7 +93,7 @@ COMMANDS: dict[str, Command] = {
             "--steps": ints(0, -1) | NEG_INT,
             "--batch-size": ints(0, -3, 10**9),
             "--seed": ints(-1) | NEG_INT,
-            "--schedule": choices("constant", "diminishing"),
+            "--schedule": choices("constant", "diminishing", "step"),
             "--mu": floats("1", "0.5"),  # --mu with the constant schedule is an error
             "--L": floats("2"),
             "--alpha": NOT_FLOAT,

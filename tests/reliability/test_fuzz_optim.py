@@ -139,6 +139,7 @@ def bad_hparam(draw: st.DrawFn) -> tuple[str, str, Any]:
                 lambda k: k not in KNOBS[name] and k not in BOOL_KNOBS[name] and k not in
                 (accepted_hparams(get_spec(name)) or [*DOMAINS, "inner_decay", "coupled",
                                                        "lam_schedule", "foreach", "lam",
+                                                       "epoch_steps",
                                                        "window", "blocks", "exchange",
                                                        "damping", "nesterov"])
             )
