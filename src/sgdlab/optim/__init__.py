@@ -22,10 +22,12 @@ from sgdlab.optim.schedules import DiminishingLR
 # Proximal defaults: a constant λ = 1e-3 and windows of 10 steps running across epochs; tune λ
 # for your problem. Not the authors' setting (λ_t = 0.1·lr₀/lr_t, the window restarted every
 # epoch: lam=0.1, lam_schedule="authors", epoch_steps=<steps per epoch>), which stays one
-# `--set` away: under their own protocol (`sgdlab bench smallbatch --protocol authors`,
-# benchmarks/RESULTS.md S3) their λ never beat λ = 0 by 2 standard errors and cost up to half a
-# point at batch 8, so a default that strong would not serve users better; the weak one keeps
-# prox-sgd/prox-adam close to their inner optimizer until λ is tuned.
+# `--set` away. Under their own protocol (`sgdlab bench smallbatch --protocol authors`,
+# benchmarks/RESULTS.md S3) their λ helped only where it rescued a rate too high for the plain
+# optimizer (a rate still worse than tuned SGD), was neutral elsewhere and cost up to half a
+# point (prox-Adam, batch 8); no prox variant beat both SGD and Adam. A default that strong
+# would not serve users better; the weak one keeps prox-sgd/prox-adam close to their inner
+# optimizer until λ is tuned.
 PROX_DEFAULTS: dict[str, Any] = {"lam": 1e-3, "window": 10}
 
 
