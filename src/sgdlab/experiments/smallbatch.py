@@ -33,6 +33,13 @@ Protocol, on a budget two shared CPU cores can pay:
    of the decay); ``no decay`` (``inner_decay="none"``) keeps only the term, at the
    *baseline's* tuned rate (it minus the baseline: what the term adds to the plain optimizer).
 
+``protocol="authors"`` (``--protocol authors``; :data:`~sgdlab.experiments.smallbatch_plan.
+AUTHORS_PLAN` holds its full scale) runs the method as ``huiqu18/TRAlgorithm`` does: weight
+decay 1e-4 on every contender, the step lr decay (``TrainConfig.schedule="step"``), the prox
+variants at :math:`\lambda_t = \lambda_0\eta_0/\eta_t` with windows restarted every epoch, the
+ablations ``λ=0`` and ``mean lr`` (the baseline at the prox rate times :func:`mean_decay`),
+test accuracy every epoch, and paired tests by seed (:mod:`~sgdlab.experiments.smallbatch_stats`).
+
 Training-loss curves are the minibatch losses the runner logs at every step, averaged in bins
 of a tenth of an epoch and over the seeds. Every run is recorded in the results database under
 the suite tag ``smallbatch-<time>``.
