@@ -23,7 +23,7 @@ from sgdlab.distributed import ALGORITHMS
 from sgdlab.optim import make_proximal
 
 TAU = {"sync": {}, "local": {"tau": 2}, "overlap": {"tau": 2}, "easgd": {"tau": 2},
-       "cocod": {"tau": 2}}
+       "cocod": {"tau": 2}, "torch-local": {"tau": 2}}
 
 
 def _model() -> nn.Module:

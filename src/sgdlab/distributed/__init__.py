@@ -16,6 +16,7 @@ from sgdlab.distributed.launch import RankFailure, launch
 from sgdlab.distributed.local_sgd import LocalSGD
 from sgdlab.distributed.overlap import OverlapLocalSGD
 from sgdlab.distributed.sync_sgd import SyncSGD
+from sgdlab.distributed.torch_local_sgd import TorchPostLocalSGD
 
 ALGORITHMS = {
     "sync": SyncSGD,
@@ -23,6 +24,7 @@ ALGORITHMS = {
     "overlap": OverlapLocalSGD,
     "easgd": EASGD,
     "cocod": CoCoDSGD,
+    "torch-local": TorchPostLocalSGD,
 }
 
 __all__ = [
@@ -39,5 +41,6 @@ __all__ = [
     "RankFailure",
     "RoundStats",
     "SyncSGD",
+    "TorchPostLocalSGD",
     "launch",
 ]

@@ -226,6 +226,38 @@ class Comm:
                 work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
         return Handle(flat, tensors, self.world_size, work, issued, delay)
 
+    def periodic_averager(self, period: int, warmup_steps: int) -> Any:
+        """torch's own ``PeriodicModelAverager`` on the default group (None with no group)."""
+        if not self.distributed:
+            return None
+        import warnings
+
+        from torch.distributed.algorithms.model_averaging.averagers import (
+            PeriodicModelAverager,
+        )
+
+        with warnings.catch_warnings():  # period 1 warns that DDP alone would do
+            warnings.simplefilter("ignore")
+            return PeriodicModelAverager(period=period, warmup_steps=warmup_steps)
+
+    def run_averager(self, averager: Any, params: Any) -> float:
+        """One call of ``averager.average_parameters(params)`` (every step, as torch's
+        ``PostLocalSGDOptimizer`` makes it); when it averaged, the injected delay of its buffer
+        too. Returns the seconds it blocked (0.0 when it was not due)."""
+        step, warmup = averager.step, averager.warmup_steps
+        due = step >= warmup and (step - warmup) % averager.period == 0
+        t0 = time.perf_counter()
+        with collective("all-reduce"):
+            averager.average_parameters(params)
+        if not due:
+            return 0.0
+        nbytes = sum(p.numel() * p.element_size() for g in params for p in g["params"]
+                     if p.grad is not None)
+        remaining = t0 + self.injection.delay_seconds(nbytes) - time.perf_counter()
+        if remaining > 0:
+            time.sleep(remaining)
+        return time.perf_counter() - t0
+
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite ``tensors`` in place with rank ``src``'s values."""
         if not self.distributed or not tensors:

@@ -223,7 +223,7 @@ class DistConfig(RunConfig):
     at_least_one = ("world_size", "tau")
     at_least_zero = ("eval_every", "eval_samples", "checkpoint_every")
 
-    algo: str = field(metadata=option("sync, local, overlap, easgd or cocod."))
+    algo: str = field(metadata=option("sync, local, overlap, easgd, cocod or torch-local."))
     world_size: int = field(default=2, metadata=option("Ranks to spawn on this host."))
     workload: str = field(default="cnn-fmnist", metadata=option("Workload (see `sgdlab list`)."))
     optimizer: str = field(default="sgd", metadata=option("Inner optimizer of every rank."))

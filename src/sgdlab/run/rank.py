@@ -66,6 +66,7 @@ from sgdlab.distributed.easgd import EASGD
 from sgdlab.distributed.local_sgd import LocalSGD
 from sgdlab.distributed.overlap import OverlapLocalSGD
 from sgdlab.distributed.sync_sgd import SyncSGD
+from sgdlab.distributed.torch_local_sgd import TorchPostLocalSGD
 from sgdlab.errors import CheckpointError, CommError, ConfigError, DivergenceError
 from sgdlab.optim import load_optimizer
 from sgdlab.run.config import DistConfig, partition_alpha
@@ -98,6 +99,8 @@ def build_algorithm(
                                anchor_momentum=config.anchor_momentum, comm=comm)
     if config.algo == "easgd":
         return EASGD(model, inner, tau=config.tau, alpha=config.alpha, comm=comm)
+    if config.algo == "torch-local":
+        return TorchPostLocalSGD(model, inner, tau=config.tau, comm=comm)
     return CoCoDSGD(model, inner, tau=config.tau, comm=comm)
 
 
