@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgdlab.distributed.comm import Comm, Handle
+from sgdlab.distributed.comm import Comm, Handle, flat_buffer
 from sgdlab.optim._inner_step import hooked_load_state_dict, hooked_state_dict, inner_step
 
 
@@ -94,6 +94,7 @@ class CooperativeSGD(torch.optim.Optimizer):
         self._round_wait = 0.0
         self._round_comm = 0.0
         self._inflight: list[Handle] = []
+        self._flat_buffers: dict[tuple[Any, ...], torch.Tensor] = {}
         self._pause_depth = 0
 
     # --- the loop -------------------------------------------------------------------------
@@ -131,7 +132,14 @@ class CooperativeSGD(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _start(self, tensors: list[torch.Tensor]) -> Handle:
-        handle = self.comm.average(tensors)
+        # One flat buffer per size, reused round after round: every algorithm here uses a
+        # round's average before it starts the next (at most one is in flight), and the
+        # averages outside the rounds (evaluation, synchronize) take buffers of their own.
+        key = (sum(t.numel() for t in tensors), tuple(t.dtype for t in tensors))
+        buffer = self._flat_buffers.get(key)
+        if buffer is None:
+            buffer = self._flat_buffers[key] = flat_buffer(tensors)
+        handle = self.comm.average(tensors, out=buffer)
         self._inflight.append(handle)
         return handle
 
