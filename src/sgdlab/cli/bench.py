@@ -35,11 +35,38 @@ def _bench_quick(cfg: QuickBenchConfig, json_: bool) -> None:
 
 def _bench_overlap(cfg: OverlapBenchConfig, json_: bool) -> None:
     """Overlap Local-SGD against sync, Local SGD, EASGD and CoCoD-SGD under injected delay."""
-    from sgdlab.experiments.overlap import overlap_benchmark
+    if cfg.protocol:
+        summary = _overlap_protocol(cfg.protocol, cfg.out, json_)
+    else:
+        from sgdlab.experiments.overlap import overlap_benchmark
 
-    summary = overlap_benchmark(cfg.out, grid=cfg.grid, quiet=json_)
+        summary = overlap_benchmark(cfg.out, grid=cfg.grid, quiet=json_)
     if json_:
         emit_json(summary)
+
+
+def _overlap_protocol(protocol: str, out: Path, quiet: bool) -> dict[str, Any]:
+    """``--protocol``: the runs of :mod:`sgdlab.experiments.overlap_paper` on a testbed of one
+    host per rank, brought up at each τ's rate and down after it."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from sgdlab.errors import ConfigError
+    from sgdlab.experiments.overlap_paper import PROTOCOLS, run_protocol
+    from sgdlab.testbed import Testbed
+    from sgdlab.testbed.netns import require_root_and_iproute2
+
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    require_root_and_iproute2()
+    hosts = PROTOCOLS[protocol].world_size
+
+    @contextlib.contextmanager
+    def link(rate_bps: float) -> Iterator[dict[str, Any]]:
+        with Testbed.up(hosts, int(rate_bps), name="paper") as tb:
+            yield tb.launch_options(hosts)
+
+    return run_protocol(protocol, link, out, log=(lambda _: None) if quiet else print)
 
 
 def _bench_smallbatch(*, ctx: typer.Context, db: Path, out: Path, json_: bool,

@@ -31,6 +31,8 @@ class OverlapBenchConfig:
     out: Path = field(default=_RESULTS / "overlap",
                       metadata=option("Folder for the figures and the table."))
     grid: str = field(default="small", metadata=option("small (about 10 minutes here) or full."))
+    protocol: str = field(default="", metadata=option(
+        "paper or paper-scaled: W=4 on a real testbed (root), not --grid."))
 
 
 @dataclass(kw_only=True)

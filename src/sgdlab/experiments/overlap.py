@@ -124,14 +124,26 @@ def plot_runs(results: list[dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
+SHOWCASE_STEPS, SHOWCASE_TAU, SHOWCASE_BATCH = 100, 2, 32
+
+
+def showcase_configs() -> list[DistConfig]:
+    """The showcase's runs: sync, Local SGD, Overlap at τ = 2 on a link of τ steps, then a
+    compute-only run; each evaluated five times, so every curve has several points."""
+    steps, tau = SHOWCASE_STEPS, SHOWCASE_TAU
+    base = DistConfig(algo="sync", world_size=2, workload="cnn-fmnist", lr=0.05,
+                      batch_size=SHOWCASE_BATCH, tau=tau, steps=steps, eval_every=steps // 5,
+                      eval_samples=1000)
+    configs = [replace(base, algo=a, link_steps=tau) for a in ("sync", "local", "overlap")]
+    configs.append(replace(base, algo="local", tau=steps))  # compute only: one average at the end
+    return configs
+
+
 def overlap_showcase(ctx: Any) -> Any:
     """``make demo``: SyncSGD, LocalSGD and Overlap Local-SGD on 2 ranks, delay injected so an
     all-reduce costs about two local steps (τ = 2); one launch, about half a minute."""
-    steps, tau, batch = 100, 2, 32
-    base = DistConfig(algo="sync", world_size=2, workload="cnn-fmnist", lr=0.05,
-                      batch_size=batch, tau=tau, steps=steps, eval_every=steps, eval_samples=1000)
-    configs = [replace(base, algo=a, link_steps=tau) for a in ("sync", "local", "overlap")]
-    configs.append(replace(base, algo="local", tau=steps))  # compute only: one average at the end
+    steps, tau, batch = SHOWCASE_STEPS, SHOWCASE_TAU, SHOWCASE_BATCH
+    configs = showcase_configs()
     results = run_dist_many(configs)
     compute_only = results[-1]["seconds_per_step"]
     rows = []
