@@ -6,6 +6,12 @@ Run (about ten minutes on two cores; the lock keeps two benchmarks from overlapp
 
 The same as ``sgdlab bench overlap --grid small --out benchmarks/results/overlap``, plus the
 markdown summary written to ``benchmarks/results/overlap.md``.
+
+``--protocol paper`` (or ``paper-scaled``) runs :mod:`sgdlab.experiments.overlap_paper` on a
+real 4-host testbed instead (root) and writes ``benchmarks/results/overlap-<protocol>.md``::
+
+    flock /tmp/sgdlab-bench.lock env PYTHONPATH=src python benchmarks/bench_overlap.py \
+        --protocol paper-scaled
 """
 
 from __future__ import annotations
@@ -32,13 +38,63 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def protocol_main(name: str, out: Path | None, replot: bool) -> None:
+    import contextlib
+    from collections.abc import Iterator
+
+    from sgdlab.experiments.overlap_paper import PROTOCOLS, protocol_report, run_protocol
+    from sgdlab.testbed import Testbed
+
+    out = out or ROOT / "results" / f"overlap-{name}"
+    p = PROTOCOLS[name]
+    load_before, t0 = os.getloadavg(), time.time()
+    if replot:
+        summary = json.loads((out / "summary.json").read_text())
+        results = json.loads((out / "results.json").read_text())
+        summary.update(protocol_report(results, p, out))
+    else:
+        @contextlib.contextmanager
+        def link(rate_bps: float) -> Iterator[dict[str, Any]]:
+            with Testbed.up(p.world_size, int(rate_bps), name="paper") as tb:
+                yield tb.launch_options(p.world_size)
+
+        summary = run_protocol(name, link, out)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    md = [
+        f"Protocol `{name}` ({p.note}): {summary['plan']}\n",
+        f"Ran {(time.time() - t0) / 60:.1f} min; load before {load_before[0]:.2f} "
+        f"(`uptime` after: {uptime}).\n",
+        f"Compute-only step with {p.world_size} ranks here: {summary['step_ms']:.1f} ms; "
+        f"model {summary['model_bytes'] / 1e6:.3f} MB; tbf rate per τ (Mbit/s): "
+        f"{ {t: round(r) for t, r in summary['links_mbit'].items()} }.\n",
+        f"## Per configuration (median [min, max] over runs; target {p.target})\n",
+        _table(summary["table"]),
+        "## Time to target: each baseline's over Overlap's, per seed\n",
+        _table(summary["time_to_target"]),
+        "## Time per step ratios (per seed, median [min, max])\n",
+        "`vs_compute`: Overlap's time per step / compute-only (goal ≤ 1.15); `local_speedup`: "
+        "Local SGD's / Overlap's (goal ≥ 1.3); `straggle_*`: with stragglers (p=0.1, s=3) / "
+        "without.\n",
+        _table(summary["goals"]),
+        "## Figures\n",
+        *[f"![{Path(i).stem}]({Path(i).relative_to(ROOT / 'results')})\n"
+          for i in summary["images"]],
+    ]
+    (ROOT / "results" / f"overlap-{name}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default="small", choices=sorted(GRIDS))
+    parser.add_argument("--protocol", default="", help="paper or paper-scaled (testbed, root)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--replot", action="store_true",
                         help="redraw the figures and tables from <out>/results.json; run nothing")
     args = parser.parse_args()
+    if args.protocol:
+        protocol_main(args.protocol, args.out, args.replot)
+        return
     suffix = "" if args.grid == "small" else f"-{args.grid}"
     args.out = args.out or ROOT / "results" / f"overlap{suffix}"
     load_before = os.getloadavg()
