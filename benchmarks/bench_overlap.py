@@ -54,8 +54,8 @@ def protocol_main(name: str, out: Path | None, replot: bool) -> None:
         summary.update(protocol_report(results, p, out))
     else:
         @contextlib.contextmanager
-        def link(rate_bps: float) -> Iterator[dict[str, Any]]:
-            with Testbed.up(p.world_size, int(rate_bps), name="paper") as tb:
+        def link(rate_bps: float, burst: int) -> Iterator[dict[str, Any]]:
+            with Testbed.up(p.world_size, int(rate_bps), name="paper", burst=burst) as tb:
                 yield tb.launch_options(p.world_size)
 
         summary = run_protocol(name, link, out)

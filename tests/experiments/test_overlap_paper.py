@@ -19,6 +19,8 @@ def test_the_paper_protocol_is_the_papers_configuration() -> None:
     p = PROTOCOLS["paper"]
     assert (p.world_size, p.taus, p.partitions, p.seeds, p.target) == (
         4, (1, 2, 8), ("iid", "dirichlet:0.5"), (0, 1, 2), 0.88)
+    # tbf keeps a 64 KiB GSO packet whole (with its 45 segments' Ethernet, IP and TCP headers)
+    assert all(q.burst_bytes > 65536 + 45 * (14 + 20 + 32) for q in PROTOCOLS.values())
     configs = protocol_configs(p, tau=2)
     algos = {c.algo for c in configs}
     assert algos == {"sync", "local", "overlap", "easgd", "cocod", "torch-local"}

@@ -62,8 +62,8 @@ def _overlap_protocol(protocol: str, out: Path, quiet: bool) -> dict[str, Any]:
     hosts = PROTOCOLS[protocol].world_size
 
     @contextlib.contextmanager
-    def link(rate_bps: float) -> Iterator[dict[str, Any]]:
-        with Testbed.up(hosts, int(rate_bps), name="paper") as tb:
+    def link(rate_bps: float, burst: int) -> Iterator[dict[str, Any]]:
+        with Testbed.up(hosts, int(rate_bps), name="paper", burst=burst) as tb:
             yield tb.launch_options(hosts)
 
     return run_protocol(protocol, link, out, log=(lambda _: None) if quiet else print)

@@ -18,7 +18,10 @@ so the rate for τ is
 .. math:: r_\tau = \frac{8 \cdot 2(W-1) n / W}{\tau\, t \cdot 1448/1514}.
 
 Each τ gets its own testbed at :math:`r_\tau`, and every algorithm (sync SGD too) runs on it;
-gloo's own latency and CPU come on top, which is the point of a real link.
+gloo's own latency and CPU come on top, which is the point of a real link. The tbf bucket is
+``burst_bytes`` (96 KiB, :data:`GSO_BURST_BYTES`), which lets up to that much through at once:
+at the τ = 2 link of about 100 Mbit/s an all-reduce carries 1.24 MB per link, so the bucket
+shortens it by under 8 %.
 
 This module builds the runs and scores them; the testbed is the caller's (``cli/`` brings it
 up: nothing here imports :mod:`sgdlab.testbed`), handed in as ``link(rate_bps)``, a context
@@ -43,7 +46,12 @@ from sgdlab.run.dist import run_dist_many
 TCP_PAYLOAD_SHARE = 1448 / 1514  # tbf counts whole frames; see sgdlab.testbed.links
 ALGOS = ("sync", "local", "overlap", "easgd", "cocod", "torch-local")
 
-Link = Callable[[float], contextlib.AbstractContextManager[dict[str, Any]]]
+Link = Callable[[float, int], contextlib.AbstractContextManager[dict[str, Any]]]
+# tbf's bucket: above one GSO packet (64 KiB of payload plus its segments' headers), so tbf
+# keeps TCP's 64 KiB packets whole, as a NIC's segmentation offload would; with the testbed's
+# default (32 KiB at these rates) tbf cuts each into 1514-byte frames in software and the
+# kernel's per-packet work lands on the cores that compute (benchmarks/results/overlap-cpu.md).
+GSO_BURST_BYTES = 96 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class PaperProtocol:
     target: float = 0.88
     stragglers: bool = True
     probe_steps: int = 40
+    burst_bytes: int = GSO_BURST_BYTES
     note: str = "the paper's protocol"
 
 
@@ -141,7 +150,7 @@ def run_protocol(name: str, link: Link, out: Path, log: Callable[[str], None] = 
         links[tau] = rate
         configs = protocol_configs(p, tau)
         log(f"tau={tau}: link {rate / 1e6:.0f} mbit, {len(configs)} runs")
-        with link(rate) as launch_options:
+        with link(rate, p.burst_bytes) as launch_options:
             runs = run_dist_many(configs, launch_options, timeout_s=3600.0 * 6)
         for r in runs:
             # The link was sized for tau (a real one, not injected): the label goals() keys on.
