@@ -81,7 +81,7 @@ def issue_cost(repeats: int) -> str:
     import torch
     from torch._utils import _flatten_dense_tensors
 
-    from sgdlab.distributed.comm import _flat_copy, flat_buffer
+    from sgdlab.distributed.flat import flat_buffer, flat_copy
     from sgdlab.workloads import get_workload
 
     torch.set_num_threads(1)
@@ -90,7 +90,7 @@ def issue_cost(repeats: int) -> str:
     buf = flat_buffer(tensors)
     ways = {"old: flatten + clone": lambda: _flatten_dense_tensors(
                 [t.detach() for t in tensors]).clone(),
-            "new: copy into the reused buffer": lambda: _flat_copy(tensors, buf)}
+            "new: copy into the reused buffer": lambda: flat_copy(tensors, buf)}
     times: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(repeats):
         for name, fn in ways.items():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sgdlab.distributed import ALGORITHMS, Comm
-from sgdlab.distributed.comm import flat_buffer
+from sgdlab.distributed.flat import flat_buffer
 
 KW: dict[str, dict[str, Any]] = {"sync": {}, "local": {"tau": 2}, "easgd": {"tau": 2},
                                  "overlap": {"tau": 2, "anchor_momentum": 0.7},

@@ -53,6 +53,7 @@ import random
 import re
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -60,8 +61,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch._utils import _unflatten_dense_tensors
 
+from sgdlab.distributed.flat import flat_copy
 from sgdlab.errors import CommError
 from sgdlab.optim import assign_blocks as _assign_blocks
 
@@ -213,14 +215,11 @@ class Comm:
                 out: torch.Tensor | None = None) -> Handle:
         """Start averaging ``tensors`` over the ranks (copied first); ``wait()`` on the handle
         for the means (at once, for a blocking average). ``inject=False`` skips the injected
-        delay (for bookkeeping collectives outside the clock).
-
-        ``out`` (from :func:`flat_buffer`) is the flat buffer to copy into, all-reduce and
-        return views of, instead of a new one: reused, it saves an allocation (and its page
-        faults) per collective, but the means of one average are gone once the next starts."""
+        delay (for bookkeeping collectives outside the clock). ``out``: a reused buffer (from
+        :func:`~.flat.flat_buffer`) to average in; the means of one average die with the next."""
         if not tensors:
             raise ValueError("Invalid tensors: nothing to average")
-        flat = _flat_copy(tensors, out)
+        flat = flat_copy(tensors, out)
         issued = time.perf_counter()
         work = None
         delay = 0.0
@@ -235,20 +234,16 @@ class Comm:
         """torch's own ``PeriodicModelAverager`` on the default group (None with no group)."""
         if not self.distributed:
             return None
-        import warnings
-
-        from torch.distributed.algorithms.model_averaging.averagers import (
-            PeriodicModelAverager,
-        )
+        from torch.distributed.algorithms.model_averaging import averagers
 
         with warnings.catch_warnings():  # period 1 warns that DDP alone would do
             warnings.simplefilter("ignore")
-            return PeriodicModelAverager(period=period, warmup_steps=warmup_steps)
+            return averagers.PeriodicModelAverager(period=period, warmup_steps=warmup_steps)
 
     def run_averager(self, averager: Any, params: Any) -> float:
-        """One call of ``averager.average_parameters(params)`` (every step, as torch's
-        ``PostLocalSGDOptimizer`` makes it); when it averaged, the injected delay of its buffer
-        too. Returns the seconds it blocked (0.0 when it was not due)."""
+        """``averager.average_parameters(params)``, called every step as torch's
+        ``PostLocalSGDOptimizer`` does, plus, when it averaged, the injected delay; the seconds
+        it blocked then (else 0.0)."""
         step, warmup = averager.step, averager.warmup_steps
         due = step >= warmup and (step - warmup) % averager.period == 0
         t0 = time.perf_counter()
@@ -258,16 +253,14 @@ class Comm:
             return 0.0
         nbytes = sum(p.numel() * p.element_size() for g in params for p in g["params"]
                      if p.grad is not None)
-        remaining = t0 + self.injection.delay_seconds(nbytes) - time.perf_counter()
-        if remaining > 0:
-            time.sleep(remaining)
+        time.sleep(max(0.0, t0 + self.injection.delay_seconds(nbytes) - time.perf_counter()))
         return time.perf_counter() - t0
 
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite ``tensors`` in place with rank ``src``'s values."""
         if not self.distributed or not tensors:
             return
-        flat = _flat_copy(tensors, None)
+        flat = flat_copy(tensors, None)
         with collective("broadcast"):
             dist.broadcast(flat, src=src)
         with torch.no_grad():
@@ -343,27 +336,6 @@ class Comm:
         with collective("all-reduce (min)"):
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t.item())
-
-
-def flat_buffer(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """An uninitialised flat buffer that :meth:`Comm.average` can copy ``tensors`` into."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return torch.empty(sum(t.numel() for t in tensors), dtype=dtype)
-
-
-def _flat_copy(tensors: Sequence[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
-    """``tensors`` copied, end to end, into ``out`` or a new flat tensor: one copy either way
-    (a lone tensor's ``_flatten_dense_tensors`` is a view of it, hence the clone)."""
-    if out is None:
-        if len(tensors) == 1:
-            return tensors[0].detach().reshape(-1).clone()
-        return _flatten_dense_tensors([t.detach() for t in tensors])
-    numel = sum(t.numel() for t in tensors)
-    if out.dim() != 1 or out.numel() != numel:
-        raise ValueError(f"Invalid out: {tuple(out.shape)} for {numel} elements (use flat_buffer)")
-    return torch.cat([t.detach().reshape(-1) for t in tensors], out=out)
 
 
 def assign_blocks(names: Sequence[str], sizes: Sequence[int], world_size: int) -> dict[str, int]:

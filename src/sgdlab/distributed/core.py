@@ -47,7 +47,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgdlab.distributed.comm import Comm, Handle, flat_buffer
+from sgdlab.distributed.comm import Comm, Handle
+from sgdlab.distributed.flat import flat_buffer
 from sgdlab.optim._inner_step import hooked_load_state_dict, hooked_state_dict, inner_step
 
 
