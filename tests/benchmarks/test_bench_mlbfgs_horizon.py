@@ -1,0 +1,72 @@
+"""The long-horizon mL-BFGS benchmark script: its schedule reaches every optimizer through the
+runner, and a tiny run produces its table, plot and goals."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from sgdlab.run.config import TrainConfig
+from sgdlab.workloads import get_workload
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_mlbfgs_horizon.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_mlbfgs_horizon", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_schedule_factor(bench: ModuleType) -> None:
+    f = bench.WarmupStepDecay(warmup=5, milestones=(8, 12), gamma=0.5)
+    factors = [f(t) for t in range(14)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert factors[7] == 1.0 and factors[8] == 0.5 and factors[12] == 0.25
+
+
+@pytest.mark.parametrize("name", ["sgd-momentum", "mlbfgs", "mlbfgs-authors"])
+def test_runner_applies_schedule_to_the_step(
+    bench: ModuleType, name: str, tmp_path: Path
+) -> None:
+    """The runner steps the schedule and the optimizer follows ``param_groups[0]["lr"]``:
+    decayed to 0 after its first step, a 6-step run ends exactly where a 1-step run does (a
+    step at lr 0 adds a zero), and the optimizer ends at the scheduled learning rate."""
+    w = get_workload("logreg-breast-cancer")
+    c = bench.HORIZON[name]
+
+    def run(factor: object, steps: int) -> tuple[float, torch.Tensor]:
+        config = TrainConfig(
+            workload=w.name, optimizer=c.optimizer, lr=c.lr, steps=steps, batch_size=32,
+            optimizer_options=dict(c.options), eval_every=steps, db=tmp_path / "r.db",
+            out=tmp_path / "runs", threads=1, progress=False,
+        )
+        r = bench.ScheduledRun(config, w, factor)
+        r.run()
+        flat = torch.cat([p.detach().flatten() for p in r.model.parameters()])
+        return r.opt.param_groups[0]["lr"], flat
+
+    lr_one, one_step = run(bench.WarmupStepDecay(0, (), 1.0), 1)
+    lr_frozen, frozen = run(bench.WarmupStepDecay(0, (1,), 0.0), 6)
+    assert lr_one == pytest.approx(c.lr) and lr_frozen == 0.0
+    assert torch.equal(frozen, one_step)
+    _, moved = run(bench.WarmupStepDecay(0, (), 1.0), 6)
+    assert not torch.equal(moved, one_step)
+
+
+def test_tiny_run(bench: ModuleType, tmp_path: Path) -> None:
+    summary = bench.main(["--tiny", "--db", str(tmp_path / "h.db"), "--out", str(tmp_path)])
+    assert [r["contender"] for r in summary["rows"]] == ["sgd-momentum", "mlbfgs"]
+    assert all(r["runs"] == 2 for r in summary["rows"])
+    assert Path(summary["plot"]).stat().st_size > 0
+    assert "epochs to target" in (tmp_path / "summary.md").read_text()
+    assert set(summary["goals"]) >= {"epochs_goal_met", "time_goal_met", "time_ratio"}
