@@ -58,7 +58,14 @@ from torch.testing._internal.common_optimizers import (
     get_error_inputs_for_all_optims,
 )
 
-from sgdlab.distributed import EASGD, CoCoDSGD, LocalSGD, OverlapLocalSGD, SyncSGD
+from sgdlab.distributed import (
+    EASGD,
+    CoCoDSGD,
+    LocalSGD,
+    OverlapLocalSGD,
+    SyncSGD,
+    TorchPostLocalSGD,
+)
 from sgdlab.errors import ConfigError
 from sgdlab.optim import MLBFGS, load_optimizer, make_proximal
 
@@ -280,7 +287,8 @@ OPTIM_DB: list[OptimizerInfo] = [
             # the inner optimizer's sparse gradients, except where the step all-reduces them
             supports_sparse=inner is torch.optim.SGD and algorithm is not SyncSGD,
             metadata_for_sparse=({**defaults, "lr": 0.01, "momentum": 0.9}, []),
-            supports_complex=True,
+            # torch's model averager refuses complex parameters
+            supports_complex=algorithm is not TorchPostLocalSGD,
         )
         for algorithm, inner, defaults, settings, bad in [
             (SyncSGD, torch.optim.SGD, {}, (
@@ -310,6 +318,11 @@ OPTIM_DB: list[OptimizerInfo] = [
                 ("momentum", {"lr": 0.01, "momentum": 0.9}),
                 ("maximize, tau 1", {"lr": 0.01, "maximize": True, "tau": 1}),
             ), (("tau True", {"tau": True}, ValueError, r"Invalid tau: True"),)),
+            (TorchPostLocalSGD, torch.optim.SGD, {"tau": 2}, (
+                ("momentum", {"lr": 0.01, "momentum": 0.9}),
+                ("tau 3, weight decay", {"lr": 0.01, "tau": 3, "weight_decay": 0.1}),
+                ("maximize", {"lr": 0.01, "maximize": True}),
+            ), (("tau 0", {"tau": 0}, ValueError, r"Invalid tau: 0"),)),
         ]
     ],
 ]
