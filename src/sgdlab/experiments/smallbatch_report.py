@@ -92,7 +92,9 @@ def write_outputs(
     with ResultStore(db) as store:
         curves = loss_curves(store, records, plan.bins_per_epoch)
         accuracy = smallbatch_stats.accuracy_curves(store, records)
-    plots = _plot_curves(curves, plan, out)
+    plots = smallbatch_stats.plot_panels(
+        curves, plan.workloads, plan.batch_sizes, out, stem="smallbatch",
+        ylabel="training loss (minibatch)", yscale="log")
     paired: list[dict[str, Any]] = []
     text = markdown(rows, plan, tag, records)
     if plan.protocol == "authors":
@@ -148,52 +150,6 @@ def loss_curves(
         ys = [statistics.fmean(run[k] for run in runs) for k in bins]
         curves[key] = (xs, ys)
     return curves
-
-
-def _plot_curves(
-    curves: dict[tuple[str, int, str], tuple[list[float], list[float]]],
-    plan: SmallBatchPlan,
-    out: Path,
-) -> list[Path]:
-    """``out/smallbatch-<workload>.png``: training loss against epochs, a panel per batch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = {"sgd": "tab:blue", "adam": "tab:red"}
-    paths = []
-    for name in plan.workloads:
-        sizes = list(plan.batch_sizes)
-        fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
-        for ax, b in zip(axes[0], sizes, strict=True):
-            for (w, size, variant), (xs, ys) in sorted(curves.items()):
-                if w != name or size != b or not xs:
-                    continue
-                base, _, ablation = variant.partition(" ")
-                style = (
-                    ":"
-                    if ablation == "λ=0"
-                    else "-."
-                    if ablation
-                    else ("--" if base in BASELINE_OF else "-")
-                )
-                ax.plot(xs, ys, style, color=colours[VARIANTS[base][0]], label=variant, lw=1.4)
-            ax.set(
-                title=f"{name}, batch {b}",
-                xlabel="epoch",
-                ylabel="training loss (minibatch)",
-                yscale="log",
-            )
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"smallbatch-{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 _COLUMNS = (

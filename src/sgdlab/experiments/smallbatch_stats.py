@@ -100,9 +100,15 @@ def accuracy_curves(store: Any, records: Sequence[Record]
     return curves
 
 
-def plot_accuracy(curves: dict[tuple[str, int, str], tuple[list[float], list[float]]],
-                  workloads: Sequence[str], batch_sizes: Sequence[int], out: Path) -> list[Path]:
-    """``out/smallbatch-acc-<workload>.png``: test accuracy against epochs, a panel per batch."""
+Curves = dict[tuple[str, int, str], tuple[list[float], list[float]]]
+
+
+def plot_panels(curves: Curves, workloads: Sequence[str], batch_sizes: Sequence[int], out: Path,
+                *, stem: str, ylabel: str, yscale: str = "linear",
+                skip_first: bool = False) -> list[Path]:
+    """``out/<stem>-<workload>.png``: each variant's curve against epochs, a panel per batch
+    size (baselines dashed, ablations dotted or dash-dotted); ``skip_first`` leaves out each
+    curve's first point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,23 +121,32 @@ def plot_accuracy(curves: dict[tuple[str, int, str], tuple[list[float], list[flo
                                  squeeze=False)
         for ax, b in zip(axes[0], batch_sizes, strict=True):
             for (w, size, variant), (xs, ys) in sorted(curves.items()):
-                if w != name or size != b or len(xs) < 2:
+                if skip_first:
+                    xs, ys = xs[1:], ys[1:]
+                if w != name or size != b or not xs:
                     continue
                 base, _, ablation = variant.partition(" ")
-                style = {"λ=0": ":", "mean lr": "-."}.get(ablation) or (
-                    "--" if base in BASELINE_OF else "-")
-                ax.plot(xs[1:], ys[1:], style, color=colours[VARIANTS[base][0]], label=variant,
-                        lw=1.4)
-            ax.set(title=f"{name}, batch {b}", xlabel="epoch", ylabel="test accuracy %")
+                style = (":" if ablation == "λ=0" else "-." if ablation
+                         else "--" if base in BASELINE_OF else "-")
+                ax.plot(xs, ys, style, color=colours[VARIANTS[base][0]], label=variant, lw=1.4)
+            ax.set(title=f"{name}, batch {b}", xlabel="epoch", ylabel=ylabel, yscale=yscale)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"smallbatch-acc-{name}.png"
+        path = out / f"{stem}-{name}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_accuracy(curves: Curves, workloads: Sequence[str], batch_sizes: Sequence[int],
+                  out: Path) -> list[Path]:
+    """``out/smallbatch-acc-<workload>.png``: test accuracy against epochs, a panel per batch
+    (from the first evaluation after the start)."""
+    return plot_panels(curves, workloads, batch_sizes, out, stem="smallbatch-acc",
+                       ylabel="test accuracy %", skip_first=True)
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
