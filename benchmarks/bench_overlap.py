@@ -38,6 +38,14 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _publish(stem: str, md: list[str], images: list[str]) -> None:
+    """``results/<stem>.md``: the report's sections and its figures; printed too."""
+    md = [*md, "## Figures\n",
+          *[f"![{Path(i).stem}]({Path(i).relative_to(ROOT / 'results')})\n" for i in images]]
+    (ROOT / "results" / f"{stem}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
 def protocol_main(name: str, out: Path | None, replot: bool) -> None:
     import contextlib
     from collections.abc import Iterator
@@ -76,12 +84,8 @@ def protocol_main(name: str, out: Path | None, replot: bool) -> None:
         "Local SGD's / Overlap's (goal ≥ 1.3); `straggle_*`: with stragglers (p=0.1, s=3) / "
         "without.\n",
         _table(summary["goals"]),
-        "## Figures\n",
-        *[f"![{Path(i).stem}]({Path(i).relative_to(ROOT / 'results')})\n"
-          for i in summary["images"]],
     ]
-    (ROOT / "results" / f"overlap-{name}.md").write_text("\n".join(md))
-    print("\n".join(md))
+    _publish(f"overlap-{name}", md, summary["images"])
 
 
 def main() -> None:
@@ -120,12 +124,8 @@ def main() -> None:
         "`local_speedup`: their time per step / Overlap's (goals ≥ 1.6, ≥ 1.3); "
         "`straggle_*`: time per step with stragglers (p=0.1, s=3) / without.\n",
         _table(summary["goals"]),
-        "## Figures\n",
-        *[f"![{Path(p).stem}]({Path(p).relative_to(ROOT / 'results')})\n"
-          for p in summary["images"]],
     ]
-    (ROOT / "results" / f"overlap-summary{suffix}.md").write_text("\n".join(md))
-    print("\n".join(md))
+    _publish(f"overlap-summary{suffix}", md, summary["images"])
 
 
 if __name__ == "__main__":
