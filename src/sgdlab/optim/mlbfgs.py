@@ -431,8 +431,6 @@ class MLBFGS(BlockStateOptimizer):
             torch._foreach_mul_(params, 1.0 - lr * wd)
         torch._foreach_add_(params, dirs, alpha=-lr)
 
-    # -- state ---------------------------------------------------------------------------------
-
     # -- directions ----------------------------------------------------------------------------
 
     def _local_records(self, grads: list[Tensor], curvature: bool) -> dict[int, Tensor]:
