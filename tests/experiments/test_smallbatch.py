@@ -55,10 +55,24 @@ def test_split_keeps_the_test_set_and_holds_out_validation() -> None:
         split_workload(w, w.num_train, 1)
 
 
+def test_split_scores_on_a_fixed_test_subset_when_asked() -> None:
+    w = get_workload(WL)
+    _, final = split_workload(w, 200, 100, test=50)
+    assert len(final.y_test) == 50 and final.train_eval_size == 50
+    rows = [tuple(r.tolist()) for r in w.x_test]  # type: ignore[union-attr]
+    picked = {tuple(r.tolist()) for r in final.x_test}  # type: ignore[union-attr]
+    assert picked <= set(rows) and len(picked) == 50
+    _, again = split_workload(w, 200, 100, test=50)
+    assert torch.equal(again.x_test, final.x_test)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="test 100000 exceeds"):
+        split_workload(w, 200, 100, test=100_000)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"subset": 0}, "invalid subset"),
+        ({"test": -1}, "invalid test"),
         ({"batch_sizes": (8, 10_000)}, "invalid batch size"),
         ({"lams": ()}, "invalid lams"),
         ({"lams": (-1.0,)}, "invalid lam"),

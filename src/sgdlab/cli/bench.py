@@ -88,8 +88,8 @@ def _register_smallbatch() -> None:
         app, "smallbatch",
         "Prox-SGD/prox-Adam against SGD/Adam at small batches, tuned on an equal budget.", [
             *options.from_config(SmallBatchPlan, "workloads", "batch_sizes", "subset",
-                                 "validation", "epochs", "seeds", "lams", "ablate_batch_sizes",
-                                 "protocol"),
+                                 "validation", "test", "epochs", "seeds", "lams",
+                                 "ablate_batch_sizes", "protocol"),
             options.param("ctx", typer.Context),
             options.param("db", DbOption, DEFAULT_DB),
             options.param("out", Annotated[Path, typer.Option(

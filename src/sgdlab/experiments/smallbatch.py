@@ -101,21 +101,32 @@ def mean_decay(window: int, epoch_steps: int | None) -> float:
     return sum(1.0 / (t % window + 1) for t in steps) / len(steps)
 
 
-def split_workload(workload: Workload, subset: int, validation: int) -> tuple[Workload, Workload]:
+def split_workload(
+    workload: Workload, subset: int, validation: int, test: int = 0
+) -> tuple[Workload, Workload]:
     """``(tuning, final)``: both train on the same seeded ``subset`` of the training samples;
-    the first evaluates on ``validation`` other training samples, the second on the test set."""
+    the first evaluates on ``validation`` other training samples, the second on the test set,
+    or on a fixed seeded subset of ``test`` of its samples (and then the training loss on
+    ``test`` training samples, not 1,000: an evaluation of a CNN costs more than its epoch)."""
     if subset + validation > workload.num_train:
         raise ConfigError(
             f"subset {subset} + validation {validation} exceed the {workload.num_train} "
             f"training samples of {workload.name!r}"
         )
+    if test > len(workload.y_test):
+        raise ConfigError(f"test {test} exceeds the {len(workload.y_test)} test samples of "
+                          f"{workload.name!r}")
     perm = torch.randperm(workload.num_train, generator=torch.Generator().manual_seed(0))
     train_idx, val_idx = perm[:subset], perm[subset : subset + validation]
     x, y = workload.x_train, workload.y_train
-    if not isinstance(x, torch.Tensor):
+    if not isinstance(x, torch.Tensor) or not isinstance(workload.x_test, torch.Tensor):
         raise ConfigError(f"workload {workload.name!r}: smallbatch needs dense features")
-    eval_size = min(subset, 1000)
+    eval_size = min(subset, test or 1000)
     final = replace(workload, x_train=x[train_idx], y_train=y[train_idx], train_eval_size=eval_size)
+    if test:
+        gen = torch.Generator().manual_seed(1)
+        test_idx = torch.randperm(len(workload.y_test), generator=gen)[:test]
+        final = replace(final, x_test=workload.x_test[test_idx], y_test=workload.y_test[test_idx])
     tuning = replace(final, x_test=x[val_idx], y_test=y[val_idx])
     return tuning, final
 
@@ -145,7 +156,7 @@ def run_smallbatch(
     )
     for name in plan.workloads:
         loaded = (workloads or {}).get(name) or get_workload(name)
-        tuning, final = split_workload(loaded, plan.subset, plan.validation)
+        tuning, final = split_workload(loaded, plan.subset, plan.validation, plan.test)
         for b in plan.batch_sizes:
             for variant in VARIANTS:
                 bench.cell(tuning, final, b, variant)

@@ -70,6 +70,9 @@ class SmallBatchPlan:
     subset: int = field(default=2000, metadata=option("Training samples (a fixed seeded subset)."))
     validation: int = field(default=1000,
                             metadata=option("Held-out training samples for tuning."))
+    test: int = field(default=0, metadata=option(
+        "Test samples scoring the final runs, a fixed seeded subset; the training loss is then "
+        "evaluated on as many training samples (0: the whole test set, and 1,000)."))
     epochs: int = field(default=2, metadata=option("Epochs at every batch size."))
     seeds: int = field(default=3, metadata=option("Final seeds per variant (1..N)."))
     lams: tuple[float, ...] = field(default=(1e-2, 1e-1), metadata=option(
@@ -90,6 +93,8 @@ class SmallBatchPlan:
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"invalid protocol {self.protocol!r}; choose quick or authors")
+        if self.test < 0:
+            raise ConfigError(f"invalid test: {self.test} (0 for the whole test set, or >= 1)")
         for name in ("subset", "validation", "epochs", "seeds", "threads", "bins_per_epoch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name}: {getattr(self, name)} (must be >= 1)")

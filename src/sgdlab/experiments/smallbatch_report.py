@@ -174,10 +174,11 @@ def markdown(
     records: Sequence[Record] = (),
 ) -> str:
     """The results table as Markdown, with the scale it ran at, then every tuning trial."""
+    scored = f"a seeded subset of {plan.test} test samples" if plan.test else "the full test set"
     lines = [
         f"Suite `{tag}`: {plan.subset} training samples (seeded subset), {plan.epochs} epochs, "
         f"tuned on seed 0 against {plan.validation} validation samples, then seeds "
-        f"1..{plan.seeds} on the full test set; lams tried {list(plan.lams)}; protocol "
+        f"1..{plan.seeds} on {scored}; lams tried {list(plan.lams)}; protocol "
         f"{plan.protocol}. `test acc %` is mean ± sample std, `mean ± se` its standard error.",
         "",
         "| " + " | ".join(_COLUMNS) + " |",
