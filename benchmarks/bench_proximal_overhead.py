@@ -8,7 +8,10 @@ range, the median time inside ``step()`` alone, and the median over repeats of t
 bare optimizer measured in the same repeat (goal: <= 1.1x for the whole training step). The
 ``foreach`` rows force the multi-tensor kernels that the CPU default (``foreach=None``) skips;
 the ``wd`` rows give every optimizer weight decay 1e-4 (the authors' protocol), into which the
-wrapper folds its term (one pass instead of two; ``2-pass``: the same without the fold).
+wrapper folds its term (one pass instead of two; ``2-pass``: the same without the fold;
+``lam=0``: the wrapper's bookkeeping and in-window lr scaling without the term); the
+``fused`` rows use torch's fused CPU kernels (``fused=True``) for the inner optimizer and for
+the baseline alike (one kernel reads g, p and the state and writes p and the state).
 
 ``--params N`` times ``step()`` alone on N parameters (four tensors), SGD-momentum and Adam
 with weight decay beside their prox variants, and a ``copy_`` of the same tensors: the bytes
@@ -53,8 +56,14 @@ def _variants(lam: float, window: int) -> dict[str, tuple[str, Variant]]:
     def adam_wd(p: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return adam(p, 1e-4)
 
+    def sgd_wd_fused(p: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4, fused=True)
+
+    def adam_wd_fused(p: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4, fused=True)
+
     def prox(inner: Variant, **kw: Any) -> Variant:
-        return lambda p: Proximal(inner(p), lam=lam, window=window, **kw)
+        return lambda p: Proximal(inner(p), **{"lam": lam, "window": window, **kw})
 
     return {
         "sgd": ("sgd", sgd),
@@ -67,9 +76,14 @@ def _variants(lam: float, window: int) -> dict[str, tuple[str, Variant]]:
         "prox-adam decoupled": ("adam", prox(adam, coupled=False)),
         "sgd wd": ("sgd wd", sgd_wd),
         "prox-sgd wd": ("sgd wd", prox(sgd_wd)),
+        "prox-sgd wd lam=0": ("sgd wd", prox(sgd_wd, lam=0.0)),
         "prox-sgd wd 2-pass": ("sgd wd", prox(sgd_wd_unfolded)),
         "adam wd": ("adam wd", adam_wd),
         "prox-adam wd": ("adam wd", prox(adam_wd)),
+        "sgd wd fused": ("sgd wd fused", sgd_wd_fused),
+        "prox-sgd wd fused": ("sgd wd fused", prox(sgd_wd_fused)),
+        "adam wd fused": ("adam wd fused", adam_wd_fused),
+        "prox-adam wd fused": ("adam wd fused", prox(adam_wd_fused)),
     }
 
 

@@ -159,18 +159,21 @@ class _Adam(torch.optim.Adam):
     """As _SGD."""
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("maximize", [False, True])
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_term_folded_into_weight_decay_matches_the_two_pass_term(name: str, maximize: bool,
-                                                                 foreach: bool) -> None:
+                                                                 foreach: bool,
+                                                                 fused: bool) -> None:
     def build(params: list[torch.nn.Parameter], plain: bool) -> Proximal:
         if name == "sgd":
             cls: Any = _SGD if plain else torch.optim.SGD
-            inner = cls(params, lr=0.05, momentum=0.9, weight_decay=0.01, maximize=maximize)
+            inner = cls(params, lr=0.05, momentum=0.9, weight_decay=0.01, maximize=maximize,
+                        fused=fused)
         else:
             cls = _Adam if plain else torch.optim.Adam
-            inner = cls(params, lr=0.01, weight_decay=0.01, maximize=maximize)
+            inner = cls(params, lr=0.01, weight_decay=0.01, maximize=maximize, fused=fused)
         return Proximal(inner, lam=0.3, window=4, foreach=foreach)
 
     folded, two_pass = [_param()], [_param()]
