@@ -146,6 +146,29 @@ def test_one_step_fires_the_global_hooks_once(inner: str, closure: bool) -> None
         assert optimizer is (opt.inner if name.startswith("inner") else opt)
 
 
+def test_the_inner_step_is_labelled_only_while_a_profiler_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    params = _params()
+    opt = make_proximal("sgd", params, lam=0.3, window=3, lr=0.05)
+    _train(opt, params, range(2))
+    labels: list[str] = []
+    real = torch.autograd.profiler.record_function
+
+    def counting(name: str, *args: Any) -> Any:
+        if name.startswith("Optimizer.step#"):  # not zero_grad's
+            labels.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", counting)
+    _train(opt, params, range(2, 4))  # k = 2, 0: with and without the coupled term
+    assert labels == ["Optimizer.step#Proximal.step"] * 2  # torch's own label, not ours
+    labels.clear()
+    with torch.profiler.profile() as prof:
+        _train(opt, params, range(4, 5))
+    assert labels == ["Optimizer.step#Proximal.step", "Optimizer.step#SGD.step"]
+    assert "Optimizer.step#SGD.step" in {event.name for event in prof.events()}
+
+
 def test_an_inner_pre_hook_may_replace_the_closure() -> None:
     """The inner's own hooks run as torch runs them: a pre-hook's (args, kwargs) are used."""
     params = _params()
