@@ -7,11 +7,13 @@ Run (about ten minutes on two cores; the lock keeps two benchmarks from overlapp
 The same as ``sgdlab bench overlap --grid small --out benchmarks/results/overlap``, plus the
 markdown summary written to ``benchmarks/results/overlap.md``.
 
-``--protocol paper`` (or ``paper-scaled``) runs :mod:`sgdlab.experiments.overlap_paper` on a
-real 4-host testbed instead (root) and writes ``benchmarks/results/overlap-<protocol>.md``::
+``--protocol paper`` (or ``paper-scaled``, ``paper-scaled2``) runs
+:mod:`sgdlab.experiments.overlap_paper` on a real 4-host testbed instead (root) and writes
+``benchmarks/results/overlap-<protocol>.md``; ``--seeds`` runs only those seeds and merges
+them into the earlier ones' results, so a long protocol runs a seed per invocation::
 
-    flock /tmp/sgdlab-bench.lock env PYTHONPATH=src python benchmarks/bench_overlap.py \
-        --protocol paper-scaled
+    for seed in 0 1 2; do flock /tmp/sgdlab-bench.lock env PYTHONPATH=src \
+        python benchmarks/bench_overlap.py --protocol paper-scaled2 --seeds $seed; done
 """
 
 from __future__ import annotations
@@ -46,7 +48,24 @@ def _publish(stem: str, md: list[str], images: list[str]) -> None:
     print("\n".join(md))
 
 
-def protocol_main(name: str, out: Path | None, replot: bool) -> None:
+def _probes(summary: dict[str, Any], world_size: int) -> str:
+    if "probes" not in summary:  # a run from before the probe moved onto the testbed
+        return (f"Compute-only step with {world_size} ranks here: {summary['step_ms']:.1f} ms; "
+                f"model {summary['model_bytes'] / 1e6:.3f} MB; tbf rate per τ (Mbit/s): "
+                f"{ {t: round(r) for t, r in summary['links_mbit'].items()} }.\n")
+    rows = [{"seeds": ",".join(map(str, q["seeds"])), "tau": q["tau"],
+             "compute-only step ms": f"{q['compute_only_ms']:.1f}",
+             "first link Mbit/s": f"{q['first_mbit']:.0f}",
+             "Overlap's compute ms/step on it": f"{q['overlap_compute_ms']:.1f}",
+             "link Mbit/s": f"{q['mbit']:.0f}"} for q in summary["probes"]]
+    return (f"The link per invocation and τ (model {summary['model_bytes'] / 1e6:.3f} MB), "
+            f"sized on the {world_size} testbed hosts: a compute-only step (after its warm-up) "
+            "sizes a first link, on which Overlap's own compute per step sizes the link so "
+            "one all-reduce takes τ of Overlap's steps.\n\n" + _table(rows))
+
+
+def protocol_main(name: str, out: Path | None, replot: bool,
+                  seeds: tuple[int, ...] | None) -> None:
     import contextlib
     from collections.abc import Iterator
 
@@ -66,15 +85,15 @@ def protocol_main(name: str, out: Path | None, replot: bool) -> None:
             with Testbed.up(p.world_size, int(rate_bps), name="paper", burst=burst) as tb:
                 yield tb.launch_options(p.world_size)
 
-        summary = run_protocol(name, link, out)
+        summary = run_protocol(name, link, out, seeds=seeds)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     md = [
         f"Protocol `{name}` ({p.note}): {summary['plan']}\n",
-        f"Ran {(time.time() - t0) / 60:.1f} min; load before {load_before[0]:.2f} "
+        f"{'This invocation (seeds ' + ','.join(map(str, seeds)) + ')' if seeds else 'Ran'} "
+        f"{'ran ' if seeds else ''}{(time.time() - t0) / 60:.1f} min; load before "
+        f"{load_before[0]:.2f} "
         f"(`uptime` after: {uptime}).\n",
-        f"Compute-only step with {p.world_size} ranks here: {summary['step_ms']:.1f} ms; "
-        f"model {summary['model_bytes'] / 1e6:.3f} MB; tbf rate per τ (Mbit/s): "
-        f"{ {t: round(r) for t, r in summary['links_mbit'].items()} }.\n",
+        _probes(summary, p.world_size),
         f"## Per configuration (median [min, max] over runs; target {p.target})\n",
         _table(summary["table"]),
         "## Time to target: each baseline's over Overlap's, per seed\n",
@@ -91,13 +110,17 @@ def protocol_main(name: str, out: Path | None, replot: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default="small", choices=sorted(GRIDS))
-    parser.add_argument("--protocol", default="", help="paper or paper-scaled (testbed, root)")
+    parser.add_argument("--protocol", default="",
+                        help="paper, paper-scaled or paper-scaled2 (testbed, root)")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated seeds of the protocol to run, merged into --out")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--replot", action="store_true",
                         help="redraw the figures and tables from <out>/results.json; run nothing")
     args = parser.parse_args()
     if args.protocol:
-        protocol_main(args.protocol, args.out, args.replot)
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip()) or None
+        protocol_main(args.protocol, args.out, args.replot, seeds)
         return
     suffix = "" if args.grid == "small" else f"-{args.grid}"
     args.out = args.out or ROOT / "results" / f"overlap{suffix}"

@@ -3,14 +3,22 @@ the link it sizes, and the time-to-target ratios it reports."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sgdlab.errors import ConfigError
 from sgdlab.experiments.overlap_paper import (
+    PROBE_RATE_BPS,
     PROTOCOLS,
     link_rate_bps,
     protocol_configs,
+    run_protocol,
+    steady_step_seconds,
     ttt_ratios,
 )
 
@@ -74,3 +82,73 @@ def test_every_curve_has_several_points() -> None:
     curves += [c for name in PROTOCOLS for c in protocol_configs(PROTOCOLS[name], 2)
                if c.tau < c.steps]
     assert curves and all(c.steps // c.eval_every >= 4 for c in curves)
+
+
+def test_the_probe_sizes_the_link_from_its_steady_steps_not_its_warm_up() -> None:
+    """The first scaled run's probe took the whole run's mean, warm-up included: its link was
+    sized for a slower step than the runs took, so an all-reduce cost ≈ 2.9 steps, not τ."""
+    warmup, steady = [0.9, 0.3], [0.04] * 30
+    walls = [sum((warmup + steady)[: i + 1]) for i in range(len(warmup + steady))]
+    losses = [(i + 1, w, 2.3) for i, w in enumerate(walls)]
+    step = steady_step_seconds(losses, warmup=len(warmup))
+    assert step == pytest.approx(0.04)
+    model_bytes, world, tau = 828_000.0, 4, 2
+    ring_s = (2 * (world - 1) / world * model_bytes * 8
+              / (link_rate_bps(model_bytes, world, tau, step) * 1448 / 1514))
+    assert ring_s == pytest.approx(tau * 0.04)  # τ of the steps the runs take
+    with pytest.raises(ValueError, match="Invalid probe"):
+        steady_step_seconds(losses[:2], warmup=2)
+
+
+def _fake_runs(configs: list[Any], launch_options: dict[str, Any] | None = None,
+               timeout_s: float = 0.0) -> list[dict[str, Any]]:
+    """What run_dist_many returns, without processes: steps of 40 ms after a slow first one,
+    of which Overlap computes 30 ms (the rest waiting)."""
+    runs = []
+    for c in configs:
+        walls = [0.5 + 0.04 * i for i in range(c.steps)]
+        compute = (0.03 if c.algo == "overlap" else 0.04) * c.steps
+        runs.append({**asdict(c), "launch": launch_options, "metric": "accuracy",
+                     "compute_seconds": compute, "ranks": [{"compute_seconds": compute}] * 4,
+                     "losses": [(i + 1, w, 1.0) for i, w in enumerate(walls)],
+                     "seconds_per_step": walls[-1] / c.steps,
+                     "evaluations": [{"step": c.steps, "wall_seconds": walls[-1],
+                                      "accuracy": 0.9}]})
+    return runs
+
+
+def test_the_probe_runs_on_the_testbed_and_seeds_merge_across_invocations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    from sgdlab.experiments import overlap_paper
+
+    links: list[float] = []
+
+    @contextlib.contextmanager
+    def link(rate: float, burst: int) -> Iterator[dict[str, Any]]:
+        links.append(rate)
+        yield {"testbed": rate}
+
+    monkeypatch.setattr(overlap_paper, "run_dist_many", _fake_runs)
+    monkeypatch.setattr(overlap_paper, "averaged_bytes", lambda workload: 828_000)
+    monkeypatch.setattr(overlap_paper, "protocol_report", lambda results, p, out: {})
+    name, p = "paper-scaled2", PROTOCOLS["paper-scaled2"]
+    run_protocol(name, link, tmp_path, log=lambda _: None, seeds=(0,))
+    # On the testbed's own hosts: a compute-only probe's steady 40 ms sizes a first link, on
+    # which Overlap's own 30 ms of compute per step sizes the link the runs use.
+    assert links == [PROBE_RATE_BPS, pytest.approx(link_rate_bps(828_000, 4, 2, 0.04)),
+                     pytest.approx(link_rate_bps(828_000, 4, 2, 0.03))]
+    first = json.loads((tmp_path / "results.json").read_text())
+    assert {r["seed"] for r in first} == {0} and all(r["launch"] == {"testbed": links[2]}
+                                                    for r in first)
+    assert all("losses" not in r for r in first)
+    summary = run_protocol(name, link, tmp_path, log=lambda _: None, seeds=(1, 0))
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["seed"] for r in merged) == sorted([0, 1] * len(first))
+    assert [q["seeds"] for q in summary["probes"]] == [[1, 0]]  # seed 0's first probe replaced
+    run_protocol(name, link, tmp_path, log=lambda _: None, seeds=(2,))
+    assert len(json.loads((tmp_path / "results.json").read_text())) == 3 * len(first)
+    assert len(first) == 2 * len(p.partitions)  # Local SGD and Overlap
+    with pytest.raises(ConfigError, match="holds results of protocol 'paper-scaled2'"):
+        run_protocol("paper-scaled", link, tmp_path, log=lambda _: None, seeds=(0,))

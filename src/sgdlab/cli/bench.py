@@ -36,7 +36,7 @@ def _bench_quick(cfg: QuickBenchConfig, json_: bool) -> None:
 def _bench_overlap(cfg: OverlapBenchConfig, json_: bool) -> None:
     """Overlap Local-SGD against sync, Local SGD, EASGD and CoCoD-SGD under injected delay."""
     if cfg.protocol:
-        summary = _overlap_protocol(cfg.protocol, cfg.out, json_)
+        summary = _overlap_protocol(cfg.protocol, cfg.out, json_, cfg.seeds or None)
     else:
         from sgdlab.experiments.overlap import overlap_benchmark
 
@@ -45,9 +45,10 @@ def _bench_overlap(cfg: OverlapBenchConfig, json_: bool) -> None:
         emit_json(summary)
 
 
-def _overlap_protocol(protocol: str, out: Path, quiet: bool) -> dict[str, Any]:
+def _overlap_protocol(protocol: str, out: Path, quiet: bool,
+                      seeds: tuple[int, ...] | None) -> dict[str, Any]:
     """``--protocol``: the runs of :mod:`sgdlab.experiments.overlap_paper` on a testbed of one
-    host per rank, brought up at each τ's rate and down after it."""
+    host per rank, brought up at each τ's rate (and for each probe) and down after it."""
     import contextlib
     from collections.abc import Iterator
 
@@ -66,7 +67,8 @@ def _overlap_protocol(protocol: str, out: Path, quiet: bool) -> dict[str, Any]:
         with Testbed.up(hosts, int(rate_bps), name="paper", burst=burst) as tb:
             yield tb.launch_options(hosts)
 
-    return run_protocol(protocol, link, out, log=(lambda _: None) if quiet else print)
+    return run_protocol(protocol, link, out, log=(lambda _: None) if quiet else print,
+                        seeds=seeds)
 
 
 def _bench_smallbatch(*, ctx: typer.Context, db: Path, out: Path, json_: bool,

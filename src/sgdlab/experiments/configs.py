@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sgdlab.experiments.smallbatch_plan import parse_list
 from sgdlab.run.config import option
 from sgdlab.run.store import DEFAULT_DB
 
@@ -32,7 +33,11 @@ class OverlapBenchConfig:
                       metadata=option("Folder for the figures and the table."))
     grid: str = field(default="small", metadata=option("small (about 10 minutes here) or full."))
     protocol: str = field(default="", metadata=option(
-        "paper or paper-scaled: W=4 on a real testbed (root), not --grid."))
+        "paper, paper-scaled or paper-scaled2: W=4 on a real testbed (root), not --grid."))
+    seeds: tuple[int, ...] = field(default=(), metadata=option(
+        "Comma-separated seeds of --protocol to run, merged into --out's earlier results "
+        "('' for all of the protocol's).", cli_type=str, cli_default="",
+        parse=lambda text: parse_list(text, int, "seeds") if text.strip() else ()))
 
 
 @dataclass(kw_only=True)
