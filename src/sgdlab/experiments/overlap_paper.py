@@ -81,6 +81,10 @@ GSO_BURST_BYTES = 96 * 1024
 # The probe's testbed: it only computes (one 0.8 MB average at its end), so its rate hardly
 # matters; fast enough that the final average costs nothing measured.
 PROBE_RATE_BPS = 1e9
+# Rank 0 evaluates a run's snapshots after its last step (off the clock) while the other ranks
+# already wait in the next run's first collective: dozens of evaluations on shared cores take
+# longer than the default 60 s, which would read as a stalled peer.
+COLLECTIVE_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -121,10 +125,10 @@ PROTOCOLS = {
     # time to it; only Overlap and blocking Local SGD, no stragglers, and no long compute-only
     # run (the link's sizing records a short one; the goal is against Overlap's own compute):
     # three seeds in about 20 minutes of two shared cores, a seed per invocation.
-    "paper-scaled2": PaperProtocol(taus=(2,), steps=800, eval_every=25, eval_samples=2000,
+    "paper-scaled2": PaperProtocol(taus=(2,), steps=600, eval_every=30, eval_samples=1000,
                                    algos=("local", "overlap"), stragglers=False,
-                                   compute_only=False,
-                                   note="scaled: tau 2, 800 steps, Overlap and Local SGD"),
+                                   compute_only=False, probe_steps=40,
+                                   note="scaled: tau 2, 600 steps, Overlap and Local SGD"),
 }
 
 
@@ -163,7 +167,8 @@ def protocol_configs(p: PaperProtocol, tau: int) -> list[DistConfig]:
                 algo="local", world_size=p.world_size, workload=p.workload, lr=p.lr,
                 batch_size=p.batch_size, steps=p.steps, seed=seed, partition=part,
                 eval_every=p.eval_every, eval_samples=p.eval_samples, alpha=p.alpha,
-                optimizer_options={"momentum": p.momentum, "nesterov": True})
+                optimizer_options={"momentum": p.momentum, "nesterov": True},
+                collective_timeout_s=COLLECTIVE_TIMEOUT_S)
             if p.compute_only:
                 configs.append(replace(base, tau=p.steps, eval_every=p.steps))
             for algo in p.algos:
