@@ -26,7 +26,7 @@ class TestbedConfig:
     rate: str = field(default=_UP["rate"].default,
                       metadata=option("Link rate, tc bit units: 200mbit, 1gbit; none."))
     burst: int | None = field(default=_UP["burst"].default,
-                              metadata=option("tbf bucket, bytes (default: 1 ms, >= 32 KiB)."))
+                              metadata=option("tbf bucket, bytes (default: 1 ms, >= 96 KiB)."))
     latency_ms: float = field(default=_UP["latency_ms"].default,
                               metadata=option("tbf queue bound, ms."))
     # Testbed.up's limit_ingress, turned round: the flag says what it changes.

@@ -26,6 +26,11 @@ _NAME_RE = re.compile(r"[a-z0-9]{1,10}")
 _RATE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*")
 _RATE_UNITS = {"": 1, "bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 _FRAME, _MSS = 1514, 1448  # Ethernet frame of a full TCP segment and its payload (MTU 1500)
+# One GSO packet: TCP hands the veth up to 64 KiB of payload at once, which leaves as 46 frames
+# of at most 1514 bytes (about 67.6 KB on the wire); tbf cuts in software any packet larger
+# than its bucket. 96 KiB holds one whole, with room.
+GSO_PACKET_BYTES = 64 * 1024 + math.ceil(64 * 1024 / _MSS) * (_FRAME - _MSS)
+MIN_BURST = 96 * 1024
 
 
 
@@ -89,14 +94,24 @@ def parse_rate(rate: str | int | None) -> int | None:
 
 
 def default_burst(rate_bps: int | None) -> int:
-    """tbf bucket size: 1 ms of the rate, at least 32 KiB (so a full GSO segment fits).
+    """tbf bucket size: 1 ms of the rate, at least 96 KiB (:data:`MIN_BURST`).
+
+    At least one whole GSO packet (:data:`GSO_PACKET_BYTES`), so tbf passes TCP's 64 KiB
+    packets whole, as a NIC's segmentation offload (TSO) would. With a smaller bucket tbf cuts
+    each into 1514-byte frames in software (``tbf_segment``), and the frames cross the bridge
+    and the receiver's stack one by one, on the cores that also compute: 9.7 ms of system time
+    and ≈ 17 ms of softirq per 0.8 MB all-reduce with the old 32 KiB default, ≈ 6× and ≈ 13×
+    less with a bucket above a GSO packet (``benchmarks/results/overlap-cpu.md``). The price:
+    after an idle spell up to the bucket passes at line speed, so a transfer of N bytes takes
+    ``8 (N - b) / r`` rather than ``8 N / r`` (96 KiB is 4 ms at 200 Mbit/s); a smaller
+    ``burst`` stays available for short messages at low rates.
 
     >>> default_burst(200_000_000), default_burst(1_000_000_000)
-    (32768, 125000)
+    (98304, 125000)
     """
     if rate_bps is None:
-        return 32 * 1024
-    return max(32 * 1024, math.ceil(rate_bps / 8 * 1e-3))
+        return MIN_BURST
+    return max(MIN_BURST, math.ceil(rate_bps / 8 * 1e-3))
 
 
 def tcp_goodput(rate_bps: int) -> float:

@@ -22,8 +22,9 @@ any process still inside them).
 Rate (``tc qdisc ... tbf rate r burst b latency L``): a bucket of b bytes is refilled at r/8
 bytes per second and a frame leaves only if the bucket holds its size, so over any interval of
 T seconds at most ``b + r T / 8`` bytes pass: a transfer of N bytes takes at least
-``(8 N - 8 b) / r``; with the default ``b = max(32 KiB, 1 ms of r)`` that is 0.1-0.2 % of a
-1-second transfer. tbf counts whole Ethernet frames (IP packet + 14-byte header); a TCP segment
+``(8 N - 8 b) / r``; with the default ``b = max(96 KiB, 1 ms of r)`` (at least one whole GSO
+packet, see :func:`~sgdlab.testbed.links.default_burst`) that is 0.1-0.8 % of a 1-second
+transfer. tbf counts whole Ethernet frames (IP packet + 14-byte header); a TCP segment
 of MSS 1448 (MTU 1500 - 20 IP - 20 TCP - 12 timestamp option) is a 1514-byte frame, so TCP
 goodput is ``r * 1448 / 1514`` (about 0.956 r), see :func:`tcp_goodput`. ``latency`` L bounds
 the queue: tbf holds at most ``r L / 8 + b`` bytes and drops what would wait longer. Both
