@@ -15,6 +15,7 @@ from sgdlab.errors import ConfigError
 from sgdlab.experiments.overlap_paper import (
     PROBE_RATE_BPS,
     PROTOCOLS,
+    calibrated_rate_bps,
     link_rate_bps,
     protocol_configs,
     run_protocol,
@@ -100,16 +101,38 @@ def test_the_probe_sizes_the_link_from_its_steady_steps_not_its_warm_up() -> Non
         steady_step_seconds(losses[:2], warmup=2)
 
 
+def _allreduce_seconds(rate_bps: float, overhead_s: float, model_bytes: float, world: int,
+                       ) -> float:
+    """A ring all-reduce on a tbf link: gloo's fixed overhead plus the bytes at goodput."""
+    return overhead_s + 2 * (world - 1) / world * model_bytes * 8 / (rate_bps * 1448 / 1514)
+
+
+def test_the_calibrated_link_makes_the_whole_all_reduce_take_tau_steps() -> None:
+    """Sizing for the ring's bytes alone leaves gloo's overhead exposed: in the second scaled
+    run the all-reduce took 1.05-1.15x its bytes' time."""
+    model_bytes, world, tau, step, overhead = 828_000.0, 4, 2, 0.035, 0.012
+    first = link_rate_bps(model_bytes, world, tau, 0.049)
+    measured = _allreduce_seconds(first, overhead, model_bytes, world)
+    rate = calibrated_rate_bps(model_bytes, world, tau, step, measured, first)
+    assert _allreduce_seconds(rate, overhead, model_bytes, world) == pytest.approx(tau * step)
+    bytes_only = link_rate_bps(model_bytes, world, tau, step)
+    assert _allreduce_seconds(bytes_only, overhead, model_bytes, world) > 1.1 * tau * step
+    with pytest.warns(UserWarning, match="overhead"):  # an overhead no link can hide
+        calibrated_rate_bps(model_bytes, world, tau, step, 0.06 + measured, first)
+
+
 def _fake_runs(configs: list[Any], launch_options: dict[str, Any] | None = None,
                timeout_s: float = 0.0) -> list[dict[str, Any]]:
     """What run_dist_many returns, without processes: steps of 40 ms after a slow first one,
-    of which Overlap computes 30 ms (the rest waiting)."""
+    of which Overlap computes 30 ms (the rest waiting), its all-reduces taking 70 ms."""
     runs = []
     for c in configs:
         walls = [0.5 + 0.04 * i for i in range(c.steps)]
         compute = (0.03 if c.algo == "overlap" else 0.04) * c.steps
+        rounds = c.steps // c.tau
+        ranks = [{"compute_seconds": compute, "comm_seconds": 0.07 * (rounds - 1)}] * 4
         runs.append({**asdict(c), "launch": launch_options, "metric": "accuracy",
-                     "compute_seconds": compute, "ranks": [{"compute_seconds": compute}] * 4,
+                     "compute_seconds": compute, "ranks": ranks, "rounds": float(rounds),
                      "losses": [(i + 1, w, 1.0) for i, w in enumerate(walls)],
                      "seconds_per_step": walls[-1] / c.steps,
                      "evaluations": [{"step": c.steps, "wall_seconds": walls[-1],
@@ -136,9 +159,9 @@ def test_the_probe_runs_on_the_testbed_and_seeds_merge_across_invocations(
     name, p = "paper-scaled2", PROTOCOLS["paper-scaled2"]
     run_protocol(name, link, tmp_path, log=lambda _: None, seeds=(0,))
     # On the testbed's own hosts: a compute-only probe's steady 40 ms sizes a first link, on
-    # which Overlap's own 30 ms of compute per step sizes the link the runs use.
+    # which Overlap's own 30 ms of compute per step and 70 ms all-reduces size the runs' link.
     assert links == [PROBE_RATE_BPS, pytest.approx(link_rate_bps(828_000, 4, 2, 0.04)),
-                     pytest.approx(link_rate_bps(828_000, 4, 2, 0.03))]
+                     pytest.approx(calibrated_rate_bps(828_000, 4, 2, 0.03, 0.07, links[1]))]
     first = json.loads((tmp_path / "results.json").read_text())
     assert {r["seed"] for r in first} == {0} and all(r["launch"] == {"testbed": links[2]}
                                                     for r in first)

@@ -10,14 +10,18 @@ EASGD (α = 0.5/W), CoCoD-SGD and torch's own Local SGD (``torch-local``:
 with stragglers (p = 0.1, s = 3); and a compute-only run (one average at the very end).
 
 **The link is sized so one all-reduce costs about τ of Overlap's own local steps** (the compute
-that must hide it), measured on the testbed's own W hosts, in two short runs per τ
+that must hide it), measured on the testbed's own W hosts, in short runs per τ
 (:func:`size_link`):
 
 1. a compute-only run of ``probe_steps`` (one average at the very end, on a fast link) with
    the protocol's model, batch and optimizer gives the step time :math:`t_0`: the mean of its
    steps after the first ``probe_warmup`` (:func:`steady_step_seconds`);
-2. Overlap itself (α, β, τ of the protocol) runs ``probe_steps`` on the link sized from
-   :math:`t_0`, and its compute per step :math:`t`, averaged over the ranks, sizes the link.
+2. Overlap itself (α, β, τ of the protocol) runs ``probe_steps`` twice on the link sized from
+   :math:`t_0` (the first run pays the processes' warm-up); the second gives Overlap's compute
+   per step :math:`t` and its all-reduce's time :math:`c`, averaged over the ranks;
+3. what :math:`c` took beyond the ring's bytes at that rate is gloo's own overhead :math:`a`
+   (the ring's 2(W−1) phases, its CPU shared with the compute), and the link is sized so the
+   bytes take the rest of τ steps, :math:`\tau t - a` (:func:`calibrated_rate_bps`).
 
 Why not the compute-only step alone: with W = 4 ranks on two cores, a rank's step depends on
 what the other ranks do meanwhile. Compute-only, all four always want a core; with an
@@ -29,19 +33,21 @@ all-reduce took ≈ 2.9 steps instead of τ = 2 (``benchmarks/results/overlap-pa
 A ring all-reduce of :math:`n` bytes sends and receives :math:`2(W-1)n/W` bytes on every
 rank's link, at tbf's TCP goodput :math:`r \cdot 1448/1514`, so the rate for τ is
 
-.. math:: r_\tau = \frac{8 \cdot 2(W-1) n / W}{\tau\, t \cdot 1448/1514}.
+.. math:: r_\tau = \frac{8 \cdot 2(W-1) n / W}{(\tau\, t - a) \cdot 1448/1514}.
 
-gloo's own latency and CPU come on top: Overlap's all-reduce, its CPU shared with the compute,
-takes somewhat longer than the formula (which is the point of a real link). A link of a real
-network cannot be resized per run, so :math:`t` is measured once per τ and invocation, just
-before that τ's runs, and the machine's load may drift during them (the cores are shared);
-each invocation's sizing is recorded beside the results.
+The second scaled run sized the link from one Overlap probe of 40 steps, its whole mean for
+:math:`t` and :math:`a = 0`: Overlap then computed 9–25 % less per step in the runs than in
+that probe (whose mean held its processes' warm-up) and the all-reduce took 1.05–1.15× its
+bytes' time, so it took 2.4–2.8 steps, not 2
+(``benchmarks/results/overlap-paper-scaled2-notes.md``). A link of a real network cannot be
+resized per run, so :math:`t` is measured once per τ and invocation, just before that τ's
+runs, and the machine's load may drift during them (the cores are shared); each
+invocation's sizing is recorded beside the results.
 
 Each τ gets its own testbed at :math:`r_\tau`, and every algorithm (sync SGD too) runs on it.
-The tbf bucket is
-``burst_bytes`` (96 KiB, :data:`GSO_BURST_BYTES`), which lets up to that much through at once:
-at the τ = 2 link of about 100 Mbit/s an all-reduce carries 1.24 MB per link, so the bucket
-shortens it by under 8 %.
+The tbf bucket is ``burst_bytes`` (96 KiB, :data:`GSO_BURST_BYTES`), which lets up to that
+much through at once: at the τ = 2 link of about 100 Mbit/s an all-reduce carries 1.24 MB per
+link, so the bucket shortens it by under 8 % (the calibration's :math:`a` includes that).
 
 **Seeds across invocations.** ``run_protocol(..., seeds=(1,))`` runs only those seeds of the
 protocol and merges them into ``out``'s earlier results of the same protocol (the runs of
@@ -59,6 +65,7 @@ import contextlib
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -146,6 +153,31 @@ def link_rate_bps(model_bytes: float, world_size: int, tau: int, step_seconds: f
     return 8 * ring_bytes / (tau * step_seconds) / TCP_PAYLOAD_SHARE
 
 
+def calibrated_rate_bps(model_bytes: float, world_size: int, tau: int, step_seconds: float,
+                        allreduce_seconds: float, at_rate_bps: float) -> float:
+    """The tbf rate at which the whole all-reduce, gloo's own overhead included, takes τ steps.
+
+    ``allreduce_seconds`` was measured at ``at_rate_bps``; what it took beyond the ring's bytes
+    at that rate's goodput is gloo's overhead (its ring's phases, its CPU), taken to be the same
+    at any rate, so the ring's bytes get the rest of the τ steps. If the overhead alone fills
+    more than half of them, the bytes get half, with a warning (no link can then hide it).
+
+    >>> bits = 8 * 2 * 3 / 4 * 1e6 / (1448 / 1514)  # W = 4, 1 MB: 1.5 MB per link
+    >>> rate = calibrated_rate_bps(1e6, 4, 2, 0.05, 0.020 + bits / 100e6, 100e6)
+    >>> round(0.020 + bits / rate, 6)  # overhead and bytes take 2 steps of 50 ms
+    0.1
+    """
+    ideal = link_rate_bps(model_bytes, world_size, 1, 1.0)  # bit/s for the ring in 1 s
+    overhead = allreduce_seconds - ideal / at_rate_bps
+    budget = tau * step_seconds - overhead
+    if budget < 0.5 * tau * step_seconds:
+        warnings.warn(f"the all-reduce's overhead ({overhead * 1e3:.1f} ms) fills over half of "
+                      f"tau={tau} steps of {step_seconds * 1e3:.1f} ms; sizing the link for "
+                      "the bytes to take the other half", stacklevel=2)
+        budget = 0.5 * tau * step_seconds
+    return ideal / budget
+
+
 def steady_step_seconds(losses: list[Any], warmup: int) -> float:
     """Mean seconds per step after the first ``warmup`` steps, from a run's per-step
     ``(step, wall_seconds, loss)`` records (rank 0's ``losses``): the steady-state step.
@@ -231,26 +263,34 @@ def run_protocol(name: str, link: Link, out: Path, log: Callable[[str], None] = 
 
 
 def size_link(p: PaperProtocol, link: Link, tau: int, model_bytes: float) -> dict[str, Any]:
-    """τ's link rate from two short runs on the testbed's hosts (see the module docstring): a
-    compute-only run's steady step sizes a first link, on which Overlap's own compute per
-    step sizes the link the protocol runs on."""
+    """τ's link rate from short runs on the testbed's hosts (see the module docstring): a
+    compute-only run's steady step sizes a first link, on which Overlap's own steady compute
+    per step and its all-reduce's measured time size the link the protocol runs on."""
     base = DistConfig(
         algo="local", world_size=p.world_size, workload=p.workload, lr=p.lr,
         batch_size=p.batch_size, steps=p.probe_steps, tau=p.probe_steps,
         eval_every=p.probe_steps, eval_samples=100, alpha=p.alpha,
-        optimizer_options={"momentum": p.momentum, "nesterov": True})
+        optimizer_options={"momentum": p.momentum, "nesterov": True},
+        collective_timeout_s=COLLECTIVE_TIMEOUT_S)
     with link(PROBE_RATE_BPS, p.burst_bytes) as launch_options:
         compute_only = run_dist_many([base], launch_options)[0]
     t0 = steady_step_seconds(compute_only["losses"], p.probe_warmup)
     first = link_rate_bps(model_bytes, p.world_size, tau, t0)
+    overlap_probe = replace(base, algo="overlap", tau=tau, anchor_momentum=p.anchor_momentum)
     with link(first, p.burst_bytes) as launch_options:
-        overlap = run_dist_many([replace(base, algo="overlap", tau=tau,
-                                         anchor_momentum=p.anchor_momentum)], launch_options)[0]
+        # Twice in the same processes: the first pays the processes' warm-up, the second is
+        # measured (compute_seconds has no per-step record to drop warm-up steps from).
+        overlap = run_dist_many([overlap_probe, overlap_probe], launch_options)[1]
     t = statistics.fmean(r["compute_seconds"] for r in overlap["ranks"]) / p.probe_steps
-    rate = link_rate_bps(model_bytes, p.world_size, tau, t)
+    # Overlap's last all-reduce is still in flight when the steps end (synchronize completes
+    # it, outside the rounds), so the rounds hold one completed all-reduce fewer than rounds.
+    allreduce = statistics.fmean(r["comm_seconds"] for r in overlap["ranks"]) / max(
+        1.0, overlap["rounds"] - 1)
+    rate = calibrated_rate_bps(model_bytes, p.world_size, tau, t, allreduce, first)
     return {"tau": tau, "compute_only_ms": t0 * 1e3,
             "compute_only_whole_run_ms": compute_only["seconds_per_step"] * 1e3,
             "first_mbit": first / 1e6, "overlap_compute_ms": t * 1e3,
+            "overlap_allreduce_ms": allreduce * 1e3,
             "overlap_wall_ms": overlap["seconds_per_step"] * 1e3, "mbit": rate / 1e6}
 
 
