@@ -57,6 +57,8 @@ def _probes(summary: dict[str, Any], world_size: int) -> str:
              "compute-only step ms": f"{q['compute_only_ms']:.1f}",
              "first link Mbit/s": f"{q['first_mbit']:.0f}",
              "Overlap's compute ms/step on it": f"{q['overlap_compute_ms']:.1f}",
+             "its all-reduce ms": f"{q['overlap_allreduce_ms']:.1f}"
+             if "overlap_allreduce_ms" in q else "not used",
              "link Mbit/s": f"{q['mbit']:.0f}"} for q in summary["probes"]]
     return (f"The link per invocation and τ (model {summary['model_bytes'] / 1e6:.3f} MB), "
             f"sized on the {world_size} testbed hosts: a compute-only step (after its warm-up) "
@@ -72,7 +74,8 @@ def protocol_main(name: str, out: Path | None, replot: bool,
     from sgdlab.experiments.overlap_paper import PROTOCOLS, protocol_report, run_protocol
     from sgdlab.testbed import Testbed
 
-    out = out or ROOT / "results" / f"overlap-{name}"
+    stem = out.name if out else f"overlap-{name}"  # the report beside its folder
+    out = out or ROOT / "results" / stem
     p = PROTOCOLS[name]
     load_before, t0 = os.getloadavg(), time.time()
     if replot:
@@ -104,7 +107,7 @@ def protocol_main(name: str, out: Path | None, replot: bool,
         "without.\n",
         _table(summary["goals"]),
     ]
-    _publish(f"overlap-{name}", md, summary["images"])
+    _publish(stem, md, summary["images"])
 
 
 def main() -> None:
