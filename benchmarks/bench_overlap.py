@@ -75,7 +75,7 @@ def protocol_main(name: str, out: Path | None, replot: bool,
     from sgdlab.testbed import Testbed
 
     stem = out.name if out else f"overlap-{name}"  # the report beside its folder
-    out = out or ROOT / "results" / stem
+    out = (out or ROOT / "results" / stem).resolve()  # the figures' links are relative to it
     p = PROTOCOLS[name]
     load_before, t0 = os.getloadavg(), time.time()
     if replot:
