@@ -39,7 +39,10 @@ The second scaled run sized the link from one Overlap probe of 40 steps, its who
 :math:`t` and :math:`a = 0`: Overlap then computed 9–25 % less per step in the runs than in
 that probe (whose mean held its processes' warm-up) and the all-reduce took 1.05–1.15× its
 bytes' time, so it took 2.4–2.8 steps, not 2
-(``benchmarks/results/overlap-paper-scaled2-notes.md``). A link of a real network cannot be
+(``benchmarks/results/overlap-paper-scaled2-notes.md``). The calibration assumes the overhead
+is the same at any rate; on two cores under four computing ranks it is not (a check at the
+calibrated 173 Mbit/s: 35–48 ms of overhead against 11 ms measured at 117 Mbit/s; the
+all-reduce is then bound by CPU, not by the link). A link of a real network cannot be
 resized per run, so :math:`t` is measured once per τ and invocation, just before that τ's
 runs, and the machine's load may drift during them (the cores are shared); each
 invocation's sizing is recorded beside the results.
