@@ -7,7 +7,7 @@ Run (about ten minutes on two cores; the lock keeps two benchmarks from overlapp
 The same as ``sgdlab bench overlap --grid small --out benchmarks/results/overlap``, plus the
 markdown summary written to ``benchmarks/results/overlap.md``.
 
-``--protocol paper`` (or ``paper-scaled``, ``paper-scaled2``) runs
+``--protocol paper`` (or ``paper-scaled``, ``paper-scaled2``, ``paper-scaled2-tau8``) runs
 :mod:`sgdlab.experiments.overlap_paper` on a real 4-host testbed instead (root) and writes
 ``benchmarks/results/overlap-<protocol>.md``; ``--seeds`` runs only those seeds and merges
 them into the earlier ones' results, so a long protocol runs a seed per invocation::
@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default="small", choices=sorted(GRIDS))
     parser.add_argument("--protocol", default="",
-                        help="paper, paper-scaled or paper-scaled2 (testbed, root)")
+                        help="paper, paper-scaled, paper-scaled2[-tau8] (testbed, root)")
     parser.add_argument("--seeds", default="",
                         help="comma-separated seeds of the protocol to run, merged into --out")
     parser.add_argument("--out", type=Path, default=None)
