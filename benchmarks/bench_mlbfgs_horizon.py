@@ -44,14 +44,15 @@ from typing import Any
 from torch.optim.lr_scheduler import LambdaLR
 
 from sgdlab.errors import DivergenceError
-from sgdlab.experiments.mlbfgs import CONTENDERS, _counted, lr_grid
-from sgdlab.experiments.mlbfgs_plan import Contender
+from sgdlab.experiments.mlbfgs import CONTENDERS, _bench_workload, _counted, lr_grid
+from sgdlab.experiments.mlbfgs_plan import Contender, WorkloadPlan
 from sgdlab.report.plots import plot_workload
 from sgdlab.report.scoring import spread
 from sgdlab.run.config import TrainConfig
+from sgdlab.run.loop import first_reaching
 from sgdlab.run.store import ResultStore
 from sgdlab.run.train import RunResult, SingleRun
-from sgdlab.workloads import Workload, get_workload
+from sgdlab.workloads import Workload
 
 WD = 5e-4  # the coupled weight decay of SGD-momentum and mL-BFGS
 HORIZON: dict[str, Contender] = {
@@ -146,18 +147,35 @@ def _median_inf(values: list[float | None]) -> float:
     return float(statistics.median([math.inf if v is None else v for v in values]))
 
 
-def row(w: Workload, trials: list[Trial]) -> dict[str, Any]:
+def to_level(w: Workload, t: Trial, level: float) -> tuple[float | None, float | None]:
+    """Epochs and training seconds of ``t`` at its first evaluation whose metric reached
+    ``level`` (``None, None``: never, or diverged)."""
+    first = None if t.result is None else first_reaching(t.result.evaluations, w.metric, level)
+    if first is None:
+        return None, None
+    return first["step"] * t.batch / w.num_train, first["train_seconds"]
+
+
+def row(w: Workload, trials: list[Trial], hard: float | None = None) -> dict[str, Any]:
     t0 = trials[0]
     res = [t.result for t in trials if t.result is not None]
     epochs = [None if t.result is None or t.result.step_to_target is None
               else t.result.step_to_target * t.batch / w.num_train for t in trials]
     seconds = [None if t.result is None else t.result.time_to_target for t in trials]
+    extra: dict[str, Any] = {}
+    if hard is not None:
+        e_h, s_h = zip(*(to_level(w, t, hard) for t in trials), strict=True)
+        extra = {"reached_hard": sum(e is not None for e in e_h),
+                 "epochs_to_hard": str(spread(e_h)), "seconds_to_hard": str(spread(s_h)),
+                 "median_epochs_hard": _median_inf(list(e_h)),
+                 "median_seconds_hard": _median_inf(list(s_h))}
     return {
         "contender": t0.contender, "lr": t0.lr, "batch": t0.batch, "steps": t0.steps,
         "runs": len(trials), "diverged": len(trials) - len(res),
         "reached": sum(e is not None for e in epochs),
         "epochs_to_target": str(spread(epochs)), "seconds_to_target": str(spread(seconds)),
         "median_epochs": _median_inf(epochs), "median_seconds": _median_inf(seconds),
+        **extra,
         "grad_evals_per_step": statistics.mean(t.evals / t.steps for t in trials),
         "ms_per_step": str(spread(1e3 * r.train_seconds / r.steps for r in res)),
         "test_accuracy": str(spread(r.metric_value for r in res)),
@@ -167,13 +185,14 @@ def row(w: Workload, trials: list[Trial]) -> dict[str, Any]:
     }
 
 
-def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def goals(rows: list[dict[str, Any]], suffix: str = "") -> dict[str, Any]:
+    """The two goals at the target (``suffix`` ``""``) or at the harder level (``"_hard"``)."""
     ours = next(r for r in rows if r["contender"] == "mlbfgs")
     others = [r for r in rows if not r["contender"].startswith("mlbfgs")]
-    best_e = min((r["median_epochs"] for r in others), default=math.inf)
-    best_s = min((r["median_seconds"] for r in others), default=math.inf)
-    e, s = ours["median_epochs"], ours["median_seconds"]
-    ratio = s / best_s if math.isfinite(s) and math.isfinite(best_s) else None
+    best_e = min((r["median_epochs" + suffix] for r in others), default=math.inf)
+    best_s = min((r["median_seconds" + suffix] for r in others), default=math.inf)
+    e, s = ours["median_epochs" + suffix], ours["median_seconds" + suffix]
+    ratio = s / best_s if math.isfinite(s) and math.isfinite(best_s) and best_s > 0 else None
     return {
         "mlbfgs_epochs": e, "best_baseline_epochs": best_e,
         "epochs_goal_met": math.isfinite(e) and e < best_e,
@@ -186,18 +205,30 @@ def markdown(summary: dict[str, Any]) -> str:
     keys = ["contender", "lr", "batch", "steps", "reached", "epochs_to_target",
             "seconds_to_target", "ms_per_step", "grad_evals_per_step", "test_accuracy",
             "test_loss", "final_objective"]
+    if summary.get("hard_target") is not None:
+        keys[7:7] = ["reached_hard", "epochs_to_hard", "seconds_to_hard"]
     lines = ["| " + " | ".join(k.replace("_", " ") for k in keys) + " |",
              "|" + "---|" * len(keys)]
     for r in summary["rows"]:
         cells = [f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
         cells[keys.index("reached")] = f"{r['reached']}/{r['runs']}"
+        if "reached_hard" in keys:
+            cells[keys.index("reached_hard")] = f"{r['reached_hard']}/{r['runs']}"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Tuning (seed 0): " + "; ".join(
         f"{t['contender']} lr={t['lr']}: step {t['step_to_target']}, "
         f"final {t['final_objective']}" + (" (chosen)" if t["chosen"] else "")
         for t in summary["tuning"])]
     lines += ["", "Goals: " + json.dumps(summary["goals"])]
+    if summary.get("hard_target") is not None:
+        lines += ["", f"Goals at the harder level {summary['hard_target']}: "
+                  + json.dumps(summary["goals_hard"])]
     return "\n".join(lines) + "\n"
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with its infinite floats as ``None`` (JSON has no infinity)."""
+    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -210,6 +241,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--evals", type=int, default=4, help="evaluations per epoch")
     p.add_argument("--target", type=float, default=None, help="default: the workload's own")
+    p.add_argument("--hard-target", type=float, default=None,
+                   help="also report epochs and seconds to this harder level, read from the "
+                        "same runs (tuning stays on --target)")
+    p.add_argument("--eval-test", type=int, default=None,
+                   help="evaluate on a fixed seeded subset of this many test samples")
+    p.add_argument("--eval-train", type=int, default=None,
+                   help="training objective on a fixed seeded subset of this many samples")
     p.add_argument("--warmup", type=float, default=0.05)
     p.add_argument("--milestones", default="0.5,0.75")
     p.add_argument("--gamma", type=float, default=0.1)
@@ -227,9 +265,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown or "mlbfgs" not in names:
         p.error(f"contenders: choose among {', '.join(HORIZON)}, mlbfgs included")
     factors = tuple(float(f) for f in args.lr_factors.split(","))
-    w = get_workload(args.workload)
-    if args.target is not None:
-        w = replace(w, target=args.target)
+    w = _bench_workload(args.workload, WorkloadPlan(
+        steps=1, eval_every=1, eval_train=args.eval_train, eval_test=args.eval_test,
+        target=args.target))  # the plan's steps and eval_every are not read here
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"mlbfgs-horizon-{time.strftime('%Y%m%dT%H%M%S')}"
     started = time.perf_counter()
@@ -243,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "final_objective": None if t.result is None else
                     float(f"{t.result.final_loss:.4g}")} for t in grid]
         trials = [best] + [run_one(args, w, c, best.lr, s, tag) for s in range(1, args.seeds)]
-        rows.append(row(w, trials))
+        rows.append(row(w, trials, args.hard_target))
         print(f"{name}: lr {best.lr}, epochs to target {rows[-1]['epochs_to_target']}, "
               f"seconds {rows[-1]['seconds_to_target']}", flush=True)
     ids = {i for r in rows for i in r["run_ids"]}
@@ -252,13 +290,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot = plot_workload(store, runs, args.out / f"mlbfgs-horizon-{w.name}.png")
     summary = {
         "suite": tag, "workload": w.name, "target": w.target, "epochs": args.epochs,
+        "hard_target": args.hard_target, "eval_test": len(w.y_test),
+        "eval_train": w.train_eval_size,
         "compute_seconds": time.perf_counter() - started, "plot": str(plot),
-        "rows": [{k: v for k, v in r.items() if not k.startswith("median")} | {
-            "median_epochs": None if math.isinf(r["median_epochs"]) else r["median_epochs"]}
-            for r in rows],
+        "rows": [{k: v for k, v in r.items() if not k.startswith("median")}
+                 | _finite({k: v for k, v in r.items() if k.startswith("median_epochs")})
+                 for r in rows],
         "tuning": tuning,
-        "goals": {k: (None if isinstance(v, float) and math.isinf(v) else v)
-                  for k, v in goals(rows).items()},
+        "goals": _finite(goals(rows)),
+        "goals_hard": None if args.hard_target is None else _finite(goals(rows, "_hard")),
     }
     (args.out / "summary.md").write_text(markdown(summary))
     print(markdown(summary))

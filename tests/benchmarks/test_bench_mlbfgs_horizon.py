@@ -70,3 +70,22 @@ def test_tiny_run(bench: ModuleType, tmp_path: Path) -> None:
     assert Path(summary["plot"]).stat().st_size > 0
     assert "epochs to target" in (tmp_path / "summary.md").read_text()
     assert set(summary["goals"]) >= {"epochs_goal_met", "time_goal_met", "time_ratio"}
+
+
+def test_harder_level_and_eval_subsets(bench: ModuleType, tmp_path: Path) -> None:
+    """A harder level is read from the same runs' evaluations: never sooner than the target
+    (level 0 at the evaluation before the first step, level 2 never); the evaluation subsets are
+    the sizes asked for."""
+    w = get_workload("logreg-breast-cancer")
+    common = ["--tiny", "--eval-test", "50", "--eval-train", "40"]
+    low = bench.main([*common, "--hard-target", "0", "--db", str(tmp_path / "a.db"),
+                      "--out", str(tmp_path / "a")])
+    assert (low["eval_test"], low["eval_train"]) == (50, 40) and len(w.y_test) > 50
+    for r in low["rows"]:
+        assert r["reached_hard"] == r["runs"]
+        assert r["median_epochs_hard"] == 0.0  # the runner evaluates before the first step
+    high = bench.main([*common, "--hard-target", "2", "--db", str(tmp_path / "b.db"),
+                       "--out", str(tmp_path / "b")])
+    assert all(r["reached_hard"] == 0 and r["median_epochs_hard"] is None for r in high["rows"])
+    assert high["goals_hard"]["epochs_goal_met"] is False
+    assert "epochs to hard" in (tmp_path / "b" / "summary.md").read_text()
