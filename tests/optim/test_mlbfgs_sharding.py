@@ -95,10 +95,12 @@ class ThreadExchange:
         return out
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_sharded_step_equals_single_rank_step(world: int) -> None:
+@pytest.mark.parametrize(("world", "history_dtype"),
+                         [(2, None), (4, None), (4, torch.bfloat16)])
+def test_sharded_step_equals_single_rank_step(world: int, history_dtype: Any) -> None:
     kwargs: dict[str, Any] = dict(
-        update_freq=2, history_size=3, pair_momentum=0.5, weight_decay=1e-2
+        update_freq=2, history_size=3, pair_momentum=0.5, weight_decay=1e-2,
+        history_dtype=history_dtype,
     )
     reference = mlp(widths=(5, 7, 6, 6, 3))
     single = MLBFGS(reference.parameters(), **kwargs)
@@ -123,6 +125,8 @@ def test_sharded_step_equals_single_rank_step(world: int) -> None:
                 for a, b in zip(m.parameters(), reference.parameters(), strict=True):
                     assert torch.equal(a, b)
     assert exchanges[0].calls == 12  # every step: the owners' directions and their norms
+    held_pairs = [s["mlbfgs_block"]["pairs"] for s in single.state.values() if "mlbfgs_block" in s]
+    assert {t.dtype for t in held_pairs} == {history_dtype or F64}
     diags = [o.diagnostics() for o in opts]
     assert sum(d["pairs_accepted"] for d in diags) == single.diagnostics()["pairs_accepted"]
     assert all(d["direction_norm"] == single.diagnostics()["direction_norm"] for d in diags)

@@ -23,6 +23,14 @@ solves run in float64 for all blocks at once; one product ``W^T c`` goes back. A
 holds no pair gets a unit diagonal in :math:`R` and zeros elsewhere, so it adds nothing.
 The ring order is chronological from ``head`` on (the slot written longest ago first).
 
+**A narrower history** (``store_dtype``, e.g. bfloat16 for float32 parameters) stores only
+``W`` narrower: the Gram matrix, :math:`\gamma` and the solves stay in the parameters' dtype,
+and the Gram rows of a new pair are the products of the *stored* (rounded) rows, so that
+:math:`G = W W^\top` holds for the ``W`` the products use. The two products with ``W`` take
+its dtype's operands (the gradient and ``c`` rounded to it) and accumulate in float32, as
+ATen's and cuBLAS's bfloat16 kernels do; their outputs are rounded to it once. A step then
+reads half the bytes of the history, the one part of it that grows with ``m``.
+
 Example:
     >>> h = new_history(2, 3, torch.float64, torch.device("cpu"))
     >>> s, y = torch.tensor([1.0, 0.0]), torch.tensor([4.0, 0.0])  # curvature 4 along s
@@ -47,10 +55,13 @@ INTEGER_KEYS = (*COUNTERS, "head")
 BOOL_KEYS = ("valid", "has_avg")
 
 
-def new_history(n: int, m: int, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
-    """An empty history of ``m`` pairs for a block of ``n`` elements."""
+def new_history(
+    n: int, m: int, dtype: torch.dtype, device: torch.device, store_dtype: torch.dtype | None = None
+) -> dict[str, Any]:
+    """An empty history of ``m`` pairs for a block of ``n`` elements, whose math runs in
+    ``dtype`` and whose pairs are stored in ``store_dtype`` (default ``dtype``)."""
     return {
-        "pairs": torch.zeros(2 * m, n, dtype=dtype, device=device),
+        "pairs": torch.zeros(2 * m, n, dtype=store_dtype or dtype, device=device),
         "gram": torch.zeros(2 * m, 2 * m, dtype=dtype, device=device),
         "valid": torch.zeros(m, dtype=torch.bool, device=device),
         "head": torch.zeros((), dtype=torch.long, device=device),
@@ -138,8 +149,11 @@ def add_pair(
     pairs.index_copy_(0, rows, torch.where(keep, new, old))
     # The Gram matrix's two new rows (and columns) from the rows now stored.
     stored = pairs.index_select(0, rows)
-    cross = torch.stack([pairs @ stored[0], pairs @ stored[1]], dim=1)  # (2m, 2), two passes
     gram = block["gram"]
+    if pairs.dtype == gram.dtype:
+        cross = torch.stack([pairs @ stored[0], pairs @ stored[1]], dim=1)  # (2m, 2), two passes
+    else:  # a narrower history: the stored rows' products in the math dtype (pair steps only)
+        cross = pairs.to(gram.dtype) @ stored.to(gram.dtype).T
     fresh = gram.index_copy(1, rows, cross).index_copy(0, rows, cross.T)
     block["gram"] = torch.where(keep, fresh, gram)
     block["valid"] = block["valid"].index_copy(0, slot, block["valid"].index_select(0, slot) | keep)
@@ -234,17 +248,23 @@ def directions(blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool
     tensor lies in memory (MKL's ``dot`` does not).
     """
     if curvature and blocks:
-        proj = [blk["pairs"] @ d for blk, d in zip(blocks, dirs, strict=True)]
+        proj = [blk["pairs"] @ d.to(blk["pairs"].dtype)
+                for blk, d in zip(blocks, dirs, strict=True)]
         coeffs, gamma, ok = compact_coefficients(blocks, proj)
         # A non-finite projection means a non-finite gradient, not the history's fault.
         grad_ok = torch.isfinite(_stack64(proj)).all(dim=1)
         held_any = torch.stack([blk["valid"] for blk in blocks]).any(dim=1)
         bad = grad_ok & ~ok & held_any
-        cast = _casts([d.dtype for d in dirs], coeffs, gamma)
+        cast = _casts([t.dtype for blk, d in zip(blocks, dirs, strict=True)
+                       for t in (d, blk["pairs"])], coeffs, gamma)
         for k, (blk, d) in enumerate(zip(blocks, dirs, strict=True)):
             reset_where(blk, bad[k])
-            c_k, gamma_k = cast[d.dtype]
-            d.mul_(gamma_k[k]).addmv_(blk["pairs"].T, c_k[k])
+            pairs = blk["pairs"]
+            if pairs.dtype == d.dtype:
+                c_k, gamma_k = cast[d.dtype]
+                d.mul_(gamma_k[k]).addmv_(pairs.T, c_k[k])
+            else:  # a narrower history: W^T c in its dtype, added in the direction's
+                d.mul_(cast[d.dtype][1][k]).add_(pairs.T @ cast[pairs.dtype][0][k])
     if not dirs:
         return []
     norms = _stack64(list(torch._foreach_norm(dirs)))

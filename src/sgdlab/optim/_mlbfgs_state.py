@@ -129,6 +129,8 @@ class BlockStateOptimizer(torch.optim.Optimizer):
         ring buffers) is converted on load.
         """
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a checkpoint from before the option
+            group.setdefault("history_dtype", None)
         glob = self.state[self._params[0]].get(_GLOBAL_KEY)
         if glob is not None:
             glob["clipped_steps"] = torch.as_tensor(glob["clipped_steps"]).to(torch.long)
@@ -152,6 +154,8 @@ class BlockStateOptimizer(torch.optim.Optimizer):
                 holder[_BLOCK_KEY] = from_list_layout(state, m, like)
             elif state is not None:
                 restore_dtypes(state)
+                # torch cast the pairs to the parameter's dtype: back, exactly (not wider).
+                state["pairs"] = state["pairs"].to(self._history_dtype(b))
 
     def _global(self) -> dict[str, Any]:
         # Global counters live under the first parameter (as torch.optim.LBFGS does) so that
@@ -173,12 +177,20 @@ class BlockStateOptimizer(torch.optim.Optimizer):
         if _BLOCK_KEY not in state:
             p = self._params[self._blocks[b][0]]
             m = self.param_groups[0]["history_size"]
-            dtype = functools.reduce(
-                torch.promote_types, (self._params[i].dtype for i in self._blocks[b])
-            )
-            state[_BLOCK_KEY] = new_history(self._sizes[b], m, dtype, p.device)
+            state[_BLOCK_KEY] = new_history(self._sizes[b], m, self._block_dtype(b), p.device,
+                                            store_dtype=self._history_dtype(b))
             state[_BLOCK_KEY]["params"] = list(self._blocks[b])
         return state[_BLOCK_KEY]
+
+    def _block_dtype(self, b: int) -> torch.dtype:
+        """The dtype of block ``b``'s math: its parameters' (promoted)."""
+        return functools.reduce(
+            torch.promote_types, (self._params[i].dtype for i in self._blocks[b])
+        )
+
+    def _history_dtype(self, b: int) -> torch.dtype:
+        """The dtype block ``b``'s pairs are stored in (``history_dtype``, or the block's)."""
+        return self.param_groups[0]["history_dtype"] or self._block_dtype(b)
 
     def _flat(self, b: int, tensors: list[Tensor], extra: int = 0) -> Tensor:
         """Block ``b`` of ``tensors`` as one new flat tensor, with ``extra`` slots after it."""

@@ -163,7 +163,10 @@ _CURVATURE_KEYS = (
     "damping",
     "max_norm",
     "variant",
+    "history_dtype",
 )
+# What ``history_dtype`` may name: a narrower history halves the bytes a step reads.
+HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ class MLBFGSConfig:
     max_norm: float | None = 0.3
     blocks: str = "layer"
     variant: str = "ours"
+    history_dtype: torch.dtype | str | None = None
 
     @classmethod
     def authors(cls, lr: float = 0.1, weight_decay: float = 0.0) -> MLBFGSConfig:
@@ -252,6 +256,13 @@ class MLBFGS(BlockStateOptimizer):
             unequal filters), the clip keeps the step bounded without blowing small
             directions up to unit length, and the first pair comes a period sooner. Weight
             decay stays decoupled in both (theirs adds it to the gradient).
+        history_dtype: the dtype the pairs are stored in (``torch.bfloat16``, ``float32``,
+            ``float64`` or their names); ``None``: the parameters'. It may not be wider than
+            any parameter's. The Gram matrix, :math:`\\gamma` and the solves stay in the
+            parameters' dtype; the two products with the history take its dtype's operands
+            and accumulate in float32 (see :mod:`sgdlab.optim._history`). A bfloat16 history
+            moves half the history's bytes and rounds the direction's curvature part to
+            about 3 significant digits.
 
     Precondition: call ``loss.backward()`` (or pass a closure) before :meth:`step`.
     """
@@ -272,6 +283,7 @@ class MLBFGS(BlockStateOptimizer):
         blocks: BlockPolicy = _D.blocks,
         exchange: DirectionExchange | None = None,
         variant: str = _D.variant,
+        history_dtype: torch.dtype | str | None = _D.history_dtype,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError(f"Invalid lr: a tensor lr must have one element, got {lr.numel()}")
@@ -296,6 +308,7 @@ class MLBFGS(BlockStateOptimizer):
         check_policy(blocks)
         if variant not in ("ours", "authors"):
             raise ValueError(f"Invalid variant: {variant!r}")
+        history_dtype = _history_dtype(history_dtype)
         rank, world_size = 0, 1
         if exchange is not None:
             rank, world_size = exchange.rank, exchange.world_size
@@ -319,6 +332,7 @@ class MLBFGS(BlockStateOptimizer):
             weight_decay=weight_decay,
             max_norm=max_norm,
             variant=variant,
+            history_dtype=history_dtype,
         )
         super().__init__(params, defaults)
         for key in _CURVATURE_KEYS:
@@ -328,6 +342,13 @@ class MLBFGS(BlockStateOptimizer):
         params_in_order = [p for g in self.param_groups for p in g["params"]]
         if any(p.is_complex() for p in params_in_order):
             raise ValueError("Invalid params: MLBFGS supports real parameters only")
+        for p in params_in_order:
+            # Wider than a parameter, torch's load_state_dict would round it to the
+            # parameter's dtype (it casts all floating-point state): no exact resume.
+            if history_dtype is not None and torch.promote_types(history_dtype, p.dtype) != p.dtype:
+                raise ValueError(
+                    f"Invalid history_dtype: {history_dtype} is wider than a {p.dtype} parameter"
+                )
         self._exchange = exchange
         self._blocks = build_blocks(params_in_order, blocks)
         self._index()
@@ -453,6 +474,16 @@ class MLBFGS(BlockStateOptimizer):
         for b, norm in zip(owned, norms, strict=True):
             records[b][-1:] = norm
         return records
+
+
+def _history_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """``history_dtype`` as a torch dtype (names such as ``"bfloat16"`` accepted), or ``None``."""
+    if value is None:
+        return None
+    dtype = HISTORY_DTYPES.get(value.removeprefix("torch.")) if isinstance(value, str) else value
+    if dtype not in HISTORY_DTYPES.values():
+        raise ValueError(f"Invalid history_dtype: {value!r} (float32, bfloat16 or float64)")
+    return dtype
 
 
 def _grad_of(p: Tensor) -> Tensor:
