@@ -8,7 +8,9 @@ and whole iterations against SGD-momentum's on real workloads, all measured in o
   last-level cache; :math:`4mn` floats moved), an SGD-momentum step and an mL-BFGS step are
   timed in interleaved rounds (each round ``T`` steps, so a pair step is included); the
   fraction is
-  ``(4m+10) n / t_mlbfgs`` over ``4m n / t_copy``. Goal: >= 0.7.
+  ``(4m+10) n / t_mlbfgs`` over ``4m n / t_copy``. Goal: >= 0.7. Beside them, in the same
+  rounds, an mL-BFGS step with a bfloat16 history (``history_dtype``): its minimal traffic is
+  :math:`(2m + 10)\,n` floats' worth (the history's two passes at half the bytes).
 * **iterations**: :func:`sgdlab.experiments.mlbfgs_cost.step_cost` (forward, backward, step,
   interleaved rounds) on ``mlp-mnist`` and ``cnn-fmnist``. Goals: <= 1.6x and <= 1.1x.
 
@@ -48,10 +50,13 @@ def bandwidth(n: int, m: int, rounds: int, period: int = 10) -> dict[str, Any]:
     # The copy streams as many bytes as the history holds (2m n floats each way), so that it,
     # like the step, runs from memory and not from the last-level cache.
     src, dst = torch.randn(2 * m * n), torch.empty(2 * m * n)
-    params = {name: torch.nn.Parameter(torch.randn(n) * 0.01) for name in ("sgd", "mlbfgs")}
+    params = {name: torch.nn.Parameter(torch.randn(n) * 0.01)
+              for name in ("sgd", "mlbfgs", "mlbfgs-bf16")}
     grads = [torch.randn(n) * 1e-3 for _ in range(period)]
     sgd = torch.optim.SGD([params["sgd"]], lr=1e-3, momentum=0.9)
     ours = MLBFGS([params["mlbfgs"]], lr=1e-3, history_size=m, update_freq=period)
+    narrow = MLBFGS([params["mlbfgs-bf16"]], lr=1e-3, history_size=m, update_freq=period,
+                    history_dtype=torch.bfloat16)
 
     def stepper(name: str, opt: torch.optim.Optimizer) -> Callable[[int], None]:
         def run(k: int) -> None:
@@ -64,10 +69,11 @@ def bandwidth(n: int, m: int, rounds: int, period: int = 10) -> dict[str, Any]:
         "copy": lambda k: dst.copy_(src),
         "sgd-momentum": stepper("sgd", sgd),
         "mlbfgs": stepper("mlbfgs", ours),
+        "mlbfgs-bf16": stepper("mlbfgs-bf16", narrow),
     }
     for k in range((m + 2) * period + 1):  # fill the history before timing
-        sides["mlbfgs"](k)
-        sides["sgd-momentum"](k)
+        for name in ("mlbfgs", "mlbfgs-bf16", "sgd-momentum"):
+            sides[name](k)
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(rounds):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
@@ -76,11 +82,12 @@ def bandwidth(n: int, m: int, rounds: int, period: int = 10) -> dict[str, Any]:
             for k in range(period):
                 sides[name](k)
             seconds[name].append((time.perf_counter() - start) / period)
-    floats = {"copy": 4 * m * n, "mlbfgs": (4 * m + 10) * n}
-    fractions = [
-        (floats["mlbfgs"] / t_m) / (floats["copy"] / t_c)
-        for t_m, t_c in zip(seconds["mlbfgs"], seconds["copy"], strict=True)
-    ]
+    floats = {"copy": 4 * m * n, "mlbfgs": (4 * m + 10) * n, "mlbfgs-bf16": (2 * m + 10) * n}
+
+    def fractions(name: str) -> list[float]:
+        return [(floats[name] / t_m) / (floats["copy"] / t_c)
+                for t_m, t_c in zip(seconds[name], seconds["copy"], strict=True)]
+
     copy_gbs = [floats["copy"] * 4 / t / 1e9 for t in seconds["copy"]]
     return {
         "n": n,
@@ -88,11 +95,16 @@ def bandwidth(n: int, m: int, rounds: int, period: int = 10) -> dict[str, Any]:
         "T": period,
         "ms": {name: spread([1e3 * t for t in ts]) for name, ts in seconds.items()},
         "copy_GBps": spread(copy_gbs),
-        "fraction_of_copy_bandwidth": spread(fractions),
+        "fraction_of_copy_bandwidth": spread(fractions("mlbfgs")),
+        "bf16_fraction_of_copy_bandwidth": spread(fractions("mlbfgs-bf16")),
         "mlbfgs_over_sgd_step": spread(
             [a / b for a, b in zip(seconds["mlbfgs"], seconds["sgd-momentum"], strict=True)]
         ),
+        "bf16_over_fp32_history_step": spread(
+            [a / b for a, b in zip(seconds["mlbfgs-bf16"], seconds["mlbfgs"], strict=True)]
+        ),
         "history_held": ours.diagnostics()["history"],
+        "bf16_history_held": narrow.diagnostics()["history"],
     }
 
 
@@ -122,6 +134,9 @@ def main() -> None:
         f"  (4m+10)n floats at {frac[0]:.2f} [{frac[1]:.2f}-{frac[2]:.2f}] of copy bandwidth "
         f"(goal >= {GOALS['bandwidth']}: {'met' if met else 'missed'})"
     )
+    b16, rel = bw["bf16_fraction_of_copy_bandwidth"], bw["bf16_over_fp32_history_step"]
+    print(f"  bfloat16 history: (2m+10)n floats at {b16[0]:.2f} [{b16[1]:.2f}-{b16[2]:.2f}] of "
+          f"copy bandwidth; step {rel[0]:.2f} [{rel[1]:.2f}-{rel[2]:.2f}] x the float32 one's")
     out["iterations"] = []
     for name in [w for w in args.workloads.split(",") if w]:
         cost = step_cost(get_workload(name), 128, args.cost_rounds, args.cost_steps)
