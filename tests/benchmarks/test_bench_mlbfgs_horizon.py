@@ -11,7 +11,9 @@ from types import ModuleType
 import pytest
 import torch
 
+from sgdlab.optim.schedules import WarmupStepDecay
 from sgdlab.run.config import TrainConfig
+from sgdlab.run.train import SingleRun
 from sgdlab.workloads import get_workload
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_mlbfgs_horizon.py"
@@ -27,8 +29,8 @@ def bench() -> ModuleType:
     return module
 
 
-def test_schedule_factor(bench: ModuleType) -> None:
-    f = bench.WarmupStepDecay(warmup=5, milestones=(8, 12), gamma=0.5)
+def test_schedule_factor() -> None:
+    f = WarmupStepDecay(warmup=5, milestones=(8, 12), gamma=0.5)
     factors = [f(t) for t in range(14)]
     assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert factors[7] == 1.0 and factors[8] == 0.5 and factors[12] == 0.25
@@ -38,28 +40,29 @@ def test_schedule_factor(bench: ModuleType) -> None:
 def test_runner_applies_schedule_to_the_step(
     bench: ModuleType, name: str, tmp_path: Path
 ) -> None:
-    """The runner steps the schedule and the optimizer follows ``param_groups[0]["lr"]``:
-    decayed to 0 after its first step, a 6-step run ends exactly where a 1-step run does (a
-    step at lr 0 adds a zero), and the optimizer ends at the scheduled learning rate."""
+    """The runner steps the config's schedule and the optimizer follows
+    ``param_groups[0]["lr"]``: decayed to 0 after its first step (a milestone at 1/5 of 6
+    steps is step 1, gamma 0), a 6-step run ends exactly where a 1-step run does (a step at lr
+    0 adds a zero), and the optimizer ends at the scheduled learning rate."""
     w = get_workload("logreg-breast-cancer")
     c = bench.HORIZON[name]
 
-    def run(factor: object, steps: int) -> tuple[float, torch.Tensor]:
+    def run(steps: int, **schedule: object) -> tuple[float, torch.Tensor]:
         config = TrainConfig(
             workload=w.name, optimizer=c.optimizer, lr=c.lr, steps=steps, batch_size=32,
             optimizer_options=dict(c.options), eval_every=steps, db=tmp_path / "r.db",
-            out=tmp_path / "runs", threads=1, progress=False,
+            out=tmp_path / "runs", threads=1, progress=False, **schedule,  # type: ignore[arg-type]
         )
-        r = bench.ScheduledRun(config, w, factor)
+        r = SingleRun(config, w)
         r.run()
         flat = torch.cat([p.detach().flatten() for p in r.model.parameters()])
         return r.opt.param_groups[0]["lr"], flat
 
-    lr_one, one_step = run(bench.WarmupStepDecay(0, (), 1.0), 1)
-    lr_frozen, frozen = run(bench.WarmupStepDecay(0, (1,), 0.0), 6)
+    lr_one, one_step = run(1)
+    lr_frozen, frozen = run(6, schedule="step", milestones=(0.2,), gamma=0.0)
     assert lr_one == pytest.approx(c.lr) and lr_frozen == 0.0
     assert torch.equal(frozen, one_step)
-    _, moved = run(bench.WarmupStepDecay(0, (), 1.0), 6)
+    _, moved = run(6)
     assert not torch.equal(moved, one_step)
 
 

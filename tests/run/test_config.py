@@ -75,3 +75,57 @@ def test_the_configs_share_run_config_and_are_built_by_keyword() -> None:
             cfg.validate()
     with pytest.raises(ConfigError, match=r"^invalid tau: 0 \(must be >= 1\)$"):
         config.DistConfig(algo="local", workload="w", tau=0).validate()
+
+
+def test_warmup_and_milestones_enter_the_key_only_when_set() -> None:
+    """Runs stored before the fields keep their keys: the fields at their defaults, however
+    written, leave the key as it was; set, they change it."""
+    common = dict(workload="w", steps=100, schedule="step")
+    plain = config.TrainConfig(**common).key()  # type: ignore[arg-type]
+    assert config.TrainConfig(**common, warmup=0.0, milestones=[0.5, 0.75],  # type: ignore[arg-type]
+                              gamma=0.1).key() == plain
+    keys = {config.TrainConfig(**common, **kw).key()  # type: ignore[arg-type]
+            for kw in ({"warmup": 0.05}, {"milestones": (0.3,)}, {"gamma": 0.5})}
+    assert len(keys) == 3 and plain not in keys
+
+
+def test_warmup_and_step_decay_of_a_run() -> None:
+    cfg = config.TrainConfig(workload="w", steps=100, schedule="step", warmup=0.05,
+                             milestones=(0.5, 0.9), gamma=0.2)
+    cfg.validate()
+    factor = cfg.lr_factor()
+    assert cfg.decay_steps() == [50, 90]
+    assert [round(factor(t), 6) for t in (0, 4, 49, 50, 90)] == [0.2, 1.0, 1.0, 0.2, 0.04]
+    # The default step decay is torch's MultiStepLR at steps // 2 and 3 * steps // 4, as it was.
+    assert config.TrainConfig(workload="w", steps=938, schedule="step").decay_steps() == [469, 703]
+    assert config.TrainConfig(workload="w", schedule="step").lr_factor() is None
+
+
+def test_the_runner_warms_the_lr_up(tmp_path: Path) -> None:
+    """The runner's first step runs at lr / warm-up steps (LambdaLR sets it when built)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from sgdlab.run.train import SingleRun
+
+    cfg = config.TrainConfig(workload="logreg-breast-cancer", lr=0.4, steps=40, warmup=0.1,
+                             db=tmp_path / "r.db", out=tmp_path / "o", progress=False)
+    run = SingleRun(cfg)
+    run.build()
+    run.store.close()
+    assert isinstance(run.sched, LambdaLR)
+    assert run.opt.param_groups[0]["lr"] == pytest.approx(0.4 / 4)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"warmup": 1.0}, "invalid warmup: 1.0"),
+    ({"warmup": -0.1}, "invalid warmup"),
+    ({"warmup": 0.1, "schedule": "diminishing"}, "--warmup applies to the constant and step"),
+    ({"schedule": "step", "milestones": (0.75, 0.5)}, "invalid milestones"),
+    ({"schedule": "step", "milestones": (0.5, 1.0)}, "invalid milestones"),
+    ({"schedule": "step", "gamma": -1.0}, "invalid gamma: -1.0"),
+    ({"gamma": 0.5}, "--milestones and --gamma only apply with --schedule step"),
+    ({"milestones": (0.3,)}, "--milestones and --gamma only apply with --schedule step"),
+])
+def test_bad_warmup_or_decay_is_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.TrainConfig(workload="w", **kwargs).validate()  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-r"""Step-size schedules.
+r"""Step-size schedules: the diminishing step of the S1 analysis, and the warm-up then step
+decay of deep-learning practice (:class:`WarmupStepDecay`, a ``LambdaLR`` factor).
 
 :class:`DiminishingLR` is the diminishing step of Nguyen et al. (ICML 2018), "SGD and Hogwild!
 convergence without the bounded gradients assumption":
@@ -27,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -90,3 +92,23 @@ class DiminishingLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list[float]:
         return self.get_lr()
+
+
+@dataclass(frozen=True)
+class WarmupStepDecay:
+    """The learning-rate factor at step ``t`` (a ``LambdaLR`` lambda): linear warm-up over
+    ``warmup`` steps, :math:`\\min(1, (t+1)/\\text{warmup})`, then times ``gamma`` for each
+    milestone passed. ``LambdaLR`` keeps its fields in its ``state_dict``.
+
+    >>> f = WarmupStepDecay(4, (10, 20), 0.1)
+    >>> [round(f(t), 4) for t in (0, 3, 9, 10, 25)]
+    [0.25, 1.0, 1.0, 0.1, 0.01]
+    """
+
+    warmup: int
+    milestones: tuple[int, ...]
+    gamma: float
+
+    def __call__(self, t: int) -> float:
+        ramp = min(1.0, (t + 1) / self.warmup) if self.warmup > 0 else 1.0
+        return ramp * self.gamma ** sum(t >= m for m in self.milestones)

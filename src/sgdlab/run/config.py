@@ -16,7 +16,7 @@ import math
 import re
 import sqlite3
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -105,6 +105,9 @@ class RunConfig:
 
     # Fields that change nothing about the trajectory: left out of the run's key.
     not_in_key: ClassVar[tuple[str, ...]] = ()
+    # Fields added after runs were stored: in the key only when not at their default, so that
+    # the runs stored before them keep their keys.
+    key_when_set: ClassVar[tuple[str, ...]] = ()
     # Integers beyond steps and batch_size (>= 1) and seed (>= 0) that validate checks.
     at_least_one: ClassVar[tuple[str, ...]] = ()
     at_least_zero: ClassVar[tuple[str, ...]] = ()
@@ -135,7 +138,9 @@ class RunConfig:
 
     def key(self) -> str:
         """A short hash of everything that determines the trajectory."""
-        d = {k: v for k, v in asdict(self).items() if k not in self.not_in_key}
+        defaults = {f.name: f.default for f in fields(self) if f.name in self.key_when_set}
+        d = {k: v for k, v in asdict(self).items() if k not in self.not_in_key
+             and not (k in defaults and json.dumps(v) == json.dumps(defaults[k]))}
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -149,15 +154,25 @@ class TrainConfig(RunConfig):
     """
 
     not_in_key = _NOT_IN_KEY
+    key_when_set = ("warmup", "milestones", "gamma")
     at_least_zero = ("eval_every", "log_every", "checkpoint_every", "threads")
 
     optimizer: str = field(default="sgd", metadata=option("Optimizer name (see `sgdlab list`)."))
     optimizer_options: dict[str, Any] = field(default_factory=dict)
     schedule: str = field(
         default="constant", metadata=option(
-            "constant; diminishing: lr = alpha/(mu(t+E)); step: lr, then lr/10 from half the "
-            "steps and lr/100 from three quarters (the step decay of Zhang, Qu et al.).")
+            "constant; diminishing: lr = alpha/(mu(t+E)); step: lr, then times --gamma at each "
+            "of --milestones (default lr/10 from half the steps and lr/100 from three "
+            "quarters, the step decay of Zhang, Qu et al.).")
     )
+    warmup: float = field(default=0.0, metadata=option(
+        "Linear lr warm-up over this fraction of the steps (constant and step schedules)."))
+    milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata=option(
+        "Fraction of the steps where the step schedule decays (repeat; default 0.5, 0.75).",
+        cli_type=list[float] | None, cli_default=None,
+        parse=lambda v: tuple(v) if v else (0.5, 0.75)))
+    gamma: float = field(default=0.1, metadata=option(
+        "Factor of the step schedule at each milestone."))
     mu: float | None = field(default=None, metadata=option("Strong convexity (diminishing).",
                                                            "--mu"))
     L: float | None = field(default=None, metadata=option("Smoothness (diminishing).", "--L"))
@@ -191,12 +206,51 @@ class TrainConfig(RunConfig):
             )
         if self.schedule == "constant" and (self.mu is not None or self.L is not None):
             raise ConfigError("--mu and --L only apply with --schedule diminishing")
+        self._validate_decay()
         if self.on_nonfinite not in POLICIES:
             raise ConfigError(
                 f"invalid on-nonfinite {self.on_nonfinite!r}; choose {' or '.join(POLICIES)}"
             )
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"invalid device {self.device!r}; use cpu or cuda[:N]")
+
+    def _validate_decay(self) -> None:
+        """Warm-up, milestones and gamma: in range, and only with a schedule that uses them."""
+        w = self.warmup
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < 1:
+            raise ConfigError(f"invalid warmup: {w!r} (a fraction of the steps, 0 <= it < 1)")
+        if w and self.schedule == "diminishing":
+            raise ConfigError("--warmup applies to the constant and step schedules")
+        ms = self.milestones
+        if not isinstance(ms, tuple | list) or not all(
+            isinstance(m, int | float) and not isinstance(m, bool) and 0 < m < 1 for m in ms
+        ) or any(a >= b for a, b in zip(ms, ms[1:], strict=False)):
+            raise ConfigError(f"invalid milestones: {ms!r} (increasing fractions in (0, 1))")
+        g = self.gamma
+        if isinstance(g, bool) or not isinstance(g, int | float) or not 0 <= g < math.inf:
+            raise ConfigError(f"invalid gamma: {g!r} (a finite factor >= 0)")
+        default = {f.name: f.default for f in fields(self)}
+        if self.schedule != "step" and (tuple(ms) != default["milestones"]
+                                        or g != default["gamma"]):
+            raise ConfigError("--milestones and --gamma only apply with --schedule step")
+
+    def lr_factor(self) -> Any:
+        """The factor of the lr at each step (a ``LambdaLR`` lambda) when ``warmup`` is set,
+        else ``None`` (the step schedule alone is torch's ``MultiStepLR``, at
+        :meth:`decay_steps`)."""
+        if not self.warmup:
+            return None
+        from sgdlab.optim.schedules import WarmupStepDecay
+
+        return WarmupStepDecay(round(self.warmup * self.steps), tuple(self.decay_steps()),
+                               self.gamma)
+
+    def decay_steps(self) -> list[int]:
+        """The steps where the step schedule multiplies the lr by ``gamma`` (none for the
+        others): ``int(fraction * steps)``, so the default is steps // 2 and 3 * steps // 4."""
+        if self.schedule != "step":
+            return []
+        return [int(m * self.steps) for m in self.milestones]
 
     def out_dir(self) -> Path:
         """``--out``, or ``sgdlab-out/<workload>-<optimizer>-s<seed>-<key>``."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import torch
-from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR
 
 from sgdlab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from sgdlab.errors import CheckpointError, ConfigError, DivergenceError
@@ -150,9 +150,12 @@ class SingleRun(Run[RunResult]):
             config.optimizer, self.model.parameters(), lr=config.lr, **config.optimizer_options
         )
         self.sched: LRScheduler | None = None
-        if config.schedule == "step":
-            # As the proximal method's authors decay it (at 50% and 75% of training).
-            self.sched = MultiStepLR(self.opt, [config.steps // 2, 3 * config.steps // 4], 0.1)
+        factor = config.lr_factor()
+        if factor is not None:  # a warm-up, and the step decay if any
+            self.sched = LambdaLR(self.opt, factor)
+        elif config.schedule == "step":
+            # By default as the proximal method's authors decay it (at 50% and 75% of training).
+            self.sched = MultiStepLR(self.opt, config.decay_steps(), config.gamma)
         if config.schedule == "diminishing":
             mu, L = diminishing_constants(
                 workload, config.mu, config.L,
