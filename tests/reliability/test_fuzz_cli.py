@@ -94,6 +94,9 @@ COMMANDS: dict[str, Command] = {
             "--batch-size": ints(0, -3, 10**9),
             "--seed": ints(-1) | NEG_INT,
             "--schedule": choices("constant", "diminishing", "step"),
+            "--warmup": floats(*NANS, 1, -0.1),
+            "--milestones": floats(*NANS, 0, 1.5),
+            "--gamma": floats(*NANS, -1),
             "--mu": floats("1", "0.5"),  # --mu with the constant schedule is an error
             "--L": floats("2"),
             "--alpha": NOT_FLOAT,
