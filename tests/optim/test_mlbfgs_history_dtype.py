@@ -85,14 +85,18 @@ def test_bfloat16_history_round_trips_through_state_dict() -> None:
     assert torch.equal(_train(resumed, twin, data[7:]), _train(opt, model, data[7:]))
 
 
-def test_a_checkpoint_from_before_the_option_loads() -> None:
+def test_a_checkpoint_from_before_the_options_loads() -> None:
+    """Groups saved before ``variant`` and ``history_dtype`` existed resume as those runs
+    were: our variant, the history in the parameters' dtype."""
     model = mlp()
     opt = MLBFGS(model.parameters(), **KW)
     _train(opt, model, batches(5, 5))
-    state = opt.state_dict()
+    state = copy.deepcopy(opt.state_dict())  # load_state_dict would share its tensors
     for group in state["param_groups"]:
-        del group["history_dtype"]
-    again = MLBFGS(model.parameters(), **KW)
+        del group["history_dtype"], group["variant"]
+    twin = copy.deepcopy(model)
+    again = MLBFGS(twin.parameters(), **KW)
     again.load_state_dict(state)
-    assert again.param_groups[0]["history_dtype"] is None
-    _train(again, model, batches(6, 2))
+    assert (again.param_groups[0]["history_dtype"], again.param_groups[0]["variant"]) == (
+        None, "ours")
+    assert torch.equal(_train(again, twin, batches(6, 2)), _train(opt, model, batches(6, 2)))

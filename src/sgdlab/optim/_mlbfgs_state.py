@@ -30,7 +30,9 @@ _COUNTER_NAMES = {
     "nonfinite_resets": "nonfinite_resets",
     "nonfinite_grads": "nonfinite_grads",
 }
-# Knobs of the curvature model: shared by all blocks, so they must agree across param groups.
+# Options added after checkpoints were written, with the value that reproduces those runs.
+_ADDED_OPTIONS = {"variant": "ours", "history_dtype": None}
+
 
 class BlockStateOptimizer(torch.optim.Optimizer):
     """An optimizer whose parameters are partitioned into blocks (``_blocks``), each with a
@@ -129,8 +131,9 @@ class BlockStateOptimizer(torch.optim.Optimizer):
         ring buffers) is converted on load.
         """
         super().load_state_dict(state_dict)
-        for group in self.param_groups:  # a checkpoint from before the option
-            group.setdefault("history_dtype", None)
+        for group in self.param_groups:  # a checkpoint from before these options
+            for key, old in _ADDED_OPTIONS.items():
+                group.setdefault(key, old)
         glob = self.state[self._params[0]].get(_GLOBAL_KEY)
         if glob is not None:
             glob["clipped_steps"] = torch.as_tensor(glob["clipped_steps"]).to(torch.long)
