@@ -153,7 +153,7 @@ def add_pair(
     if pairs.dtype == gram.dtype:
         cross = torch.stack([pairs @ stored[0], pairs @ stored[1]], dim=1)  # (2m, 2), two passes
     else:  # a narrower history: the stored rows' products in the math dtype (pair steps only)
-        cross = pairs.to(gram.dtype) @ stored.to(gram.dtype).T
+        cross = _widened_products(pairs, rows, gram.dtype)
     fresh = gram.index_copy(1, rows, cross).index_copy(0, rows, cross.T)
     block["gram"] = torch.where(keep, fresh, gram)
     block["valid"] = block["valid"].index_copy(0, slot, block["valid"].index_select(0, slot) | keep)
@@ -263,8 +263,9 @@ def directions(blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool
             if pairs.dtype == d.dtype:
                 c_k, gamma_k = cast[d.dtype]
                 d.mul_(gamma_k[k]).addmv_(pairs.T, c_k[k])
-            else:  # a narrower history: W^T c in its dtype, added in the direction's
-                d.mul_(cast[d.dtype][1][k]).add_(pairs.T @ cast[pairs.dtype][0][k])
+            else:  # a narrower history: W^T c in its dtype, widened before the add (an
+                # in-place add of another dtype takes ATen's slow casting path)
+                d.mul_(cast[d.dtype][1][k]).add_((pairs.T @ cast[pairs.dtype][0][k]).to(d.dtype))
     if not dirs:
         return []
     norms = _stack64(list(torch._foreach_norm(dirs)))
@@ -277,6 +278,22 @@ def directions(blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool
         # then zeroes (two vectorised passes; a where with a 0-d condition is not vectorised).
         d.mul_(keep[d.dtype][k]).nan_to_num_(0.0, 0.0, 0.0)
     return [out[k].to(d.dtype) for k, d in enumerate(dirs)]
+
+
+# Columns of a narrower history widened at a time for the Gram rows: a few MB, so the widened
+# slice stays in cache (a whole-width copy of W, allocated and faulted in at every pair step,
+# cost 6x the products on a 2M-element block).
+_WIDEN_COLUMNS = 16384
+
+
+def _widened_products(pairs: Tensor, rows: Tensor, dtype: torch.dtype) -> Tensor:
+    """``W W[rows]^T`` (``(2m, len(rows))``) in ``dtype``, for a ``W`` stored narrower: each
+    slice of columns widened, then multiplied and summed."""
+    out = torch.zeros(pairs.shape[0], len(rows), dtype=dtype, device=pairs.device)
+    for start in range(0, pairs.shape[1], _WIDEN_COLUMNS):
+        wide = pairs[:, start : start + _WIDEN_COLUMNS].to(dtype)
+        out.addmm_(wide, wide.index_select(0, rows).T)
+    return out
 
 
 def _stack64(tensors: list[Tensor]) -> Tensor:
