@@ -13,6 +13,7 @@ import torch
 
 from sgdlab.optim.schedules import WarmupStepDecay
 from sgdlab.run.config import TrainConfig
+from sgdlab.run.store import ResultStore
 from sgdlab.run.train import SingleRun
 from sgdlab.workloads import get_workload
 
@@ -64,6 +65,19 @@ def test_runner_applies_schedule_to_the_step(
     assert torch.equal(frozen, one_step)
     _, moved = run(6)
     assert not torch.equal(moved, one_step)
+
+
+def test_max_norm_reaches_mlbfgs(bench: ModuleType, tmp_path: Path) -> None:
+    """``--max-norm`` sets the mlbfgs contender's clip (stored in its runs' configs); alone,
+    mL-BFGS has no baseline to beat and the goals give no verdict."""
+    summary = bench.main(["--workload", "logreg-breast-cancer", "--epochs", "1", "--batch", "64",
+                          "--contenders", "mlbfgs", "--lr-factors", "1", "--seeds", "1",
+                          "--evals", "2", "--max-norm", "none", "--db", str(tmp_path / "m.db"),
+                          "--out", str(tmp_path)])
+    assert summary["goals"]["epochs_goal_met"] is None
+    with ResultStore(tmp_path / "m.db") as store:
+        configs = [r.config for r in store.runs()]
+    assert configs and all(c["optimizer_options"]["max_norm"] is None for c in configs)
 
 
 def test_tiny_run(bench: ModuleType, tmp_path: Path) -> None:
