@@ -201,18 +201,24 @@ def steady_step_seconds(losses: list[Any], warmup: int) -> float:
     return (walls[-1] - walls[warmup - 1]) / (len(walls) - warmup)
 
 
+def _base_config(p: PaperProtocol, **run: Any) -> DistConfig:
+    """A Local SGD run with the protocol's model, batch, inner optimizer and timeout; ``run``
+    gives its length, seed, partition and evaluation (the runs and the link's probes alike)."""
+    return DistConfig(
+        algo="local", world_size=p.world_size, workload=p.workload, lr=p.lr,
+        batch_size=p.batch_size, alpha=p.alpha,
+        optimizer_options={"momentum": p.momentum, "nesterov": True},
+        collective_timeout_s=COLLECTIVE_TIMEOUT_S, **run)
+
+
 def protocol_configs(p: PaperProtocol, tau: int) -> list[DistConfig]:
     """The runs on τ's link: per partition and seed, compute-only (``p.compute_only``), each of
     ``p.algos`` at τ (sync at 1), and Local SGD and Overlap with stragglers (``p.stragglers``)."""
     configs = []
     for part in p.partitions:
         for seed in p.seeds:
-            base = DistConfig(
-                algo="local", world_size=p.world_size, workload=p.workload, lr=p.lr,
-                batch_size=p.batch_size, steps=p.steps, seed=seed, partition=part,
-                eval_every=p.eval_every, eval_samples=p.eval_samples, alpha=p.alpha,
-                optimizer_options={"momentum": p.momentum, "nesterov": True},
-                collective_timeout_s=COLLECTIVE_TIMEOUT_S)
+            base = _base_config(p, steps=p.steps, seed=seed, partition=part,
+                                eval_every=p.eval_every, eval_samples=p.eval_samples)
             if p.compute_only:
                 configs.append(replace(base, tau=p.steps, eval_every=p.steps))
             for algo in p.algos:
@@ -276,12 +282,8 @@ def size_link(p: PaperProtocol, link: Link, tau: int, model_bytes: float) -> dic
     """τ's link rate from short runs on the testbed's hosts (see the module docstring): a
     compute-only run's steady step sizes a first link, on which Overlap's own steady compute
     per step and its all-reduce's measured time size the link the protocol runs on."""
-    base = DistConfig(
-        algo="local", world_size=p.world_size, workload=p.workload, lr=p.lr,
-        batch_size=p.batch_size, steps=p.probe_steps, tau=p.probe_steps,
-        eval_every=p.probe_steps, eval_samples=100, alpha=p.alpha,
-        optimizer_options={"momentum": p.momentum, "nesterov": True},
-        collective_timeout_s=COLLECTIVE_TIMEOUT_S)
+    base = _base_config(p, steps=p.probe_steps, tau=p.probe_steps, eval_every=p.probe_steps,
+                        eval_samples=100)
     with link(PROBE_RATE_BPS, p.burst_bytes) as launch_options:
         compute_only = run_dist_many([base], launch_options)[0]
     t0 = steady_step_seconds(compute_only["losses"], p.probe_warmup)
