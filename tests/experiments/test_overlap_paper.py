@@ -175,3 +175,19 @@ def test_the_probe_runs_on_the_testbed_and_seeds_merge_across_invocations(
     assert len(first) == 2 * len(p.partitions)  # Local SGD and Overlap
     with pytest.raises(ConfigError, match="holds results of protocol 'paper-scaled2'"):
         run_protocol("paper-scaled", link, tmp_path, log=lambda _: None, seeds=(0,))
+
+
+def test_the_scaled_protocols_cover_every_baseline_and_short_straggler_runs() -> None:
+    """tau = 8's baselines run beside Overlap on one invocation's link, the stragglers (a time
+    per step) in shorter runs; sync SGD runs on tau = 1's link."""
+    p = PROTOCOLS["paper-scaled3-tau8"]
+    configs = protocol_configs(p, tau=8)
+    full = {c.algo for c in configs if c.steps == p.steps and not c.straggler_prob}
+    assert full == {"local", "overlap", "easgd", "cocod", "torch-local"}
+    stragglers = [c for c in configs if c.straggler_prob]
+    assert stragglers and {c.steps for c in stragglers} == {p.straggler_steps} != {p.steps}
+    assert all(c.tau == 8 for c in configs)
+    tau1 = protocol_configs(PROTOCOLS["paper-scaled3-tau1"], tau=1)
+    assert {(c.algo, c.tau) for c in tau1} == {("sync", 1), ("local", 1), ("overlap", 1)}
+    # a protocol without a straggler length keeps its stragglers as long as its runs
+    assert {c.steps for c in protocol_configs(PROTOCOLS["paper"], 2)} == {PROTOCOLS["paper"].steps}

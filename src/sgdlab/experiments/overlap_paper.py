@@ -118,6 +118,7 @@ class PaperProtocol:
     anchor_momentum: float = 0.7
     target: float = 0.88
     stragglers: bool = True
+    straggler_steps: int = 0  # the straggler runs' length; 0: ``steps``
     compute_only: bool = True
     algos: tuple[str, ...] = ALGOS
     probe_steps: int = 60
@@ -148,6 +149,26 @@ PROTOCOLS = {
                                         algos=("local", "overlap"), stragglers=False,
                                         compute_only=False, probe_steps=40,
                                         note="scaled: tau 8, 800 steps, Overlap and Local SGD"),
+    # tau = 8's baselines beside Overlap and Local SGD on one invocation's link (runs on links
+    # sized in different invocations are not compared): EASGD, CoCoD-SGD and torch's Local SGD
+    # to 0.88, and the stragglers, whose slowdown is a time per step, in shorter runs. Sync SGD
+    # is left to tau = 1's link: on tau = 8's an all-reduce costs 8 steps, so each of its 400+
+    # steps to 0.88 costs about 9 of Overlap's (about 15 minutes per partition and 3 seeds).
+    "paper-scaled3-tau8": PaperProtocol(taus=(8,), steps=800, eval_every=40, eval_samples=1000,
+                                        algos=("local", "overlap", "easgd", "cocod",
+                                               "torch-local"),
+                                        straggler_steps=240, compute_only=False,
+                                        probe_steps=40,
+                                        note="scaled: tau 8, 800 steps, every baseline but sync; "
+                                             "stragglers over 240 steps"),
+    # tau = 1: an all-reduce every step, on a link sized so it costs one step; sync SGD,
+    # Local SGD (at tau 1 it averages the models where sync averages the gradients) and
+    # Overlap, 600 steps to 0.88.
+    "paper-scaled3-tau1": PaperProtocol(taus=(1,), steps=600, eval_every=30, eval_samples=1000,
+                                        algos=("sync", "local", "overlap"), stragglers=False,
+                                        compute_only=False, probe_steps=40,
+                                        note="scaled: tau 1, 600 steps, sync SGD, Local SGD and "
+                                             "Overlap"),
 }
 
 
@@ -230,6 +251,7 @@ def protocol_configs(p: PaperProtocol, tau: int) -> list[DistConfig]:
                 for algo in ("local", "overlap"):
                     configs.append(replace(
                         base, algo=algo, tau=tau, straggler_prob=0.1, straggler_slowdown=3.0,
+                        steps=p.straggler_steps or p.steps,
                         anchor_momentum=p.anchor_momentum if algo == "overlap" else 0.0))
     return configs
 
