@@ -66,3 +66,11 @@ def test_time_to_target_reads_the_first_evaluation_reaching_it() -> None:
     assert time_to(r, 0.75) == 2.0 and time_to(r, 0.95) is None
     (row,) = summarize([r], target=0.75)
     assert row["time_to_target_s"].startswith("2.00")
+
+
+def test_the_table_names_a_real_links_rate_not_the_emulated_zero() -> None:
+    """On the testbed the ranks emulate nothing (their ``link_mbps`` is 0): the table once
+    showed 0 for a 37 Mbit/s link."""
+    real = {**_result("overlap", 1.0), "ranks": [{"link_mbps": 0.0}], "link_bits_per_s": 37e6}
+    assert summarize([real])[0]["link_mbps"] == "37 [37, 37]"
+    assert summarize([_result("overlap", 1.0)])[0]["link_mbps"] == "50 [50, 50]"

@@ -414,7 +414,9 @@ def test_out_of_process_equals_in_process(argv: list[str], workdir: Path) -> Non
     src = Path(__file__).resolve().parents[2] / "src"
     path = os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
-    proc = subprocess.run([sys.executable, "-m", "sgdlab.cli", *argv], cwd=workdir, env=env,
+    # ``python -m sgdlab`` is the same command (it once failed: the package had no __main__)
+    module = "sgdlab" if argv == ["nosuchcommand"] else "sgdlab.cli"
+    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stderr) == (code, err), argv
     assert_one_error_line(proc.returncode, proc.stderr, argv)

@@ -52,7 +52,7 @@ def summarize(results: list[dict[str, Any]], target: float | None = None) -> lis
         rows.append({
             "workload": wl, "W": w, "partition": part, "algo": algo, "tau": tau,
             "link_steps": link,
-            "link_mbps": _fmt([r["ranks"][0]["link_mbps"] for r in rs], 0),
+            "link_mbps": _fmt([_link_mbps(r) for r in rs], 0),
             "straggler_p": p, "runs": len(rs),
             "ms_per_step": _fmt(sps),
             "hidden": f"{statistics.median(r['hidden_fraction'] for r in rs):.2f}",
@@ -62,6 +62,13 @@ def summarize(results: list[dict[str, Any]], target: float | None = None) -> lis
                                  if len(ttt) < len(rs) else "")) if ttt else "not reached",
         })
     return rows
+
+
+def _link_mbps(run: dict[str, Any]) -> float:
+    """The run's link: a real one's tbf rate (``link_bits_per_s``, set by the testbed's caller),
+    else the rate the ranks emulated (0: neither, a fast local link)."""
+    real = run.get("link_bits_per_s")
+    return float(real) / 1e6 if real else float(run["ranks"][0]["link_mbps"])
 
 
 def _fmt(values: list[float], digits: int = 1) -> str:
