@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -173,33 +174,43 @@ def compact_coefficients(
     ``c`` (``(B, 2m)``, float64) and the ``gamma`` (``(B,)``) such that :math:`H_i g_i =
     \gamma_i g_i + W_i^\top c_i`, and whether each block's ``c`` is finite. Where it is not,
     ``c`` is 0 and ``gamma`` 1 (the block then follows its gradient)."""
+    return _compact(_stack64([b["gram"] for b in blocks]), _stack64(projections),
+                    torch.stack([b["valid"] for b in blocks]),
+                    torch.stack([b["head"] for b in blocks]),
+                    _stack64([b["gamma"] for b in blocks]))
+
+
+def _compact(
+    gram: Tensor, proj: Tensor, valid: Tensor, head: Tensor, gamma: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`compact_coefficients` on the blocks' stacked Gram matrices ``(B, 2m, 2m)``,
+    projections ``(B, 2m)`` (both float64), masks ``(B, m)``, heads and gammas ``(B,)``.
+
+    The ``s`` and ``y`` rows are put in chronological order together (one index ``(B, 2m)``
+    for the Gram matrix's rows and columns, the projections and the coefficients): the same
+    numbers as ordering each quarter apart, in fewer operations."""
     f64 = torch.float64
-    m = blocks[0]["valid"].numel()
-    gram = _stack64([b["gram"] for b in blocks])
-    proj = _stack64(projections)
-    valid = torch.stack([b["valid"] for b in blocks])
-    head = torch.stack([b["head"] for b in blocks])
-    gamma = _stack64([b["gamma"] for b in blocks])
-    # Oldest first: the slot at head was written longest ago.
-    order = torch.remainder(head[:, None] + torch.arange(m, device=head.device), m)  # (B, m)
+    m = valid.shape[1]
+    # Oldest first: the slot at head was written longest ago; the y rows follow, m further.
+    order = torch.remainder(head[:, None] + _arange(m, head.device), m)  # (B, m)
+    both = torch.cat([order, order + m], dim=1)  # (B, 2m)
     v = torch.gather(valid, 1, order).to(f64)
-    rows = order[:, :, None].expand(-1, -1, m)
-    cols = order[:, None, :].expand(-1, m, -1)
-    sy = gram[:, :m, m:].gather(1, rows).gather(2, cols) * (v[:, :, None] * v[:, None, :])
-    yy = gram[:, m:, m:].gather(1, rows).gather(2, cols) * (v[:, :, None] * v[:, None, :])
-    a = proj[:, :m].gather(1, order) * v
-    b = proj[:, m:].gather(1, order) * v
+    v2 = v.repeat(1, 2)
+    ordered = gram.gather(1, both[:, :, None].expand(-1, -1, 2 * m))
+    ordered = ordered.gather(2, both[:, None, :].expand(-1, 2 * m, -1))
+    ordered = ordered * (v2[:, :, None] * v2[:, None, :])
+    sy, yy = ordered[:, :m, m:], ordered[:, m:, m:]
+    ab = proj.gather(1, both) * v2
     r = torch.triu(sy) + torch.diag_embed(1.0 - v)
-    u = torch.linalg.solve_triangular(r, a[:, :, None], upper=True)
+    u = torch.linalg.solve_triangular(r, ab[:, :m, None], upper=True)
     z = (torch.diag_embed(torch.diagonal(sy, dim1=1, dim2=2)) + gamma[:, None, None] * yy) @ u
-    z = z - (gamma[:, None] * b)[:, :, None]
+    z = z - (gamma[:, None] * ab[:, m:])[:, :, None]
     p = torch.linalg.solve_triangular(r.transpose(1, 2), z, upper=False)
-    c = torch.zeros(len(blocks), 2 * m, dtype=f64, device=gram.device)
-    c.scatter_(1, order, p[:, :, 0])
-    c.scatter_(1, order + m, -gamma[:, None] * u[:, :, 0])
+    coefficients = torch.cat([p, -gamma[:, None, None] * u], dim=1)[:, :, 0]
+    c = torch.empty_like(proj).scatter_(1, both, coefficients)
     ok = torch.isfinite(c).all(dim=1) & torch.isfinite(gamma)
-    c = torch.where(ok[:, None], c, torch.zeros_like(c))
-    return c, torch.where(ok, gamma, torch.ones_like(gamma)), ok
+    c = torch.where(ok[:, None], c, 0.0)
+    return c, torch.where(ok, gamma, 1.0), ok
 
 
 def from_pairs(
@@ -236,7 +247,9 @@ def from_list_layout(old: dict[str, Any], m: int, like: Tensor) -> dict[str, Any
     return ring
 
 
-def directions(blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool) -> list[Tensor]:
+def directions(
+    blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool
+) -> list[Tensor]:
     r"""Overwrite each flat gradient ``dirs[i]`` with its block's direction; returns the
     directions' norms (0-d tensors), all on the device.
 
@@ -246,38 +259,65 @@ def directions(blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool
     with norm 0, and is counted in ``nonfinite_grads``. The norms are ATen's (``_foreach_norm``,
     i.e. ``vector_norm``), whose order depends on the element count alone, not on where the
     tensor lies in memory (MKL's ``dot`` does not).
+
+    The blocks' small decisions are taken once for all of them on stacked tensors, and each
+    block's share is handed out by ``unbind`` and ``_foreach`` operations: a step's cost in
+    operations grows with the blocks only by what touches each block's own tensors.
     """
-    if curvature and blocks:
-        proj = [blk["pairs"] @ d.to(blk["pairs"].dtype)
-                for blk, d in zip(blocks, dirs, strict=True)]
-        coeffs, gamma, ok = compact_coefficients(blocks, proj)
-        # A non-finite projection means a non-finite gradient, not the history's fault.
-        grad_ok = torch.isfinite(_stack64(proj)).all(dim=1)
-        held_any = torch.stack([blk["valid"] for blk in blocks]).any(dim=1)
-        bad = grad_ok & ~ok & held_any
-        cast = _casts([t.dtype for blk, d in zip(blocks, dirs, strict=True)
-                       for t in (d, blk["pairs"])], coeffs, gamma)
-        for k, (blk, d) in enumerate(zip(blocks, dirs, strict=True)):
-            reset_where(blk, bad[k])
-            pairs = blk["pairs"]
-            if pairs.dtype == d.dtype:
-                c_k, gamma_k = cast[d.dtype]
-                d.mul_(gamma_k[k]).addmv_(pairs.T, c_k[k])
-            else:  # a narrower history: W^T c in its dtype, widened before the add (an
-                # in-place add of another dtype takes ATen's slow casting path)
-                d.mul_(cast[d.dtype][1][k]).add_((pairs.T @ cast[pairs.dtype][0][k]).to(d.dtype))
     if not dirs:
         return []
+    if curvature and blocks:
+        proj = _stack64([blk["pairs"] @ d.to(blk["pairs"].dtype)
+                         for blk, d in zip(blocks, dirs, strict=True)])
+        valid = torch.stack([blk["valid"] for blk in blocks])
+        coeffs, gamma, ok = _compact(
+            _stack64([blk["gram"] for blk in blocks]), proj, valid,
+            torch.stack([blk["head"] for blk in blocks]),
+            _stack64([blk["gamma"] for blk in blocks]))
+        # A non-finite projection means a non-finite gradient, not the history's fault.
+        bad = torch.isfinite(proj).all(dim=1) & ~ok & valid.any(dim=1)
+        _reset_each(blocks, bad)
+        cast = _casts([t.dtype for blk, d in zip(blocks, dirs, strict=True)
+                       for t in (d, blk["pairs"])], coeffs, gamma)
+        torch._foreach_mul_(dirs, [cast[d.dtype][1][k] for k, d in enumerate(dirs)])
+        for k, (blk, d) in enumerate(zip(blocks, dirs, strict=True)):
+            pairs = blk["pairs"]
+            if pairs.dtype == d.dtype:
+                d.addmv_(pairs.T, cast[d.dtype][0][k])
+            else:  # a narrower history: W^T c in its dtype, widened before the add (an
+                # in-place add of another dtype takes ATen's slow casting path)
+                d.add_((pairs.T @ cast[pairs.dtype][0][k]).to(d.dtype))
     norms = _stack64(list(torch._foreach_norm(dirs)))
     finite = torch.isfinite(norms)
-    out = torch.where(finite, norms, torch.zeros_like(norms))
-    keep = {dtype: finite.to(dtype) for dtype in {d.dtype for d in dirs}}
-    for k, (blk, d) in enumerate(zip(blocks, dirs, strict=True)):
-        blk["nonfinite_grads"] = blk["nonfinite_grads"] + ~finite[k]
-        # Zeros where not finite: times 0 leaves NaN and Inf entries NaN, which nan_to_num_
-        # then zeroes (two vectorised passes; a where with a 0-d condition is not vectorised).
-        d.mul_(keep[d.dtype][k]).nan_to_num_(0.0, 0.0, 0.0)
-    return [out[k].to(d.dtype) for k, d in enumerate(dirs)]
+    out = torch.where(finite, norms, 0.0)
+    for blk, bad_k in zip(blocks, (~finite).unbind(), strict=True):
+        blk["nonfinite_grads"] = blk["nonfinite_grads"] + bad_k
+    # Zeros where not finite: times 0 leaves NaN and Inf entries NaN, which nan_to_num_
+    # then zeroes (two vectorised passes; a where with a 0-d condition is not vectorised).
+    keep = {dtype: finite.to(dtype).unbind() for dtype in {d.dtype for d in dirs}}
+    torch._foreach_mul_(dirs, [keep[d.dtype][k] for k, d in enumerate(dirs)])
+    for d in dirs:
+        d.nan_to_num_(0.0, 0.0, 0.0)
+    per_dtype = {dtype: out.to(dtype).unbind() for dtype in keep}
+    return [per_dtype[d.dtype][k] for k, d in enumerate(dirs)]
+
+
+def _reset_each(blocks: list[dict[str, Any]], bad: Tensor) -> None:
+    """:func:`reset_where` for each block with ``bad`` stacked ``(B,)``, in fewer operations:
+    the same values (``has_avg`` can only be set where a pair average is kept)."""
+    good = ~bad
+    for blk, bad_k, good_k in zip(blocks, bad.unbind(), good.unbind(), strict=True):
+        blk["valid"] = blk["valid"] & good_k
+        blk["gamma"] = torch.where(bad_k, 1.0, blk["gamma"])
+        if "s_avg" in blk:
+            blk["has_avg"] = blk["has_avg"] & good_k
+        blk["nonfinite_resets"] = blk["nonfinite_resets"] + bad_k
+
+
+@functools.lru_cache(maxsize=8)
+def _arange(m: int, device: torch.device) -> Tensor:
+    """``torch.arange(m)`` on ``device``, made once (never written to)."""
+    return torch.arange(m, device=device)
 
 
 # Columns of a narrower history widened at a time for the Gram rows: a few MB, so the widened

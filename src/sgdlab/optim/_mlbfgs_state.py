@@ -42,6 +42,7 @@ class BlockStateOptimizer(torch.optim.Optimizer):
     _blocks: list[list[int]]
     _owners: list[int]
     _owned: list[int]
+    _records: Any  # the step's scratch (sgdlab.optim._records.Records), made at the first step
 
     def _index(self) -> None:
         """The lookups derived from the groups and the blocks (rebuilt after a copy)."""
@@ -55,6 +56,7 @@ class BlockStateOptimizer(torch.optim.Optimizer):
             for i in block:
                 self._where[i] = (b, offset)
                 offset += self._params[i].numel()
+        self._records = None
 
     def __getstate__(self) -> dict[str, Any]:
         """What :mod:`copy` and :mod:`pickle` keep: torch's three fields and the blocks.

@@ -145,6 +145,7 @@ from sgdlab.optim._blocks import (
 from sgdlab.optim._curvature import check_damping
 from sgdlab.optim._history import directions
 from sgdlab.optim._mlbfgs_state import BlockStateOptimizer
+from sgdlab.optim._records import Records
 
 __all__ = [
     "MLBFGS",
@@ -397,8 +398,12 @@ class MLBFGS(BlockStateOptimizer):
         # copies them, in block order, into a fresh tensor (the allocator's alignment, the
         # same on every rank), and ATen's norm of it rounds by the element count alone: every
         # rank gets the same bits, and no BLAS reduction runs on another rank's data.
-        norms = torch.stack([records[b][-1] for b in range(len(self._blocks))])
-        norm = torch.linalg.vector_norm(norms)
+        scratch = self._scratch()
+        if records is local:
+            slots = scratch.norm_slots  # every block is owned: the slots in block order
+        else:
+            slots = [records[b][-1] for b in range(len(self._blocks))]
+        norm = torch.linalg.vector_norm(torch.stack(slots))
         # Kept in the first parameter's dtype, to which torch's load_state_dict casts it.
         glob["direction_norm"] = norm.to(self._params[0].dtype)
         max_norm = group0["max_norm"]
@@ -408,17 +413,20 @@ class MLBFGS(BlockStateOptimizer):
         elif max_norm is not None and not authors:
             over = norm > max_norm
             glob["clipped_steps"] = glob["clipped_steps"] + over
-            scale = torch.where(over, max_norm / norm, torch.ones_like(norm))
+            scale = torch.where(over, max_norm / norm, 1.0)
 
         index = 0
         for group in self.param_groups:
             params, dirs = [], []
             for p in group["params"]:
-                b, offset = self._where[index]
-                index += 1
                 if p.grad is not None:  # else left alone, as torch's optimizers do
                     params.append(p)
-                    dirs.append(records[b][offset : offset + p.numel()].view_as(p))
+                    if records is local:
+                        dirs.append(scratch.views[index])
+                    else:
+                        b, offset = self._where[index]
+                        dirs.append(records[b][offset : offset + p.numel()].view_as(p))
+                index += 1
             if params:
                 self._apply(group, params, dirs, scale)
         return loss
@@ -429,7 +437,10 @@ class MLBFGS(BlockStateOptimizer):
         """Heavy ball and decoupled weight decay for one group (element-wise, foreach)."""
         # float(): a one-element tensor lr is read as a number, once per group and step.
         lr, mom, wd = float(group["lr"]), group["momentum"], group["weight_decay"]
-        scales = None if scale is None else [scale.to(d.dtype) for d in dirs]
+        scales = None
+        if scale is not None:  # cast once per dtype
+            cast = {dtype: scale.to(dtype) for dtype in {d.dtype for d in dirs}}
+            scales = [cast[d.dtype] for d in dirs]
         if mom != 0.0:
             bufs, ds, ss = [], [], []
             for k, (p, d) in enumerate(zip(params, dirs, strict=True)):
@@ -456,7 +467,8 @@ class MLBFGS(BlockStateOptimizer):
     # -- directions ----------------------------------------------------------------------------
 
     def _local_records(self, grads: list[Tensor], curvature: bool) -> dict[int, Tensor]:
-        """For each owned block, its direction followed by the direction's norm (one tensor).
+        """For each owned block, its direction followed by the direction's norm (one tensor,
+        a view into this rank's scratch buffers, :class:`~sgdlab.optim._records.Records`).
 
         The direction is :math:`H_b g_b` in compact form once pairs can exist, else
         :math:`g_b`. A non-finite compact solve from a finite gradient resets the history and
@@ -465,16 +477,17 @@ class MLBFGS(BlockStateOptimizer):
         (``_foreach_norm``, i.e. ``vector_norm``), whose order depends on the element count
         alone and not on where the tensor lies in memory (MKL's ``dot`` does not).
         """
-        owned = self._owned
-        records = {b: self._flat(b, grads, extra=1) for b in owned}
-        if not records:
-            return records
-        dirs = [records[b][:-1] for b in owned]
-        blocks = [self._block_state(b) for b in owned]
-        norms = directions(blocks, dirs, curvature)
-        for b, norm in zip(owned, norms, strict=True):
-            records[b][-1:] = norm
-        return records
+        scratch = self._scratch()
+        scratch.fill(grads)
+        blocks = [self._block_state(b) for b in self._owned]
+        scratch.set_norms(directions(blocks, scratch.dirs, curvature))
+        return scratch.records
+
+    def _scratch(self) -> Records:
+        """This rank's records, made at the first step (and after a copy or a load)."""
+        if self._records is None:
+            self._records = Records(self._params, self._blocks, self._owned)
+        return self._records
 
 
 def _history_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
