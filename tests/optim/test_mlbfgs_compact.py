@@ -200,3 +200,45 @@ def test_a_checkpoint_resumes(layout: str) -> None:
                 assert torch.equal(a, b)
             else:
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _trajectory(monkeypatch: pytest.MonkeyPatch, cache: str) -> list[Tensor]:
+    """Parameters after 24 steps through pair steps, a wrapped ring, a non-finite gradient, a
+    Gram matrix written in place (its history reset) and a reload, with the compact matrices
+    kept as the optimizer keeps them (``"kept"``), made afresh at every step (``"fresh"``), or
+    never made again once made (``"stale"``, a broken cache)."""
+    from sgdlab.optim import _history
+
+    made = _history._cached_compact
+    if cache == "fresh":
+        monkeypatch.setattr(_history, "_cached_compact", lambda blocks, _: made(blocks, None))
+    if cache == "stale":
+        monkeypatch.setattr(_history, "_cached_compact",
+                            lambda blocks, kept: kept["value"] if "value" in kept
+                            else made(blocks, kept))
+    model = _mlp()
+    opt = MLBFGS(model.parameters(), update_freq=2, history_size=3, max_norm=0.5)
+    for step in range(24):
+        _backward(model, step)
+        if step == 9:
+            model[0].weight.grad[0, 0] = math.nan  # type: ignore[index]
+        if step == 14:
+            opt.state[model[2].weight]["mlbfgs_block"]["gram"][3, 3] = math.nan
+        if step == 18:
+            opt.load_state_dict(opt.state_dict())
+        opt.step()
+    monkeypatch.undo()
+    if cache != "stale":
+        assert opt.diagnostics()["nonfinite_resets"] == 1
+        assert opt.diagnostics()["nonfinite_grads"] == 1
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_kept_compact_matrices_equal_fresh_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between pair steps a step reuses its blocks' compact matrices: they must be exactly what
+    # making them afresh at every step gives. The check can fail: a stale cache differs.
+    kept = _trajectory(monkeypatch, "kept")
+    fresh = _trajectory(monkeypatch, "fresh")
+    stale = _trajectory(monkeypatch, "stale")
+    assert all(torch.equal(a, b) for a, b in zip(kept, fresh, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(stale, fresh, strict=True))

@@ -18,10 +18,14 @@ triangle of :math:`S^\top Y` and :math:`D` its diagonal,
           p = R^{-\top}\big((D + \gamma Y^\top Y) u - \gamma b\big),
 
 which is what the two-loop recursion (:func:`sgdlab.optim._curvature.two_loop`, the
-specification) computes. One product ``W g`` gives :math:`a, b`; the ``m x m`` triangular
-solves run in float64 for all blocks at once; one product ``W^T c`` goes back. A slot that
-holds no pair gets a unit diagonal in :math:`R` and zeros elsewhere, so it adds nothing.
-The ring order is chronological from ``head`` on (the slot written longest ago first).
+specification) computes. One product ``W g`` gives :math:`a, b`; ``c`` is linear in them,
+:math:`c = M\,W g` with a ``2m x 2m`` matrix :math:`M` of the history alone
+(:func:`compact_matrices`: the triangular solves, in float64 for all blocks at once), which
+the optimizer makes again only when the history changes (a pair step, a reset), so that a
+step between pair steps does one small batched product; one product ``W^T c`` goes back. A
+slot that holds no pair gets a unit diagonal in :math:`R` and zeros elsewhere, so it adds
+nothing. The ring order is chronological from ``head`` on (the slot written longest ago
+first).
 
 **A narrower history** (``store_dtype``, e.g. bfloat16 for float32 parameters) stores only
 ``W`` narrower: the Gram matrix, :math:`\gamma` and the solves stay in the parameters' dtype,
@@ -174,21 +178,27 @@ def compact_coefficients(
     ``c`` (``(B, 2m)``, float64) and the ``gamma`` (``(B,)``) such that :math:`H_i g_i =
     \gamma_i g_i + W_i^\top c_i`, and whether each block's ``c`` is finite. Where it is not,
     ``c`` is 0 and ``gamma`` 1 (the block then follows its gradient)."""
-    return _compact(_stack64([b["gram"] for b in blocks]), _stack64(projections),
-                    torch.stack([b["valid"] for b in blocks]),
-                    torch.stack([b["head"] for b in blocks]),
-                    _stack64([b["gamma"] for b in blocks]))
+    gamma = _stack64([b["gamma"] for b in blocks])
+    matrices = compact_matrices(_stack64([b["gram"] for b in blocks]),
+                                torch.stack([b["valid"] for b in blocks]),
+                                torch.stack([b["head"] for b in blocks]), gamma)
+    return apply_compact(matrices, _stack64(projections), gamma)
 
 
-def _compact(
-    gram: Tensor, proj: Tensor, valid: Tensor, head: Tensor, gamma: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`compact_coefficients` on the blocks' stacked Gram matrices ``(B, 2m, 2m)``,
-    projections ``(B, 2m)`` (both float64), masks ``(B, m)``, heads and gammas ``(B,)``.
+def compact_matrices(gram: Tensor, valid: Tensor, head: Tensor, gamma: Tensor) -> Tensor:
+    r"""The matrices ``M`` (``(B, 2m, 2m)``, float64) with :math:`c = M\,W g` for the blocks'
+    stacked Gram matrices ``(B, 2m, 2m)`` (float64), masks ``(B, m)``, heads and gammas
+    ``(B,)``: the compact form's coefficients are linear in the projections, through
 
-    The ``s`` and ``y`` rows are put in chronological order together (one index ``(B, 2m)``
-    for the Gram matrix's rows and columns, the projections and the coefficients): the same
-    numbers as ordering each quarter apart, in fewer operations."""
+    .. math:: \begin{pmatrix} p \\ q \end{pmatrix} = \begin{pmatrix}
+              R^{-\top}(D + \gamma Y^\top Y) R^{-1} & -\gamma R^{-\top} \\
+              -\gamma R^{-1} & 0 \end{pmatrix} \begin{pmatrix} a \\ b \end{pmatrix}
+
+    in chronological order (see the module docstring). They change only with the history,
+    i.e. at a pair step or a reset, so a step that reuses them does one small product
+    instead of two triangular solves and the reordering. Slots that hold no pair get zero
+    rows and columns (their ``a`` and ``b`` are masked out, and ``R`` is the identity there).
+    """
     f64 = torch.float64
     m = valid.shape[1]
     # Oldest first: the slot at head was written longest ago; the y rows follow, m further.
@@ -200,17 +210,29 @@ def _compact(
     ordered = ordered.gather(2, both[:, None, :].expand(-1, 2 * m, -1))
     ordered = ordered * (v2[:, :, None] * v2[:, None, :])
     sy, yy = ordered[:, :m, m:], ordered[:, m:, m:]
-    ab = proj.gather(1, both) * v2
     r = torch.triu(sy) + torch.diag_embed(1.0 - v)
-    u = torch.linalg.solve_triangular(r, ab[:, :m, None], upper=True)
-    z = (torch.diag_embed(torch.diagonal(sy, dim1=1, dim2=2)) + gamma[:, None, None] * yy) @ u
-    z = z - (gamma[:, None] * ab[:, m:])[:, :, None]
-    p = torch.linalg.solve_triangular(r.transpose(1, 2), z, upper=False)
-    coefficients = torch.cat([p, -gamma[:, None, None] * u], dim=1)[:, :, 0]
-    c = torch.empty_like(proj).scatter_(1, both, coefficients)
+    eye = torch.eye(m, dtype=f64, device=gram.device).expand_as(r)
+    r_inv = torch.linalg.solve_triangular(r, eye, upper=True)
+    r_inv_t = r_inv.transpose(1, 2)
+    middle = torch.diag_embed(torch.diagonal(sy, dim1=1, dim2=2)) + gamma[:, None, None] * yy
+    g = -gamma[:, None, None]
+    chrono = torch.cat([torch.cat([r_inv_t @ middle @ r_inv, g * r_inv_t], dim=2),
+                        torch.cat([g * r_inv, torch.zeros_like(r_inv)], dim=2)], dim=1)
+    chrono = chrono * v2[:, None, :]  # the projections of empty slots count for nothing
+    # Back to ring slots: row and column both[k] of the result is row and column k here.
+    inverse = torch.empty_like(both).scatter_(1, both, _arange(2 * m, head.device).expand_as(both))
+    out = chrono.gather(1, inverse[:, :, None].expand(-1, -1, 2 * m))
+    return out.gather(2, inverse[:, None, :].expand(-1, 2 * m, -1))
+
+
+def apply_compact(
+    matrices: Tensor, proj: Tensor, gamma: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(c, gamma, ok)`` of :func:`compact_coefficients` from the blocks' :func:`compact_matrices`,
+    their projections ``(B, 2m)`` and gammas ``(B,)``, all float64."""
+    c = (matrices @ proj[:, :, None])[:, :, 0]
     ok = torch.isfinite(c).all(dim=1) & torch.isfinite(gamma)
-    c = torch.where(ok[:, None], c, 0.0)
-    return c, torch.where(ok, gamma, 1.0), ok
+    return torch.where(ok[:, None], c, 0.0), torch.where(ok, gamma, 1.0), ok
 
 
 def from_pairs(
@@ -248,7 +270,11 @@ def from_list_layout(old: dict[str, Any], m: int, like: Tensor) -> dict[str, Any
 
 
 def directions(
-    blocks: list[dict[str, Any]], dirs: list[Tensor], curvature: bool
+    blocks: list[dict[str, Any]],
+    dirs: list[Tensor],
+    curvature: bool,
+    whole: list[Tensor] | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> list[Tensor]:
     r"""Overwrite each flat gradient ``dirs[i]`` with its block's direction; returns the
     directions' norms (0-d tensors), all on the device.
@@ -258,7 +284,11 @@ def directions(
     its gradient). A direction that is still not finite (its gradient is not) becomes zeros,
     with norm 0, and is counted in ``nonfinite_grads``. The norms are ATen's (``_foreach_norm``,
     i.e. ``vector_norm``), whose order depends on the element count alone, not on where the
-    tensor lies in memory (MKL's ``dot`` does not).
+    tensor lies in memory (MKL's ``dot`` does not). ``whole``, if given, are tensors that hold
+    every direction and are finite elsewhere: the non-finite entries are zeroed there, in one
+    pass each instead of one per block. ``cache`` (a dict kept by the caller between steps)
+    keeps the blocks' :func:`compact_matrices`, made again whenever a block's Gram matrix,
+    mask, head or gamma is another tensor or was written in place since.
 
     The blocks' small decisions are taken once for all of them on stacked tensors, and each
     block's share is handed out by ``unbind`` and ``_foreach`` operations: a step's cost in
@@ -267,16 +297,17 @@ def directions(
     if not dirs:
         return []
     if curvature and blocks:
-        proj = _stack64([blk["pairs"] @ d.to(blk["pairs"].dtype)
+        proj = _stack64([blk["pairs"] @ _as(d, blk["pairs"].dtype)
                          for blk, d in zip(blocks, dirs, strict=True)])
-        valid = torch.stack([blk["valid"] for blk in blocks])
-        coeffs, gamma, ok = _compact(
-            _stack64([blk["gram"] for blk in blocks]), proj, valid,
-            torch.stack([blk["head"] for blk in blocks]),
-            _stack64([blk["gamma"] for blk in blocks]))
+        matrices, kept_gamma, held_any = _cached_compact(blocks, cache)
+        coeffs, gamma, ok = apply_compact(matrices, proj, kept_gamma)
         # A non-finite projection means a non-finite gradient, not the history's fault.
-        bad = torch.isfinite(proj).all(dim=1) & ~ok & valid.any(dim=1)
+        bad = torch.isfinite(proj).all(dim=1) & ~ok & held_any
         _reset_each(blocks, bad)
+        if cache is not None:  # the reset blocks' matrices, as recomputing them would give
+            cache["value"] = (torch.where(bad[:, None, None], 0.0, matrices),
+                              torch.where(bad, 1.0, kept_gamma), held_any & ~bad)
+            cache["key"] = _compact_key(blocks)
         cast = _casts([t.dtype for blk, d in zip(blocks, dirs, strict=True)
                        for t in (d, blk["pairs"])], coeffs, gamma)
         torch._foreach_mul_(dirs, [cast[d.dtype][1][k] for k, d in enumerate(dirs)])
@@ -296,10 +327,40 @@ def directions(
     # then zeroes (two vectorised passes; a where with a 0-d condition is not vectorised).
     keep = {dtype: finite.to(dtype).unbind() for dtype in {d.dtype for d in dirs}}
     torch._foreach_mul_(dirs, [keep[d.dtype][k] for k, d in enumerate(dirs)])
-    for d in dirs:
-        d.nan_to_num_(0.0, 0.0, 0.0)
+    for t in dirs if whole is None else whole:
+        t.nan_to_num_(0.0, 0.0, 0.0)
     per_dtype = {dtype: out.to(dtype).unbind() for dtype in keep}
     return [per_dtype[d.dtype][k] for k, d in enumerate(dirs)]
+
+
+def _compact_key(blocks: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """What the blocks' compact matrices are made of: each tensor and its version counter."""
+    return tuple((t, t._version) for blk in blocks
+                 for t in (blk["gram"], blk["valid"], blk["head"], blk["gamma"]))
+
+
+def _cached_compact(
+    blocks: list[dict[str, Any]], cache: dict[str, Any] | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The blocks' compact matrices, gammas (float64) and whether each holds a pair: from
+    ``cache`` while the history they were made of is unchanged, else made (and kept)."""
+    if cache is not None and "key" in cache:
+        key = cache["key"]
+        current = [t for blk in blocks
+                   for t in (blk["gram"], blk["valid"], blk["head"], blk["gamma"])]
+        if len(key) == len(current) and all(
+            k is t and v == t._version for (k, v), t in zip(key, current, strict=True)
+        ):
+            value: tuple[Tensor, Tensor, Tensor] = cache["value"]
+            return value
+    gamma = _stack64([blk["gamma"] for blk in blocks])
+    valid = torch.stack([blk["valid"] for blk in blocks])
+    matrices = compact_matrices(_stack64([blk["gram"] for blk in blocks]), valid,
+                                torch.stack([blk["head"] for blk in blocks]), gamma)
+    value = (matrices, gamma, valid.any(dim=1))
+    if cache is not None:
+        cache["key"], cache["value"] = _compact_key(blocks), value
+    return value
 
 
 def _reset_each(blocks: list[dict[str, Any]], bad: Tensor) -> None:
@@ -339,12 +400,18 @@ def _widened_products(pairs: Tensor, rows: Tensor, dtype: torch.dtype) -> Tensor
 def _stack64(tensors: list[Tensor]) -> Tensor:
     """``tensors`` (of one shape) stacked as one float64 tensor."""
     if len({t.dtype for t in tensors}) == 1:
-        return torch.stack(tensors).to(torch.float64)
+        return _as(torch.stack(tensors), torch.float64)
     return torch.stack([t.to(torch.float64) for t in tensors])
 
 
 def _casts(
     dtypes: list[torch.dtype], coeffs: Tensor, gamma: Tensor
-) -> dict[torch.dtype, tuple[Tensor, Tensor]]:
-    """``coeffs`` and ``gamma`` cast once to each of the blocks' dtypes."""
-    return {dtype: (coeffs.to(dtype), gamma.to(dtype)) for dtype in set(dtypes)}
+) -> dict[torch.dtype, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]:
+    """``coeffs`` and ``gamma`` cast once to each of the blocks' dtypes, one entry a block."""
+    return {dtype: (_as(coeffs, dtype).unbind(), _as(gamma, dtype).unbind())
+            for dtype in set(dtypes)}
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype`` (itself, with no dispatch, when it already is)."""
+    return t if t.dtype == dtype else t.to(dtype)

@@ -15,11 +15,13 @@ from sgdlab.errors import CheckpointError
 from sgdlab.optim._history import (
     COUNTERS,
     add_pair,
+    directions,
     from_list_layout,
     held,
     new_history,
     restore_dtypes,
 )
+from sgdlab.optim._records import Records
 
 _BLOCK_KEY = "mlbfgs_block"
 _GLOBAL_KEY = "mlbfgs_global"
@@ -273,3 +275,30 @@ class BlockStateOptimizer(torch.optim.Optimizer):
             state["grad_avg"] = torch.where(bad, grads[i], state["grad_avg"])
         block["param_snapshot"] = torch.where(bad, self._flat(b, self._params), m_param)
         block["grad_snapshot"] = torch.where(bad, self._flat(b, grads), m_grad)
+
+    # -- directions ------------------------------------------------------------------------------
+
+    def _local_records(self, grads: list[Tensor], curvature: bool) -> dict[int, Tensor]:
+        """For each owned block, its direction followed by the direction's norm (one tensor,
+        a view into this rank's scratch buffers, :class:`~sgdlab.optim._records.Records`).
+
+        The direction is :math:`H_b g_b` in compact form once pairs can exist, else
+        :math:`g_b`. A non-finite compact solve from a finite gradient resets the history and
+        the block follows its gradient; a non-finite direction (a non-finite gradient) is
+        replaced by zeros. The norm is taken here, by the owner, with an ATen reduction
+        (``_foreach_norm``, i.e. ``vector_norm``), whose order depends on the element count
+        alone and not on where the tensor lies in memory (MKL's ``dot`` does not).
+        """
+        scratch = self._scratch()
+        scratch.fill(grads)
+        blocks = [self._block_state(b) for b in self._owned]
+        scratch.set_norms(
+            directions(blocks, scratch.dirs, curvature, scratch.buffers, scratch.compact)
+        )
+        return scratch.records
+
+    def _scratch(self) -> Records:
+        """This rank's records, made at the first step (and after a copy or a load)."""
+        if self._records is None:
+            self._records = Records(self._params, self._blocks, self._owned)
+        return self._records

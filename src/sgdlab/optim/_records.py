@@ -20,6 +20,7 @@ The buffers are scratch, not state: nothing in them outlives a step, they are no
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -67,6 +68,9 @@ class Records:
                 self.targets.append(view)
                 self.views[i] = view
                 offset += n
+
+        # The blocks' compact matrices between pair steps (sgdlab.optim._history.directions).
+        self.compact: dict[str, Any] = {}
 
     def fill(self, grads: list[Tensor]) -> None:
         """Copy each owned block's gradients into its record (one operation)."""

@@ -143,9 +143,7 @@ from sgdlab.optim._blocks import (
     module_blocks,
 )
 from sgdlab.optim._curvature import check_damping
-from sgdlab.optim._history import directions
 from sgdlab.optim._mlbfgs_state import BlockStateOptimizer
-from sgdlab.optim._records import Records
 
 __all__ = [
     "MLBFGS",
@@ -463,31 +461,6 @@ class MLBFGS(BlockStateOptimizer):
         if wd != 0.0:
             torch._foreach_mul_(params, 1.0 - lr * wd)
         torch._foreach_add_(params, dirs, alpha=-lr)
-
-    # -- directions ----------------------------------------------------------------------------
-
-    def _local_records(self, grads: list[Tensor], curvature: bool) -> dict[int, Tensor]:
-        """For each owned block, its direction followed by the direction's norm (one tensor,
-        a view into this rank's scratch buffers, :class:`~sgdlab.optim._records.Records`).
-
-        The direction is :math:`H_b g_b` in compact form once pairs can exist, else
-        :math:`g_b`. A non-finite compact solve from a finite gradient resets the history and
-        the block follows its gradient; a non-finite direction (a non-finite gradient) is
-        replaced by zeros. The norm is taken here, by the owner, with an ATen reduction
-        (``_foreach_norm``, i.e. ``vector_norm``), whose order depends on the element count
-        alone and not on where the tensor lies in memory (MKL's ``dot`` does not).
-        """
-        scratch = self._scratch()
-        scratch.fill(grads)
-        blocks = [self._block_state(b) for b in self._owned]
-        scratch.set_norms(directions(blocks, scratch.dirs, curvature))
-        return scratch.records
-
-    def _scratch(self) -> Records:
-        """This rank's records, made at the first step (and after a copy or a load)."""
-        if self._records is None:
-            self._records = Records(self._params, self._blocks, self._owned)
-        return self._records
 
 
 def _history_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
