@@ -102,15 +102,7 @@ def damp_pair(s: Tensor, y: Tensor, damping: tuple[float, float, float]) -> tupl
     :math:`\phi = \min(\phi_{band}, 1-\delta)` (see :func:`~sgdlab.optim._curvature.
     damping_factor`, the scalar specification), all on the device; ``s`` must be non-zero
     wherever the result is used."""
-    sigma_low, sigma_high, delta = damping
-    ratio = torch.dot(s, y) / torch.dot(s, s)
-    one = torch.ones_like(ratio)
-    phi = torch.where(
-        ratio < sigma_low,
-        (1.0 - sigma_low) / (1.0 - ratio),
-        torch.where(ratio > sigma_high, (sigma_high - 1.0) / (ratio - 1.0), one),
-    )
-    phi = torch.clamp(phi, max=1.0 - delta)
+    phi = _damping_factors(torch.dot(s, y) / torch.dot(s, s), damping)
     # Undamped where phi = 1: y * 1 + s * 0 is y (s is finite wherever the pair is kept).
     return y * phi + s * (1.0 - phi), phi
 
@@ -132,20 +124,79 @@ def add_pair(
     :math:`s^\top y \le 0` after damping, is rejected and the history kept. A kept pair sets
     :math:`\gamma = s^\top y / y^\top y`.
     """
+    return add_pairs([block], [s], [y], damping, pair_momentum, blend_damped)[0]
+
+
+def add_pairs(
+    blocks: list[dict[str, Any]],
+    s_list: list[Tensor],
+    y_list: list[Tensor],
+    damping: tuple[float, float, float],
+    pair_momentum: float,
+    blend_damped: bool = False,
+) -> Tensor:
+    """:func:`add_pair` for each block with its ``(s, y)``; returns the blocks' non-finite
+    flags ``(B,)``. The inner products are each block's own; the decisions on them (damping,
+    keep or reject, gamma, the counters) are taken once for all blocks on stacked tensors,
+    with the same numbers as one block at a time."""
+    s_list, y_list = list(s_list), list(y_list)
     if pair_momentum > 0.0:
-        if "s_avg" in block:
-            has = block["has_avg"]
-            s = torch.where(has, s * (1.0 - pair_momentum) + block["s_avg"] * pair_momentum, s)
-            y = torch.where(has, y * (1.0 - pair_momentum) + block["y_avg"] * pair_momentum, y)
-        block["s_avg"], block["y_avg"] = s.clone(), y.clone()
-        block["has_avg"] = torch.ones_like(block["has_avg"])
-    ss, yy = torch.dot(s, s), torch.dot(y, y)
+        for k, blk in enumerate(blocks):
+            s, y = s_list[k], y_list[k]
+            if "s_avg" in blk:
+                has = blk["has_avg"]
+                s = torch.where(has, s * (1.0 - pair_momentum) + blk["s_avg"] * pair_momentum, s)
+                y = torch.where(has, y * (1.0 - pair_momentum) + blk["y_avg"] * pair_momentum, y)
+            blk["s_avg"], blk["y_avg"] = s.clone(), y.clone()
+            blk["has_avg"] = torch.ones_like(blk["has_avg"])
+            s_list[k], y_list[k] = s, y
+    ss = torch.stack([torch.dot(s, s) for s in s_list])
+    yy = torch.stack([torch.dot(y, y) for y in y_list])
     finite = torch.isfinite(ss) & torch.isfinite(yy)
-    y, phi = damp_pair(s, y, damping)
+    phi = _damping_factors(torch.stack([torch.dot(s, y) for s, y in zip(s_list, y_list,
+                                                                         strict=True)]) / ss,
+                           damping)
+    # Undamped where phi = 1: y * 1 + s * 0 is y (s is finite wherever the pair is kept).
+    y_list = [y * phi_k + s * rest_k for y, s, phi_k, rest_k
+              in zip(y_list, s_list, phi.unbind(), (1.0 - phi).unbind(), strict=True)]
     if pair_momentum > 0.0 and blend_damped:
-        block["y_avg"] = y.clone()
-    sy, yy = torch.dot(s, y), torch.dot(y, y)
+        for blk, y in zip(blocks, y_list, strict=True):
+            blk["y_avg"] = y.clone()
+    sy = torch.stack([torch.dot(s, y) for s, y in zip(s_list, y_list, strict=True)])
+    yy = torch.stack([torch.dot(y, y) for y in y_list])
     keep = finite & (ss > 0) & (sy > 0) & (yy > 0) & torch.isfinite(sy) & torch.isfinite(yy)
+    for blk, s, y, keep_k in zip(blocks, s_list, y_list, keep.unbind(), strict=True):
+        _write_pair(blk, s, y, keep_k)
+    newest = sy / yy
+    rejected = finite & ~keep
+    damped = keep & (phi < 1.0)
+    for blk, keep_k, newest_k, damped_k, rejected_k in zip(
+        blocks, keep.unbind(), newest.unbind(), damped.unbind(), rejected.unbind(), strict=True
+    ):
+        blk["head"] = blk["head"] + keep_k
+        blk["gamma"] = torch.where(keep_k, newest_k.to(blk["gamma"].dtype), blk["gamma"])
+        blk["accepted"] = blk["accepted"] + keep_k
+        blk["damped"] = blk["damped"] + damped_k
+        blk["rejected"] = blk["rejected"] + rejected_k
+    bad = ~finite
+    _reset_each(blocks, bad)
+    return bad
+
+
+def _damping_factors(ratio: Tensor, damping: tuple[float, float, float]) -> Tensor:
+    r""":math:`\phi` of :func:`damp_pair` for curvature ratios ``ratio`` (any shape)."""
+    sigma_low, sigma_high, delta = damping
+    one = torch.ones_like(ratio)
+    phi = torch.where(
+        ratio < sigma_low,
+        (1.0 - sigma_low) / (1.0 - ratio),
+        torch.where(ratio > sigma_high, (sigma_high - 1.0) / (ratio - 1.0), one),
+    )
+    return torch.clamp(phi, max=1.0 - delta)
+
+
+def _write_pair(block: dict[str, Any], s: Tensor, y: Tensor, keep: Tensor) -> None:
+    """Write ``(s, y)`` into the block's next ring slot and the Gram matrix where ``keep``."""
     pairs, m = block["pairs"], block["valid"].numel()
     slot = torch.remainder(block["head"], m).reshape(1)
     rows = torch.cat([slot, slot + m])
@@ -162,13 +213,6 @@ def add_pair(
     fresh = gram.index_copy(1, rows, cross).index_copy(0, rows, cross.T)
     block["gram"] = torch.where(keep, fresh, gram)
     block["valid"] = block["valid"].index_copy(0, slot, block["valid"].index_select(0, slot) | keep)
-    block["head"] = block["head"] + keep
-    block["gamma"] = torch.where(keep, (sy / yy).to(block["gamma"].dtype), block["gamma"])
-    block["accepted"] = block["accepted"] + keep
-    block["damped"] = block["damped"] + (keep & (phi < 1.0))
-    block["rejected"] = block["rejected"] + (finite & ~keep)
-    reset_where(block, ~finite)
-    return ~finite
 
 
 def compact_coefficients(

@@ -14,7 +14,7 @@ from torch import Tensor
 from sgdlab.errors import CheckpointError
 from sgdlab.optim._history import (
     COUNTERS,
-    add_pair,
+    add_pairs,
     directions,
     from_list_layout,
     held,
@@ -252,29 +252,42 @@ class BlockStateOptimizer(torch.optim.Optimizer):
             else:  # M <- beta M + (1 - beta) x as one pass (lerp; weight 1 gives x exactly)
                 torch._foreach_lerp_(avgs, [new[i] for i in index], 1.0 - beta)
 
-    def _form_pair(self, b: int, grads: list[Tensor], group: dict[str, Any]) -> None:
-        block = self._block_state(b)
+    def _form_pairs(self, owned: list[int], grads: list[Tensor], group: dict[str, Any]) -> None:
+        """A pair for each of the blocks ``owned`` (their decisions taken together, see
+        :func:`~sgdlab.optim._history.add_pairs`)."""
         authors = group["variant"] == "authors"
-        m_param = self._flat_state(b, "param_avg")
-        m_grad = self._flat_state(b, "grad_avg")
-        if authors:  # their gradient average restarts from g at every pair step
+        forming, s_list, y_list, grad_averages = [], [], [], []
+        for b in owned:
+            block = self._block_state(b)
+            m_param = self._flat_state(b, "param_avg")
+            m_grad = self._flat_state(b, "grad_avg")
+            if authors:  # their gradient average restarts from g at every pair step
+                for i in self._blocks[b]:
+                    self.state[self._params[i]]["grad_avg"].copy_(grads[i])
+                if "param_snapshot" not in block:  # their first pair step only takes snapshots
+                    block["param_snapshot"], block["grad_snapshot"] = m_param, m_grad
+                    continue
+            forming.append(b)
+            s_list.append(m_param - block["param_snapshot"])
+            y_list.append(m_grad - block["grad_snapshot"])
+            grad_averages.append(m_grad)
+        if not forming:
+            return
+        bad = add_pairs([self._block_state(b) for b in forming], s_list, y_list,
+                        group["damping"], group["pair_momentum"], blend_damped=authors)
+        for b, bad_b, m_grad in zip(forming, bad.unbind(), grad_averages, strict=True):
+            # After a NaN or Inf the averages start afresh from the current (finite) values.
             for i in self._blocks[b]:
-                self.state[self._params[i]]["grad_avg"].copy_(grads[i])
-            if "param_snapshot" not in block:  # their first pair step only takes snapshots
-                block["param_snapshot"], block["grad_snapshot"] = m_param, m_grad
-                return
-        s = m_param - block["param_snapshot"]
-        y = m_grad - block["grad_snapshot"]
-        bad = add_pair(
-            block, s, y, group["damping"], group["pair_momentum"], blend_damped=authors
-        )
-        # After a NaN or Inf the averages start afresh from the current (finite) values.
-        for i in self._blocks[b]:
-            state = self.state[self._params[i]]
-            state["param_avg"] = torch.where(bad, self._params[i], state["param_avg"])
-            state["grad_avg"] = torch.where(bad, grads[i], state["grad_avg"])
-        block["param_snapshot"] = torch.where(bad, self._flat(b, self._params), m_param)
-        block["grad_snapshot"] = torch.where(bad, self._flat(b, grads), m_grad)
+                state = self.state[self._params[i]]
+                state["param_avg"] = torch.where(bad_b, self._params[i], state["param_avg"])
+                state["grad_avg"] = torch.where(bad_b, grads[i], state["grad_avg"])
+            # The snapshots are the averages as they now stand: the same numbers as choosing
+            # between the flat averages and the flat current values, in fewer operations. (The
+            # authors' gradient average has restarted from g: their snapshot is the one before.)
+            block = self._block_state(b)
+            block["param_snapshot"] = self._flat_state(b, "param_avg")
+            block["grad_snapshot"] = (torch.where(bad_b, self._flat(b, grads), m_grad) if authors
+                                      else self._flat_state(b, "grad_avg"))
 
     # -- directions ------------------------------------------------------------------------------
 

@@ -379,8 +379,7 @@ class MLBFGS(BlockStateOptimizer):
                 self._seed_block(b, grads, snapshot=not authors)
         self._average(seeded, grads, group0["beta_param"], group0["beta_grad"], authors)
         if (t if authors else t - 1) % period == 0:
-            for b in seeded:
-                self._form_pair(b, grads, group0)
+            self._form_pairs(seeded, grads, group0)
 
         # The first pair was formed at step 1 + T (the authors': 2T).
         curvature = t >= 2 * period if authors else t > period
