@@ -13,8 +13,10 @@ fresh allocation of its own, on every rank whatever blocks it owns. That keeps t
 step equal to the single-rank step by construction, since a BLAS product (the history's
 ``W g``, ``W^T c``) may round differently at another alignment.
 
-The buffers are scratch, not state: nothing in them outlives a step, they are not in
-``state_dict()``, and a copied or reloaded optimizer builds its own.
+The buffers are scratch, not state: nothing in them outlives a step but the blocks' compact
+matrices (derived from the state, and made again whenever it changes), they are not in
+``state_dict()``, and a copied or reloaded optimizer builds its own. They hold the owned
+elements once more (plus the padding), which a step used to allocate afresh.
 """
 
 from __future__ import annotations
