@@ -89,14 +89,6 @@ def held(block: dict[str, Any]) -> Tensor:
     return block["valid"].sum()
 
 
-def reset_where(block: dict[str, Any], bad: Tensor) -> None:
-    """Forget the pairs where ``bad`` (a device bool), and count it."""
-    block["valid"] = block["valid"] & ~bad
-    block["gamma"] = torch.where(bad, torch.ones_like(block["gamma"]), block["gamma"])
-    block["has_avg"] = block["has_avg"] & ~bad
-    block["nonfinite_resets"] = block["nonfinite_resets"] + bad
-
-
 def damp_pair(s: Tensor, y: Tensor, damping: tuple[float, float, float]) -> tuple[Tensor, Tensor]:
     r"""``(y_damped, phi)``: :math:`y \leftarrow \phi y + (1-\phi) s` with
     :math:`\phi = \min(\phi_{band}, 1-\delta)` (see :func:`~sgdlab.optim._curvature.
@@ -408,8 +400,9 @@ def _cached_compact(
 
 
 def _reset_each(blocks: list[dict[str, Any]], bad: Tensor) -> None:
-    """:func:`reset_where` for each block with ``bad`` stacked ``(B,)``, in fewer operations:
-    the same values (``has_avg`` can only be set where a pair average is kept)."""
+    """Forget the pairs of each block where ``bad`` (a device bool, stacked ``(B,)``) and count
+    it: validity and the pair average's flag cleared, γ back to 1 (``has_avg`` exists only
+    where a pair average is kept)."""
     good = ~bad
     for blk, bad_k, good_k in zip(blocks, bad.unbind(), good.unbind(), strict=True):
         blk["valid"] = blk["valid"] & good_k
