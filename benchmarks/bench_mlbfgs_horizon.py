@@ -30,6 +30,10 @@ is kept, its milestones are fractions of this run's steps. (Runs stored before t
 was a ``TrainConfig`` field set it with a ``LambdaLR`` outside the config, milestones at
 ``round(fraction * steps)``, and do not record it; the suite tag names the benchmark.)
 
+``--set KEY=VALUE`` (repeatable) gives the ``mlbfgs`` contender a hyperparameter (a JSON
+value: ``damping=[0.01,1e4,0]``, ``max_norm=null``), ``--set workload.KEY=VALUE`` the workload
+an option (``workload.l2=1e-4``); both are stored in the runs' configs.
+
 Run:  flock /tmp/sgdlab-bench.lock nice -n 0 env PYTHONPATH=src python \\
           benchmarks/bench_mlbfgs_horizon.py [--workload mlp-mnist] [--epochs 3] [--json]
       ``--tiny``: two contenders, two epochs of logreg-breast-cancer (the smoke test).
@@ -46,7 +50,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sgdlab.errors import DivergenceError
+from typer import BadParameter
+
+from sgdlab.cli.options import parse_sets
+from sgdlab.errors import ConfigError, DivergenceError
 from sgdlab.experiments.mlbfgs import CONTENDERS, _bench_workload, _counted, lr_grid
 from sgdlab.experiments.mlbfgs_plan import Contender, WorkloadPlan
 from sgdlab.report.plots import plot_workload
@@ -100,7 +107,8 @@ def run_one(args: argparse.Namespace, w: Workload, c: Contender, lr: float, seed
     per_epoch = w.num_train / batch
     config = TrainConfig(
         workload=w.name, optimizer=c.optimizer, lr=lr, steps=steps, batch_size=batch, seed=seed,
-        optimizer_options=dict(c.options), schedule="step", warmup=args.warmup,
+        optimizer_options=dict(c.options), workload_options=dict(args.workload_options),
+        schedule="step", warmup=args.warmup,
         milestones=args.milestones, gamma=args.gamma,
         eval_every=max(1, round(per_epoch / args.evals)),
         db=args.db, out=args.out / "runs", threads=1, suite=tag, progress=False,
@@ -217,6 +225,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "same runs (tuning stays on --target)")
     p.add_argument("--max-norm", default=None,
                    help="mL-BFGS's clip for the mlbfgs contender ('none': no clip; default 0.3)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="an mlbfgs-contender hyperparameter (JSON value, e.g. "
+                        "damping=[0.01,1e4,0], max_norm=null), or workload.KEY=VALUE for the "
+                        "workload (e.g. workload.l2=1e-4); repeat for more")
     p.add_argument("--eval-test", type=int, default=None,
                    help="evaluate on a fixed seeded subset of this many test samples")
     p.add_argument("--eval-train", type=int, default=None,
@@ -238,9 +250,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown or "mlbfgs" not in names:
         p.error(f"contenders: choose among {', '.join(HORIZON)}, mlbfgs included")
     factors = tuple(float(f) for f in args.lr_factors.split(","))
-    w = _bench_workload(args.workload, WorkloadPlan(
-        steps=1, eval_every=1, eval_train=args.eval_train, eval_test=args.eval_test,
-        target=args.target))  # the plan's steps and eval_every are not read here
+    try:
+        mlbfgs_sets, args.workload_options = parse_sets(args.sets)
+    except BadParameter as e:
+        p.error(str(e))
+    try:
+        w = _bench_workload(args.workload, WorkloadPlan(
+            steps=1, eval_every=1, eval_train=args.eval_train, eval_test=args.eval_test,
+            target=args.target), **args.workload_options)  # the plan's steps, eval_every unread
+    except ConfigError as e:
+        p.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"mlbfgs-horizon-{time.strftime('%Y%m%dT%H%M%S')}"
     started = time.perf_counter()
@@ -250,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name == "mlbfgs" and args.max_norm is not None:
             clip = None if args.max_norm.lower() == "none" else float(args.max_norm)
             c = replace(c, options={**c.options, "max_norm": clip})
+        if name == "mlbfgs" and mlbfgs_sets:
+            c = replace(c, options={**c.options, **mlbfgs_sets})
         grid = [run_one(args, w, c, lr, 0, tag) for lr in lr_grid(c.lr, factors)]
         best = min(grid, key=Trial.key)
         tuning += [{"contender": name, "lr": t.lr, "chosen": t is best,
@@ -265,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = [r for r in store.runs(suite=tag) if r.id in ids]
         plot = plot_workload(store, runs, args.out / f"mlbfgs-horizon-{w.name}.png")
     summary = {
-        "suite": tag, "workload": w.name, "target": w.target, "epochs": args.epochs,
+        "suite": tag, "workload": w.name, "workload_options": args.workload_options,
+        "mlbfgs_options": mlbfgs_sets, "target": w.target, "epochs": args.epochs,
         "hard_target": args.hard_target, "eval_test": len(w.y_test),
         "eval_train": w.train_eval_size,
         "compute_seconds": time.perf_counter() - started, "plot": str(plot),

@@ -106,3 +106,33 @@ def test_harder_level_and_eval_subsets(bench: ModuleType, tmp_path: Path) -> Non
     assert all(r["reached_hard"] == 0 and r["median_epochs_hard"] is None for r in high["rows"])
     assert high["goals_hard"]["epochs_goal_met"] is False
     assert "epochs to hard" in (tmp_path / "b" / "summary.md").read_text()
+
+
+def test_sets_reach_mlbfgs_and_the_workload(bench: ModuleType, tmp_path: Path) -> None:
+    """``--set KEY=VALUE`` sets an mlbfgs-contender hyperparameter (JSON: a list becomes a
+    tuple, ``null`` None) and ``--set workload.KEY=VALUE`` a workload option; both are stored in
+    the runs' configs, the workload option in every contender's, the optimizer's only in
+    mL-BFGS's."""
+    summary = bench.main(["--tiny", "--seeds", "1", "--set", "damping=[0.01,1000,0]",
+                          "--set", "max_norm=null", "--set", "workload.l2=0.05",
+                          "--db", str(tmp_path / "s.db"), "--out", str(tmp_path)])
+    assert summary["workload_options"] == {"l2": "0.05"}
+    with ResultStore(tmp_path / "s.db") as store:
+        configs = {r.config["optimizer"]: r.config for r in store.runs()}
+    assert set(configs) == {"sgd", "mlbfgs"}
+    assert all(c["workload_options"] == {"l2": "0.05"} for c in configs.values())
+    assert configs["mlbfgs"]["optimizer_options"]["damping"] == [0.01, 1000, 0]
+    assert configs["mlbfgs"]["optimizer_options"]["max_norm"] is None
+    assert "damping" not in configs["sgd"]["optimizer_options"]
+
+
+@pytest.mark.parametrize(("item", "message"), [("damping", "--set takes key=value"),
+                                             ("=3", "--set takes key=value"),
+                                             ("workload.nope=1", "has no option nope")])
+def test_bad_set_is_one_line_error(bench: ModuleType, tmp_path: Path, item: str, message: str,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--tiny", "--set", item, "--db", str(tmp_path / "e.db"),
+                    "--out", str(tmp_path)])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "e.db").exists()

@@ -120,9 +120,10 @@ def _counted(w: Workload) -> _CountedWorkload:
     return _CountedWorkload(**{f.name: getattr(w, f.name) for f in fields(Workload)})
 
 
-def _bench_workload(name: str, plan: WorkloadPlan) -> Workload:
-    """The workload with its evaluation subsets (seeded, so every run sees the same ones)."""
-    w = get_workload(name)
+def _bench_workload(name: str, plan: WorkloadPlan, **options: Any) -> Workload:
+    """The workload (built with ``options``) with its evaluation subsets (seeded, so every run
+    sees the same ones)."""
+    w = get_workload(name, **options)
     if plan.target is not None:
         w = replace(w, target=plan.target)
     if plan.eval_train is not None:
