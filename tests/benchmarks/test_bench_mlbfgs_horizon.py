@@ -3,8 +3,7 @@ runner, and a tiny run produces its table, plot and goals."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,17 +16,10 @@ from sgdlab.run.store import ResultStore
 from sgdlab.run.train import SingleRun
 from sgdlab.workloads import get_workload
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "bench_mlbfgs_horizon.py"
-
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_mlbfgs_horizon", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("bench_mlbfgs_horizon")
 
 
 def test_schedule_factor() -> None:

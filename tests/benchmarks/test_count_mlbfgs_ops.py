@@ -3,22 +3,15 @@ between pair steps from a pair step, and refuses a period with no step between p
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "benchmarks" / "count_mlbfgs_ops.py"
-
 
 @pytest.fixture(scope="module")
-def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("count_mlbfgs_ops", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script: Callable[[str], ModuleType]) -> ModuleType:
+    return load_script("count_mlbfgs_ops")
 
 
 def test_a_pair_step_dispatches_more_than_a_step(script: ModuleType) -> None:
