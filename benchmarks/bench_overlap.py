@@ -8,8 +8,8 @@ The same as ``sgdlab bench overlap --grid small --out benchmarks/results/overlap
 markdown summary written to ``benchmarks/results/overlap.md``.
 
 ``--protocol paper`` (or a scaled one: ``paper-scaled``, ``paper-scaled2``,
-``paper-scaled2-tau8``, ``paper-scaled3-tau1``, ``paper-scaled3-tau2``, ``paper-scaled3-tau8``)
-runs
+``paper-scaled2-tau8``, ``paper-scaled3-tau1``, ``paper-scaled3-tau2``, ``paper-scaled3-tau8``,
+``paper-scaled3-tau8-sync``) runs
 :mod:`sgdlab.experiments.overlap_paper` on a real 4-host testbed instead (root) and writes
 ``benchmarks/results/overlap-<protocol>.md``; ``--seeds`` runs only those seeds and merges
 them into the earlier ones' results, so a long protocol runs a seed per invocation::

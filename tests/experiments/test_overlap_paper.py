@@ -190,6 +190,8 @@ def test_the_scaled_protocols_cover_every_baseline_and_short_straggler_runs() ->
     tau2 = PROTOCOLS["paper-scaled3-tau2"]
     assert {c.algo for c in protocol_configs(tau2, 2) if c.steps == tau2.steps} == {
         "sync", "local", "overlap", "easgd", "cocod", "torch-local"}
+    assert {(c.algo, c.tau) for c in protocol_configs(PROTOCOLS["paper-scaled3-tau8-sync"], 8)
+            } == {("sync", 1), ("overlap", 8)}
     tau1 = protocol_configs(PROTOCOLS["paper-scaled3-tau1"], tau=1)
     assert {(c.algo, c.tau) for c in tau1} == {("sync", 1), ("local", 1), ("overlap", 1)}
     # a protocol without a straggler length keeps its stragglers as long as its runs

@@ -168,6 +168,15 @@ PROTOCOLS = {
                                         probe_steps=40,
                                         note="scaled: tau 2, 600 steps, every baseline; "
                                              "stragglers over 240 steps"),
+    # Sync SGD on tau = 8's link, beside Overlap on the same invocation's link: each of its
+    # steps waits for an all-reduce that costs about 8 of Overlap's, so 500 steps (sync SGD
+    # reaches 0.88 in about 250 at tau 1) take about 3 minutes a run.
+    "paper-scaled3-tau8-sync": PaperProtocol(taus=(8,), steps=500, eval_every=25,
+                                             eval_samples=1000, algos=("sync", "overlap"),
+                                             stragglers=False, compute_only=False,
+                                             probe_steps=40,
+                                             note="scaled: tau 8's link, 500 steps, sync SGD "
+                                                  "and Overlap"),
     # tau = 1: an all-reduce every step, on a link sized so it costs one step; sync SGD,
     # Local SGD (at tau 1 it averages the models where sync averages the gradients) and
     # Overlap, 600 steps to 0.88.
