@@ -39,6 +39,7 @@ ALLOWED = {
     "experiments": BASE | METHODS | {"run", "report"},
     "testbed": BASE | METHODS | {"run", "report"},
     "cli": BASE | METHODS | {"run", "report", "experiments", "testbed"},
+    "__main__": {"cli"},  # ``python -m sgdlab``: the command and nothing else
 }
 # torch.distributed is called only through distributed/comm.py.
 TORCH_DISTRIBUTED = {"distributed/comm.py"}
