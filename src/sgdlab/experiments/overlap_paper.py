@@ -152,8 +152,8 @@ PROTOCOLS = {
     # tau = 8's baselines beside Overlap and Local SGD on one invocation's link (runs on links
     # sized in different invocations are not compared): EASGD, CoCoD-SGD and torch's Local SGD
     # to 0.88, and the stragglers, whose slowdown is a time per step, in shorter runs. Sync SGD
-    # is left to tau = 1's link: on tau = 8's an all-reduce costs 8 steps, so each of its 400+
-    # steps to 0.88 costs about 9 of Overlap's (about 15 minutes per partition and 3 seeds).
+    # has its own protocol on this link (paper-scaled3-tau8-sync, below): each of its steps
+    # there costs about 9 of Overlap's, so it runs shorter and beside Overlap only.
     "paper-scaled3-tau8": PaperProtocol(taus=(8,), steps=800, eval_every=40, eval_samples=1000,
                                         algos=("local", "overlap", "easgd", "cocod",
                                                "torch-local"),
