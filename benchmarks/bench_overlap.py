@@ -62,10 +62,12 @@ def _probes(summary: dict[str, Any], world_size: int) -> str:
              "its all-reduce ms": f"{q['overlap_allreduce_ms']:.1f}"
              if "overlap_allreduce_ms" in q else "not used",
              "link Mbit/s": f"{q['mbit']:.0f}"} for q in summary["probes"]]
+    share = summary.get("plan", {}).get("link_share", 1.0)
+    steps = "τ" if share == 1.0 else f"{share:g} τ"
     return (f"The link per invocation and τ (model {summary['model_bytes'] / 1e6:.3f} MB), "
             f"sized on the {world_size} testbed hosts: a compute-only step (after its warm-up) "
             "sizes a first link, on which Overlap's own compute per step sizes the link so "
-            "one all-reduce takes τ of Overlap's steps.\n\n" + _table(rows))
+            f"one all-reduce takes {steps} of Overlap's steps.\n\n" + _table(rows))
 
 
 def protocol_main(name: str, out: Path | None, replot: bool,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +196,34 @@ def test_the_scaled_protocols_cover_every_baseline_and_short_straggler_runs() ->
     assert {(c.algo, c.tau) for c in tau1} == {("sync", 1), ("local", 1), ("overlap", 1)}
     # a protocol without a straggler length keeps its stragglers as long as its runs
     assert {c.steps for c in protocol_configs(PROTOCOLS["paper"], 2)} == {PROTOCOLS["paper"].steps}
+
+
+def test_a_protocol_with_slack_sizes_the_all_reduce_into_its_share_of_tau(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``link_share`` < 1 leaves slack: the all-reduce is sized into that share of τ's steps,
+    a faster link than the issue's sizing of the same measurements."""
+    import contextlib
+
+    from sgdlab.experiments import overlap_paper
+
+    links: list[float] = []
+
+    @contextlib.contextmanager
+    def link(rate: float, burst: int) -> Iterator[dict[str, Any]]:
+        links.append(rate)
+        yield {"testbed": rate}
+
+    monkeypatch.setattr(overlap_paper, "run_dist_many", _fake_runs)
+    monkeypatch.setattr(overlap_paper, "averaged_bytes", lambda workload: 828_000)
+    monkeypatch.setattr(overlap_paper, "protocol_report", lambda results, p, out: {})
+    p = PROTOCOLS["paper-scaled3-tau8-slack"]
+    assert p.link_share == 0.75 and p.taus == (8,)
+    summary = run_protocol("paper-scaled3-tau8-slack", link, tmp_path, log=lambda _: None,
+                           seeds=(0,))
+    exact = calibrated_rate_bps(828_000, 4, 8, 0.03, 0.07, links[1])
+    assert links[2] == pytest.approx(calibrated_rate_bps(828_000, 4, 6, 0.03, 0.07, links[1]))
+    assert links[2] > exact
+    assert summary["probes"][0]["link_share"] == 0.75
+    for bad in (0.0, 1.5, -1.0):
+        with pytest.raises(ValueError, match="link_share"):
+            replace(p, link_share=bad)
