@@ -18,6 +18,7 @@ from sgdlab.optim._curvature import damping_factor, two_loop
 from sgdlab.optim._history import (
     COUNTERS,
     add_pair,
+    add_pairs,
     compact_coefficients,
     damp_pair,
     new_history,
@@ -242,3 +243,26 @@ def test_kept_compact_matrices_equal_fresh_ones(monkeypatch: pytest.MonkeyPatch)
     stale = _trajectory(monkeypatch, "stale")
     assert all(torch.equal(a, b) for a, b in zip(kept, fresh, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(stale, fresh, strict=True))
+
+
+def test_pairs_of_blocks_of_several_dtypes_have_each_block_s_own_numbers() -> None:
+    # add_pairs takes its blocks' decisions together; a float32 block's damping and gamma must
+    # be what that block alone gives, not float32 numbers promoted to float64 beside a float64
+    # block (which made a sharded step, whose ranks stack other blocks, leave the single one).
+    band = (0.5, 2.0, 0.0)  # the ratios below lie outside it: every pair is damped
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for k in range(8):
+        dtype = torch.float32 if k % 2 == 0 else F64
+        s = torch.randn(9, generator=g, dtype=F64)
+        y = (0.05 + 10.0 * (k % 3)) * s + torch.randn(9, generator=g, dtype=F64)
+        cases.append((s.to(dtype), y.to(dtype)))
+    together = [new_history(9, 3, s.dtype, torch.device("cpu")) for s, _ in cases]
+    alone = [new_history(9, 3, s.dtype, torch.device("cpu")) for s, _ in cases]
+    add_pairs(together, [s for s, _ in cases], [y for _, y in cases], band, 0.0)
+    for block, (s, y) in zip(alone, cases, strict=True):
+        add_pair(block, s, y, band, 0.0)
+    assert sum(int(b["damped"]) for b in alone) == len(cases)
+    for a, b in zip(together, alone, strict=True):
+        for key in ("pairs", "gram", "gamma", "valid", "head"):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key

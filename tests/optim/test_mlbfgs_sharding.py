@@ -135,6 +135,44 @@ def test_sharded_step_equals_single_rank_step(world: int, history_dtype: Any) ->
         assert held == d["owned_blocks"]
 
 
+def test_sharded_step_with_a_dtype_mix_equals_single_rank_step() -> None:
+    # Float32 and float64 blocks, a rank owning one of each and the other a float64 one: the
+    # pairs' decisions (damping, gamma) of a float32 block must not depend on what it is
+    # stacked beside. The curvatures differ by 3000x along each block, so pairs are damped.
+    def model() -> list[torch.nn.Parameter]:
+        torch.manual_seed(0)
+        dtypes = (torch.float32, F64, F64, torch.float32)
+        return [torch.nn.Parameter(torch.randn(s, dtype=d))
+                for s, d in zip([(6, 5), (6,), (4, 6), (4,)], dtypes, strict=True)]
+
+    def backward_of(params: list[torch.nn.Parameter], step: int) -> None:
+        g = torch.Generator().manual_seed(step)
+        for p in params:
+            curvature = torch.linspace(0.01, 30.0, p.numel(), dtype=F64).reshape(p.shape)
+            noise = torch.randn(p.shape, generator=g, dtype=F64)
+            p.grad = (curvature * p.detach().to(F64) + 0.3 * noise).to(p.dtype)
+
+    kwargs: dict[str, Any] = dict(update_freq=2, history_size=3)
+    reference = model()
+    single = MLBFGS(reference, **kwargs)
+    board: dict[int, Tensor] = {}
+    barrier = threading.Barrier(2)
+    replicas = [model() for _ in range(2)]
+    opts = [MLBFGS(r, exchange=ThreadExchange(k, 2, board, barrier), **kwargs)
+            for k, r in enumerate(replicas)]
+    assert opts[0].owners == [0, 1, 1, 0]
+    with ThreadPoolExecutor(2) as pool:
+        for step in range(10):
+            backward_of(reference, step)
+            single.step()
+            for r in replicas:
+                backward_of(r, step)
+            list(pool.map(lambda o: o.step(), opts))
+            for r in replicas:
+                assert all(torch.equal(a, b) for a, b in zip(r, reference, strict=True)), step
+    assert single.diagnostics()["pairs_damped"] > 0
+
+
 def test_single_rank_checkpoint_resumes_sharded_exactly() -> None:
     kwargs: dict[str, Any] = dict(update_freq=2, history_size=3)
     model = mlp(widths=(5, 7, 6, 6, 3))

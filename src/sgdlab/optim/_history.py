@@ -129,8 +129,35 @@ def add_pairs(
 ) -> Tensor:
     """:func:`add_pair` for each block with its ``(s, y)``; returns the blocks' non-finite
     flags ``(B,)``. The inner products are each block's own; the decisions on them (damping,
-    keep or reject, gamma, the counters) are taken once for all blocks on stacked tensors,
-    with the same numbers as one block at a time."""
+    keep or reject, gamma, the counters) are taken once for all blocks of one dtype on
+    stacked tensors, with the same numbers as one block at a time. (Blocks of another dtype
+    are taken apart: stacking would promote a float32 block's numbers to float64, and a
+    sharded rank, which stacks other blocks, would then round otherwise than a single one.)"""
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for k, s in enumerate(s_list):
+        by_dtype.setdefault(s.dtype, []).append(k)
+    if len(by_dtype) <= 1:
+        return _add_pairs_of_one_dtype(blocks, s_list, y_list, damping, pair_momentum,
+                                       blend_damped)
+    flags: dict[int, Tensor] = {}
+    for members in by_dtype.values():
+        bad = _add_pairs_of_one_dtype([blocks[k] for k in members], [s_list[k] for k in members],
+                                      [y_list[k] for k in members], damping, pair_momentum,
+                                      blend_damped)
+        for k, flag in zip(members, bad.unbind(), strict=True):
+            flags[k] = flag
+    return torch.stack([flags[k] for k in range(len(blocks))])
+
+
+def _add_pairs_of_one_dtype(
+    blocks: list[dict[str, Any]],
+    s_list: list[Tensor],
+    y_list: list[Tensor],
+    damping: tuple[float, float, float],
+    pair_momentum: float,
+    blend_damped: bool,
+) -> Tensor:
+    """:func:`add_pairs` for blocks whose pairs share one dtype."""
     s_list, y_list = list(s_list), list(y_list)
     if pair_momentum > 0.0:
         for k, blk in enumerate(blocks):
