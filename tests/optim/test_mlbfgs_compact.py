@@ -266,3 +266,19 @@ def test_pairs_of_blocks_of_several_dtypes_have_each_block_s_own_numbers() -> No
     for a, b in zip(together, alone, strict=True):
         for key in ("pairs", "gram", "gamma", "valid", "head"):
             assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def test_a_step_under_inference_mode_steps_as_outside_it() -> None:
+    # As torch's optimizers do. Tensors made under inference mode have no version counter, by
+    # which the kept compact matrices are checked: the step must not rely on it there.
+    runs = []
+    for inference in (False, True):
+        model = _mlp()
+        opt = MLBFGS(model.parameters(), update_freq=2, history_size=3)
+        for step in range(9):  # pair steps, and steps between them that reuse the matrices
+            _backward(model, step)
+            with torch.inference_mode(inference):
+                opt.step()
+        assert opt.diagnostics()["pairs_accepted"] > 0
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

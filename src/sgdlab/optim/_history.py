@@ -351,7 +351,8 @@ def directions(
     every direction and are finite elsewhere: the non-finite entries are zeroed there, in one
     pass each instead of one per block. ``cache`` (a dict kept by the caller between steps)
     keeps the blocks' :func:`compact_matrices`, made again whenever a block's Gram matrix,
-    mask, head or gamma is another tensor or was written in place since.
+    mask, head or gamma is another tensor or was written in place since (and at every step
+    for tensors made under ``torch.inference_mode``, which keep no version counter).
 
     The blocks' small decisions are taken once for all of them on stacked tensors, and each
     block's share is handed out by ``unbind`` and ``_foreach`` operations: a step's cost in
@@ -396,10 +397,14 @@ def directions(
     return [per_dtype[d.dtype][k] for k, d in enumerate(dirs)]
 
 
-def _compact_key(blocks: list[dict[str, Any]]) -> tuple[Any, ...]:
-    """What the blocks' compact matrices are made of: each tensor and its version counter."""
-    return tuple((t, t._version) for blk in blocks
-                 for t in (blk["gram"], blk["valid"], blk["head"], blk["gamma"]))
+def _compact_key(blocks: list[dict[str, Any]]) -> tuple[Any, ...] | None:
+    """What the blocks' compact matrices are made of: each tensor and its version counter;
+    ``None`` (nothing to keep them by) where one was made under ``torch.inference_mode``,
+    whose tensors have no version counter."""
+    tensors = [t for blk in blocks for t in (blk["gram"], blk["valid"], blk["head"], blk["gamma"])]
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t, t._version) for t in tensors)
 
 
 def _cached_compact(
@@ -407,7 +412,7 @@ def _cached_compact(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The blocks' compact matrices, gammas (float64) and whether each holds a pair: from
     ``cache`` while the history they were made of is unchanged, else made (and kept)."""
-    if cache is not None and "key" in cache:
+    if cache is not None and cache.get("key") is not None:
         key = cache["key"]
         current = [t for blk in blocks
                    for t in (blk["gram"], blk["valid"], blk["head"], blk["gamma"])]
