@@ -443,6 +443,30 @@ def test_nonfinite_gradient_does_not_move_its_block(steps: int) -> None:
     assert diag["nonfinite_resets"] == 0 and diag["history"] == history  # not the pairs' fault
 
 
+@pytest.mark.parametrize("gradient", ["zero", "nonfinite"])
+def test_authors_unit_direction_of_a_zero_direction_keeps_the_parameters_finite(
+    gradient: str,
+) -> None:
+    # The authors' variant divides the direction by its norm from step 2T on; a direction of
+    # norm 0 (an exact zero gradient, or every block's gradient non-finite and zeroed) must
+    # not become 0 / 0 in the parameters and the heavy ball.
+    model, opt = _curvature_run(5, variant="authors", max_norm=None)
+    params = list(model.parameters())
+    backward(model, batches(7, 1)[0])
+    for p in params:
+        p.grad = torch.zeros_like(p) if gradient == "zero" else torch.full_like(p, math.nan)
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    assert opt.diagnostics()["direction_norm"] == 0.0
+    assert all(torch.isfinite(p).all() for p in params)
+    assert all(torch.isfinite(opt.state[p]["momentum_buffer"]).all() for p in params)
+    for batch in batches(8, 2):  # and the run goes on
+        backward(model, batch)
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in params)
+    assert not all(torch.equal(a, b) for a, b in zip(params, before, strict=True))
+
+
 def test_pair_history_is_a_ring_and_refuses_bad_pairs() -> None:
     block = new_history(2, 2, torch.float32, torch.device("cpu"))
     band = (0.1, 10.0, 0.0)

@@ -405,8 +405,8 @@ class MLBFGS(BlockStateOptimizer):
         glob["direction_norm"] = norm.to(self._params[0].dtype)
         max_norm = group0["max_norm"]
         scale = None
-        if authors and curvature:  # the authors' unit-norm direction
-            scale = 1.0 / norm
+        if authors and curvature:  # the authors' unit-norm direction (a zero one stays zero)
+            scale = torch.where(norm > 0.0, 1.0 / norm, 1.0)
         elif max_norm is not None and not authors:
             over = norm > max_norm
             glob["clipped_steps"] = glob["clipped_steps"] + over
