@@ -100,3 +100,33 @@ def test_a_checkpoint_from_before_the_options_loads() -> None:
     assert (again.param_groups[0]["history_dtype"], again.param_groups[0]["variant"]) == (
         None, "ours")
     assert torch.equal(_train(again, twin, batches(6, 2)), _train(opt, model, batches(6, 2)))
+
+
+def test_bfloat16_parameters_resume_past_256_pairs_exactly() -> None:
+    # torch's load_state_dict casts every state tensor to its parameter's dtype; bfloat16
+    # holds integers exactly only to 256, so the ring's head (259 pairs written) and the
+    # counters must come back from the checkpoint as they were saved, not as bfloat16 had them.
+    def run(opt: MLBFGS, param: torch.nn.Parameter, steps: range) -> None:
+        for step in steps:
+            g = torch.Generator().manual_seed(step)
+            noise = torch.randn(param.shape, generator=g)
+            param.grad = (2.0 * param.detach().float() + 0.1 * noise).to(torch.bfloat16)
+            opt.step()
+
+    kwargs: dict[str, Any] = dict(update_freq=1, history_size=3, damping=(0.5, 2.0, 0.1))
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.bfloat16))
+    opt = MLBFGS([param], **kwargs)
+    run(opt, param, range(262))
+    head = int(_blocks(opt)[0]["head"])
+    assert head > 256 and float(torch.tensor(head).to(torch.bfloat16)) != head
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    twin = torch.nn.Parameter(param.detach().clone())
+    resumed = MLBFGS([twin], **kwargs)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.diagnostics() == opt.diagnostics()
+    run(opt, param, range(262, 266))
+    run(resumed, twin, range(262, 266))
+    assert torch.equal(param, twin)

@@ -76,12 +76,15 @@ def new_history(
     }
 
 
-def restore_dtypes(block: dict[str, Any]) -> None:
-    """Undo torch's cast of the integer and boolean entries to the parameter's dtype."""
-    for key in INTEGER_KEYS:
-        block[key] = block[key].to(torch.long)
-    for key in BOOL_KEYS:
-        block[key] = block[key].to(torch.bool)
+def restore_dtypes(block: dict[str, Any], saved: dict[str, Any] | None = None) -> None:
+    """Undo torch's cast of the integer and boolean entries to the parameter's dtype: take
+    them from ``saved`` (the checkpoint's, uncast) where it has them, on the block's device
+    (a narrow float, such as bfloat16 from 257 on, does not hold every integer)."""
+    saved = saved or {}
+    for keys, dtype in ((INTEGER_KEYS, torch.long), (BOOL_KEYS, torch.bool)):
+        for key in keys:
+            value = torch.as_tensor(saved.get(key, block[key]))
+            block[key] = value.to(device=block[key].device, dtype=dtype)
 
 
 def held(block: dict[str, Any]) -> Tensor:
