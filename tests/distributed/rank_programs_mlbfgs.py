@@ -61,6 +61,37 @@ def sharded_equals_single(rank: int, world_size: int, steps: int) -> dict[str, A
     return {"same": same, "owned": opt.diagnostics()["owned_blocks"], "calls": ex.calls}
 
 
+def sharded_dtype_mix_equals_single(rank: int, world_size: int, steps: int) -> dict[str, Any]:
+    """Blocks of float32, bfloat16 and float64 parameters: each rank must receive every block
+    bit for bit in its owner's dtype, so that the sharded step equals the single-rank one."""
+
+    def params() -> list[torch.nn.Parameter]:
+        torch.manual_seed(0)
+        dtypes = (torch.float32, torch.bfloat16, torch.float64, torch.float32, torch.bfloat16)
+        shapes = [(6, 5), (6,), (4, 6), (4,), (3, 4)]
+        return [torch.nn.Parameter(torch.randn(s, dtype=d))
+                for s, d in zip(shapes, dtypes, strict=True)]
+
+    def backward(ps: list[torch.nn.Parameter], step: int) -> None:
+        g = torch.Generator().manual_seed(step)
+        for p in ps:
+            curvature = torch.linspace(0.01, 30.0, p.numel(), dtype=torch.float64)
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            p.grad = (curvature.reshape(p.shape) * p.detach().double() + 0.3 * noise).to(p.dtype)
+
+    sharded, single = params(), params()
+    ex = BlockExchange()
+    opt = MLBFGS(sharded, exchange=ex, **KW)
+    reference = MLBFGS(single, **KW)
+    for step in range(steps):
+        backward(sharded, step)
+        backward(single, step)
+        opt.step()
+        reference.step()
+    same = all(torch.equal(a, b) for a, b in zip(sharded, single, strict=True))
+    return {"same": same, "owned": opt.diagnostics()["owned_blocks"], "calls": ex.calls}
+
+
 def under_sync_sgd(rank: int, world_size: int, steps: int) -> dict[str, Any]:
     """Data parallel: each rank its own data, gradients averaged, blocks sharded."""
     model = _mlp()

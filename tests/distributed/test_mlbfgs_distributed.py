@@ -35,6 +35,14 @@ def test_sharded_step_equals_single_rank_step(world: int) -> None:
         assert max(len(blocks) for blocks in owned) < 6  # the work really is shared out
 
 
+def test_sharded_step_with_a_dtype_mix_equals_single_rank_step() -> None:
+    # float32, bfloat16 and float64 blocks: the exchange's one buffer must not round a block
+    # to another block's dtype, nor hand it back in another dtype than its owner's.
+    results = _run(2, "sharded_dtype_mix_equals_single", steps=10)
+    assert all(r["same"] for r in results), results
+    assert all(0 < len(r["owned"]) < 5 for r in results)
+
+
 def test_trains_under_sync_sgd() -> None:
     results = _run(2, "under_sync_sgd", steps=40)
     assert results[0]["params"] == results[1]["params"]  # one model on every rank

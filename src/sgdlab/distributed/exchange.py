@@ -8,9 +8,11 @@ to the largest rank's load, and a single ``all_gather`` hands every rank every b
 which the blocks are cut out again. The result is bit for bit what each owner computed, so a
 sharded step equals the single-rank step.
 
-The block sizes and the dtype are agreed once per ownership map with one small all-reduce
-(each rank contributes the sizes of the blocks it owns, zeros elsewhere), so a rank that owns
-no block still knows every other rank's layout.
+The block sizes and dtypes are agreed once per ownership map with one small all-reduce
+(each rank contributes the sizes and dtypes of the blocks it owns, zeros elsewhere), so a rank
+that owns no block still knows every other rank's layout. The buffer has the dtype to which
+all the blocks' promote (float32 for bfloat16 beside float16), which holds each of them
+exactly, and each block is cut out again in its owner's dtype.
 
 Example (one process, no group: the exchange hands back what it was given)::
 
@@ -21,6 +23,8 @@ Example (one process, no group: the exchange hands back what it was given)::
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -38,7 +42,9 @@ class BlockExchange:
 
     def __init__(self, comm: Comm | None = None) -> None:
         self.comm = comm or Comm()
-        self._layout: tuple[tuple[int, ...], list[int], torch.dtype] | None = None
+        self._layout: (
+            tuple[tuple[int, ...], list[int], list[torch.dtype], torch.dtype] | None
+        ) = None
         self.calls = 0
 
     @property
@@ -59,7 +65,7 @@ class BlockExchange:
         self.calls += 1
         if not self.comm.distributed:
             return dict(local)
-        sizes, dtype = self._agree(local, owners)
+        sizes, dtypes, dtype = self._agree(local, owners)
         device = next(iter(local.values())).device if local else torch.device("cpu")
         mine = [b for b in range(len(owners)) if owners[b] == self.rank]
         load = [
@@ -77,22 +83,29 @@ class BlockExchange:
         cursor = [0] * self.world_size
         for b, owner in enumerate(owners):
             start = cursor[owner]
-            out[b] = local[b] if owner == self.rank else gathered[owner][start : start + sizes[b]]
+            if owner == self.rank:
+                out[b] = local[b]
+            else:  # back in its owner's dtype (exactly: the buffer's dtype holds it)
+                out[b] = gathered[owner][start : start + sizes[b]].to(dtypes[b])
             cursor[owner] = start + sizes[b]
         return out
 
-    def _agree(self, local: dict[int, Tensor], owners: list[int]) -> tuple[list[int], torch.dtype]:
-        """Block sizes and the dtype, the same on every rank (cached per ownership map)."""
+    def _agree(
+        self, local: dict[int, Tensor], owners: list[int]
+    ) -> tuple[list[int], list[torch.dtype], torch.dtype]:
+        """Block sizes and dtypes, and the buffer's dtype (theirs promoted), the same on every
+        rank (cached per ownership map)."""
         key = tuple(owners)
         if self._layout is not None and self._layout[0] == key:
-            return self._layout[1], self._layout[2]
-        info = torch.zeros(len(owners) + 1, dtype=torch.int64)
+            return self._layout[1], self._layout[2], self._layout[3]
+        n = len(owners)
+        info = torch.zeros(2 * n, dtype=torch.int64)  # sizes, then dtype codes (0: none)
         for b, d in local.items():
             info[b] = d.numel()
-        if local:
-            info[-1] = _DTYPES.index(next(iter(local.values())).dtype) + 1
+            info[n + b] = _DTYPES.index(d.dtype) + 1
         self.comm.max_(info, "all-reduce (block sizes)")
-        sizes = [int(v) for v in info[:-1]]
-        dtype = _DTYPES[int(info[-1]) - 1] if int(info[-1]) else torch.float32
-        self._layout = (key, sizes, dtype)
-        return sizes, dtype
+        sizes = [int(v) for v in info[:n]]
+        dtypes = [_DTYPES[int(v) - 1] if int(v) else torch.float32 for v in info[n:]]
+        dtype = functools.reduce(torch.promote_types, dtypes, dtypes[0]) if n else torch.float32
+        self._layout = (key, sizes, dtypes, dtype)
+        return sizes, dtypes, dtype
