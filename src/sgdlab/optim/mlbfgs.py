@@ -81,9 +81,10 @@ buffer are), and a norm each rank took itself once let replicas drift apart in t
 under :class:`~sgdlab.distributed.SyncSGD` on AMD EPYC. (What every rank still computes on its
 own copy is element-wise, which rounds the same on every rank of one instruction set; hosts
 with different vector units, AVX2 beside AVX-512, can differ there, as any data-parallel
-optimizer can.) Memory per rank: :math:`n` (heavy ball) :math:`+ (4 + 2m)\,n_r`
-(:math:`+2n_r` with pair momentum) for :math:`n_r` owned elements, instead of
-:math:`(5 + 2m)\,n` when replicated. The step equals the single-rank step exactly.
+optimizer can.) Memory per rank: :math:`n` (heavy ball) :math:`+ (5 + 2m)\,n_r`
+(:math:`+2n_r` with pair momentum) for :math:`n_r` owned elements, one :math:`n_r` of it the
+step's directions (:mod:`sgdlab.optim._records`), instead of :math:`(6 + 2m)\,n` when
+replicated. The step equals the single-rank step exactly.
 
 **Checkpoints.** All of it lives in ``self.state``: per-parameter buffers under each parameter,
 a block's history under the block's first parameter (key ``"mlbfgs_block"``), the step counter
