@@ -130,3 +130,34 @@ def test_bfloat16_parameters_resume_past_256_pairs_exactly() -> None:
     run(opt, param, range(262, 266))
     run(resumed, twin, range(262, 266))
     assert torch.equal(param, twin)
+
+
+def test_a_block_of_float32_and_float64_parameters_resumes_exactly() -> None:
+    # The block's math (and its parameters' directions and heavy balls) run in float64, but
+    # its state lives under a float32 parameter, to whose dtype torch's load_state_dict casts
+    # it: the checkpoint's float64 values must come back as saved.
+    def run(opt: MLBFGS, params: list[torch.nn.Parameter], steps: range) -> None:
+        for step in steps:
+            g = torch.Generator().manual_seed(step)
+            for p in params:
+                noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
+                p.grad = 2.0 * p.detach() + (0.1 * noise).to(p.dtype)
+            opt.step()
+
+    kwargs: dict[str, Any] = dict(KW, blocks="size:100")
+    torch.manual_seed(0)
+    dtypes = (torch.float32, torch.float64, torch.float32)
+    params = [torch.nn.Parameter(torch.randn(s, dtype=d))
+              for s, d in zip([(5, 4), (5,), (3, 5)], dtypes, strict=True)]
+    opt = MLBFGS(params, **kwargs)
+    assert opt.blocks == [[0, 1, 2]]
+    run(opt, params, range(9))
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = MLBFGS(twins, **kwargs)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    run(opt, params, range(9, 14))
+    run(resumed, twins, range(9, 14))
+    assert all(torch.equal(a, b) for a, b in zip(params, twins, strict=True))

@@ -76,15 +76,28 @@ def new_history(
     }
 
 
-def restore_dtypes(block: dict[str, Any], saved: dict[str, Any] | None = None) -> None:
-    """Undo torch's cast of the integer and boolean entries to the parameter's dtype: take
-    them from ``saved`` (the checkpoint's, uncast) where it has them, on the block's device
-    (a narrow float, such as bfloat16 from 257 on, does not hold every integer)."""
+def restore_dtypes(
+    block: dict[str, Any],
+    saved: dict[str, Any] | None,
+    dtype: torch.dtype,
+    store_dtype: torch.dtype,
+) -> None:
+    """Undo torch's load-time cast of the block's entries to its parameter's dtype: each back
+    to the dtype the block keeps it in (the integers ``long``, the masks ``bool``, the pairs
+    ``store_dtype``, the rest the math's ``dtype``), taken from ``saved`` (the checkpoint's
+    block, uncast) where that has it in this dtype, so exactly (a narrower float such as
+    bfloat16 holds integers only to 256, and a float32 parameter rounds a float64 block)."""
     saved = saved or {}
-    for keys, dtype in ((INTEGER_KEYS, torch.long), (BOOL_KEYS, torch.bool)):
-        for key in keys:
-            value = torch.as_tensor(saved.get(key, block[key]))
-            block[key] = value.to(device=block[key].device, dtype=dtype)
+    for key, value in list(block.items()):
+        if not isinstance(value, Tensor):
+            continue
+        want = (torch.long if key in INTEGER_KEYS else torch.bool if key in BOOL_KEYS
+                else store_dtype if key == "pairs" else dtype)
+        original = saved.get(key)
+        if isinstance(original, Tensor) and original.dtype == want:
+            block[key] = original.to(value.device)
+        else:
+            block[key] = value.to(want)
 
 
 def held(block: dict[str, Any]) -> Tensor:

@@ -13,9 +13,7 @@ from torch import Tensor
 
 from sgdlab.errors import CheckpointError
 from sgdlab.optim._history import (
-    BOOL_KEYS,
     COUNTERS,
-    INTEGER_KEYS,
     add_pairs,
     directions,
     from_list_layout,
@@ -38,21 +36,11 @@ _COUNTER_NAMES = {
 _ADDED_OPTIONS = {"variant": "ours", "history_dtype": None}
 
 
-def _integer_entries(state_dict: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
-    """The integer and boolean entries of a checkpoint's blocks (ring layout) and global
-    counters, as saved, by the position of their parameter in group order and their key."""
+def _saved_entries(state_dict: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """A checkpoint's state entries as saved (before torch's load casts them), by the position
+    of their parameter in group order."""
     ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-    out: dict[tuple[int, str], dict[str, Any]] = {}
-    for position, index in enumerate(ids):
-        entry = state_dict["state"].get(index, {})
-        block = entry.get(_BLOCK_KEY)
-        if isinstance(block, dict) and "pairs" in block:
-            out[position, _BLOCK_KEY] = {k: block[k] for k in (*INTEGER_KEYS, *BOOL_KEYS)
-                                         if k in block}
-        glob = entry.get(_GLOBAL_KEY)
-        if isinstance(glob, dict) and "clipped_steps" in glob:
-            out[position, _GLOBAL_KEY] = {"clipped_steps": glob["clipped_steps"]}
-    return out
+    return {position: state_dict["state"].get(index, {}) for position, index in enumerate(ids)}
 
 
 class BlockStateOptimizer(torch.optim.Optimizer):
@@ -153,21 +141,29 @@ class BlockStateOptimizer(torch.optim.Optimizer):
         checkpoint of the list layout (``"s"``, ``"y"``, ``"rho"`` lists per block, before the
         ring buffers) is converted on load.
         """
-        # torch casts every state tensor to its parameter's dtype, integers too: bfloat16 holds
-        # them exactly only to 256 (float16 to 2048), so they are taken as saved.
-        exact = _integer_entries(state_dict)
+        # torch casts every state tensor to its parameter's dtype: integers too (bfloat16 holds
+        # them exactly only to 256, float16 to 2048), and a block's state and heavy balls in
+        # the block's dtype under a narrower parameter. What this optimizer keeps in another
+        # dtype than its parameter's is taken as saved where the checkpoint has it so.
+        saved = _saved_entries(state_dict)
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # a checkpoint from before these options
             for key, old in _ADDED_OPTIONS.items():
                 group.setdefault(key, old)
         glob = self.state[self._params[0]].get(_GLOBAL_KEY)
         if glob is not None:
-            steps = exact.get((0, _GLOBAL_KEY), {}).get("clipped_steps", glob["clipped_steps"])
+            steps = saved[0].get(_GLOBAL_KEY, {}).get("clipped_steps", glob["clipped_steps"])
             device = self._params[0].device
             glob["clipped_steps"] = torch.as_tensor(steps).to(device=device, dtype=torch.long)
             glob["direction_norm"] = torch.as_tensor(glob["direction_norm"])
         m = self.param_groups[0]["history_size"]
         for b, block in enumerate(self._blocks):
+            dtype = self._block_dtype(b)
+            for i in block:  # the heavy balls are in their directions' dtype, the block's
+                ball = saved[i].get("momentum_buffer")
+                here = self.state[self._params[i]]
+                if "momentum_buffer" in here and isinstance(ball, Tensor) and ball.dtype == dtype:
+                    here["momentum_buffer"] = ball.to(here["momentum_buffer"].device)
             holder = self.state[self._params[block[0]]]
             state = holder.get(_BLOCK_KEY)
             if state is not None and list(state["params"]) != block:
@@ -184,9 +180,8 @@ class BlockStateOptimizer(torch.optim.Optimizer):
                 like = self._flat(b, [p.detach() for p in self._params])
                 holder[_BLOCK_KEY] = from_list_layout(state, m, like)
             elif state is not None:
-                restore_dtypes(state, exact.get((block[0], _BLOCK_KEY)))
-                # torch cast the pairs to the parameter's dtype: back, exactly (not wider).
-                state["pairs"] = state["pairs"].to(self._history_dtype(b))
+                restore_dtypes(state, saved[block[0]].get(_BLOCK_KEY), dtype,
+                               self._history_dtype(b))
 
     def _global(self) -> dict[str, Any]:
         # Global counters live under the first parameter (as torch.optim.LBFGS does) so that
