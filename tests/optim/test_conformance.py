@@ -71,6 +71,12 @@ CASES = [
         r"Invalid lr: -0.1",
     ),
     Case(
+        "clip-sgd",
+        {"lr": 0.2, "max_norm": 0.5, "weight_decay": 1e-3},
+        {"lr": 0.1, "max_norm": 0.0},
+        r"Invalid max_norm: 0",
+    ),
+    Case(
         "prox-sgd",
         {"lr": 0.2, "lam": 0.01, "window": 3},
         {"lr": 0.1, "lam": -1.0},

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from sgdlab.optim._blocks import assign_blocks, module_blocks
+from sgdlab.optim.clip import ClipGradNorm, clipped_sgd
 from sgdlab.optim.mlbfgs import MLBFGS, DirectionExchange, MLBFGSConfig
 from sgdlab.optim.proximal import Proximal
 from sgdlab.optim.proximal_factory import make_proximal
@@ -42,6 +43,11 @@ register_optimizer(
     "mlbfgs", MLBFGS, "mL-BFGS: momentum L-BFGS, block-wise Hessian, sharded two-loop"
 )
 register_optimizer(
+    "clip-sgd",
+    clipped_sgd,
+    "SGD with heavy ball on the globally clipped gradient, decoupled decay (mL-BFGS sans pairs)",
+)
+register_optimizer(
     "prox-sgd", _prox_factory("sgd"), "proximal windows around SGD with momentum (TRSGD)"
 )
 register_optimizer("prox-adam", _prox_factory("adam"), "proximal windows around Adam (TRAdam)")
@@ -57,6 +63,7 @@ register_prefix(
 
 __all__ = [
     "MLBFGS",
+    "ClipGradNorm",
     "PROX_DEFAULTS",
     "DiminishingLR",
     "DirectionExchange",
