@@ -34,6 +34,17 @@ was a ``TrainConfig`` field set it with a ``LambdaLR`` outside the config, miles
 value: ``damping=[0.01,1e4,0]``, ``max_norm=null``), ``--set workload.KEY=VALUE`` the workload
 an option (``workload.l2=1e-4``); both are stored in the runs' configs.
 
+``--grid NAME:KEY=[V1,V2,...]`` (repeatable; a JSON list) widens contender ``NAME``'s seed-0
+tuning from its lr factors to their product with these values (``--grid
+'sgd-momentum:momentum=[0.9,0.97]'``, ``--grid 'mlbfgs:damping=[[0.5,2,0],[0.01,1e4,0]]'``):
+the chosen configuration, lr and options, then runs on the other seeds. Give every contender
+as many configurations as any other has, or say why not: the tuning budget is part of the
+comparison.
+
+``sgd-momentum-clip`` is SGD with heavy ball on the gradient clipped to mL-BFGS's global norm
+0.3, with mL-BFGS's decoupled weight decay (the registry's ``clip-sgd``): mL-BFGS without
+curvature pairs at SGD's cost per step, the baseline for what the clip alone buys.
+
 Run:  flock /tmp/sgdlab-bench.lock nice -n 0 env PYTHONPATH=src python \\
           benchmarks/bench_mlbfgs_horizon.py [--workload mlp-mnist] [--epochs 3] [--json]
       ``--tiny``: two contenders, two epochs of logreg-breast-cancer (the smoke test).
@@ -42,10 +53,12 @@ Run:  flock /tmp/sgdlab-bench.lock nice -n 0 env PYTHONPATH=src python \\
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +81,11 @@ WD = 5e-4  # the coupled weight decay of SGD-momentum and mL-BFGS
 HORIZON: dict[str, Contender] = {
     "sgd-momentum": replace(CONTENDERS["sgd-momentum"],
                             options={"momentum": 0.9, "weight_decay": WD}),
+    # mL-BFGS's clip, decay and reference lr (0.1): mL-BFGS without pairs, at SGD's cost.
+    "sgd-momentum-clip": Contender(
+        "sgd-momentum-clip", "clip-sgd", 0.1,
+        {"momentum": 0.9, "max_norm": 0.3, "weight_decay": WD},
+    ),
     "adamw": CONTENDERS["adamw"],
     "soap": CONTENDERS["soap"],
     "lbfgs": CONTENDERS["lbfgs"],
@@ -85,6 +103,7 @@ GOAL_TIME_RATIO = 1.0
 class Trial:
     contender: str
     lr: float
+    options: dict[str, Any]  # the contender's options in this run
     seed: int
     batch: int
     steps: int
@@ -118,7 +137,7 @@ def run_one(args: argparse.Namespace, w: Workload, c: Contender, lr: float, seed
         result: RunResult | None = SingleRun(config, counted).run()
     except DivergenceError:
         result = None
-    return Trial(c.name, lr, seed, batch, steps, result, sum(counted.evals))
+    return Trial(c.name, lr, dict(c.options), seed, batch, steps, result, sum(counted.evals))
 
 
 def _median_inf(values: list[float | None]) -> float:
@@ -148,7 +167,8 @@ def row(w: Workload, trials: list[Trial], hard: float | None = None) -> dict[str
                  "median_epochs_hard": _median_inf(list(e_h)),
                  "median_seconds_hard": _median_inf(list(s_h))}
     return {
-        "contender": t0.contender, "lr": t0.lr, "batch": t0.batch, "steps": t0.steps,
+        "contender": t0.contender, "lr": t0.lr, "options": t0.options, "batch": t0.batch,
+        "steps": t0.steps,
         "runs": len(trials), "diverged": len(trials) - len(res),
         "reached": sum(e is not None for e in epochs),
         "epochs_to_target": str(spread(epochs)), "seconds_to_target": str(spread(seconds)),
@@ -195,9 +215,16 @@ def markdown(summary: dict[str, Any]) -> str:
             cells[keys.index("reached_hard")] = f"{r['reached_hard']}/{r['runs']}"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Tuning (seed 0): " + "; ".join(
-        f"{t['contender']} lr={t['lr']}: step {t['step_to_target']}, "
-        f"final {t['final_objective']}" + (" (chosen)" if t["chosen"] else "")
+        f"{t['contender']} lr={t['lr']}"
+        + "".join(f" {k}={json.dumps(v)}" for k, v in t.get("grid", {}).items())
+        + f": step {t['step_to_target']}, final {t['final_objective']}"
+        + (" (chosen)" if t["chosen"] else "")
         for t in summary["tuning"])]
+    chosen = [r for r in summary["rows"] if r.get("grid")]
+    if chosen:
+        lines += ["", "Chosen options: " + "; ".join(
+            f"{r['contender']} " + " ".join(f"{k}={json.dumps(v)}" for k, v in r["grid"].items())
+            for r in chosen)]
     lines += ["", "Goals: " + json.dumps(summary["goals"])]
     if summary.get("hard_target") is not None:
         lines += ["", f"Goals at the harder level {summary['hard_target']}: "
@@ -208,6 +235,27 @@ def markdown(summary: dict[str, Any]) -> str:
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     """``d`` with its infinite floats as ``None`` (JSON has no infinity)."""
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
+
+
+def parse_grids(items: list[str], names: list[str],
+                error: Callable[[str], Any]) -> dict[str, dict[str, list[Any]]]:
+    """``NAME:KEY=[V1,...]`` items as ``{name: {key: [values]}}`` (JSON lists as tuples)."""
+    grids: dict[str, dict[str, list[Any]]] = {}
+    for item in items:
+        head, sep, raw = item.partition("=")
+        name, colon, key = head.partition(":")
+        try:
+            values = json.loads(raw) if sep and colon and key else None
+        except json.JSONDecodeError:
+            values = None
+        if not isinstance(values, list) or not values:
+            error(f"--grid takes NAME:KEY=[V1,...] (a JSON list), got {item!r}")
+            raise AssertionError  # error() exits
+        if name not in names:
+            error(f"--grid {item!r}: {name!r} is not among the contenders")
+        grids.setdefault(name, {})[key.strip()] = [
+            tuple(v) if isinstance(v, list) else v for v in values]
+    return grids
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -229,6 +277,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="an mlbfgs-contender hyperparameter (JSON value, e.g. "
                         "damping=[0.01,1e4,0], max_norm=null), or workload.KEY=VALUE for the "
                         "workload (e.g. workload.l2=1e-4); repeat for more")
+    p.add_argument("--grid", dest="grids", action="append", default=[],
+                   metavar="NAME:KEY=[V1,...]",
+                   help="tune contender NAME over these values of KEY too (a JSON list), on "
+                        "seed 0 with its lr factors; repeat for more keys or contenders")
     p.add_argument("--eval-test", type=int, default=None,
                    help="evaluate on a fixed seeded subset of this many test samples")
     p.add_argument("--eval-train", type=int, default=None,
@@ -254,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mlbfgs_sets, args.workload_options = parse_sets(args.sets)
     except BadParameter as e:
         p.error(str(e))
+    grids = parse_grids(args.grids, names, p.error)
     try:
         w = _bench_workload(args.workload, WorkloadPlan(
             steps=1, eval_every=1, eval_train=args.eval_train, eval_test=args.eval_test,
@@ -271,14 +324,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             c = replace(c, options={**c.options, "max_norm": clip})
         if name == "mlbfgs" and mlbfgs_sets:
             c = replace(c, options={**c.options, **mlbfgs_sets})
-        grid = [run_one(args, w, c, lr, 0, tag) for lr in lr_grid(c.lr, factors)]
+        keys = list(grids.get(name, {}))
+        combos = [dict(zip(keys, values, strict=True))
+                  for values in itertools.product(*(grids[name][k] for k in keys))] or [{}]
+        grid = [run_one(args, w, replace(c, options={**c.options, **combo}), lr, 0, tag)
+                for combo in combos for lr in lr_grid(c.lr, factors)]
         best = min(grid, key=Trial.key)
         tuning += [{"contender": name, "lr": t.lr, "chosen": t is best,
+                    "grid": {k: t.options[k] for k in keys},
                     "step_to_target": None if t.result is None else t.result.step_to_target,
                     "final_objective": None if t.result is None else
                     float(f"{t.result.final_loss:.4g}")} for t in grid]
+        c = replace(c, options=best.options)
         trials = [best] + [run_one(args, w, c, best.lr, s, tag) for s in range(1, args.seeds)]
-        rows.append(row(w, trials, args.hard_target))
+        rows.append(row(w, trials, args.hard_target) | {"grid": {k: best.options[k]
+                                                                 for k in keys}})
         print(f"{name}: lr {best.lr}, epochs to target {rows[-1]['epochs_to_target']}, "
               f"seconds {rows[-1]['seconds_to_target']}", flush=True)
     ids = {i for r in rows for i in r["run_ids"]}
@@ -287,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot = plot_workload(store, runs, args.out / f"mlbfgs-horizon-{w.name}.png")
     summary = {
         "suite": tag, "workload": w.name, "workload_options": args.workload_options,
-        "mlbfgs_options": mlbfgs_sets, "target": w.target, "epochs": args.epochs,
+        "mlbfgs_options": mlbfgs_sets, "grids": grids, "lr_factors": list(factors),
+        "target": w.target, "epochs": args.epochs, "batch": args.batch,
         "hard_target": args.hard_target, "eval_test": len(w.y_test),
         "eval_train": w.train_eval_size,
         "compute_seconds": time.perf_counter() - started, "plot": str(plot),

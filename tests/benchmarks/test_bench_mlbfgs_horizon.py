@@ -29,7 +29,8 @@ def test_schedule_factor() -> None:
     assert factors[7] == 1.0 and factors[8] == 0.5 and factors[12] == 0.25
 
 
-@pytest.mark.parametrize("name", ["sgd-momentum", "mlbfgs", "mlbfgs-authors"])
+@pytest.mark.parametrize("name", ["sgd-momentum", "sgd-momentum-clip", "mlbfgs",
+                                  "mlbfgs-authors"])
 def test_runner_applies_schedule_to_the_step(
     bench: ModuleType, name: str, tmp_path: Path
 ) -> None:
@@ -125,6 +126,46 @@ def test_bad_set_is_one_line_error(bench: ModuleType, tmp_path: Path, item: str,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as err:
         bench.main(["--tiny", "--set", item, "--db", str(tmp_path / "e.db"),
+                    "--out", str(tmp_path)])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "e.db").exists()
+
+
+def test_grid_tunes_each_contender_over_its_options(bench: ModuleType, tmp_path: Path) -> None:
+    """``--grid NAME:KEY=[...]`` multiplies NAME's seed-0 configurations (here 2 lr factors by
+    2 values: 4 runs), records each one's options in the tuning, and runs the other seeds with
+    the chosen options; a contender without a grid keeps its lr factors alone."""
+    summary = bench.main(["--workload", "logreg-breast-cancer", "--epochs", "2", "--batch", "64",
+                          "--seeds", "2", "--evals", "2",
+                          "--contenders", "sgd-momentum-clip,mlbfgs",
+                          "--lr-factors", "1,3", "--grid", "sgd-momentum-clip:max_norm=[0.01,5]",
+                          "--grid", "mlbfgs:damping=[[0.5,2,0],[0.01,1e4,0]]",
+                          "--db", str(tmp_path / "g.db"), "--out", str(tmp_path)])
+    tuning = summary["tuning"]
+    clip = [t for t in tuning if t["contender"] == "sgd-momentum-clip"]
+    assert sorted((t["grid"]["max_norm"], t["lr"]) for t in clip) == [
+        (0.01, 0.1), (0.01, 0.3), (5, 0.1), (5, 0.3)]
+    assert {t["grid"]["damping"] for t in tuning if t["contender"] == "mlbfgs"} == {
+        (0.5, 2, 0), (0.01, 1e4, 0)}
+    with ResultStore(tmp_path / "g.db") as store:
+        runs = [r.config for r in store.runs() if r.config["optimizer"] == "clip-sgd"]
+    assert len(runs) == 5  # 4 on seed 0, the chosen one on seed 1
+    chosen = next(t for t in clip if t["chosen"])
+    row = next(r for r in summary["rows"] if r["contender"] == "sgd-momentum-clip")
+    assert row["grid"] == chosen["grid"] and row["lr"] == chosen["lr"]
+    seed1 = next(r for r in runs if r["seed"] == 1)
+    assert seed1["optimizer_options"]["max_norm"] == chosen["grid"]["max_norm"]
+    assert seed1["lr"] == chosen["lr"]
+    assert "Chosen options: sgd-momentum-clip max_norm=" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(("item", "message"), [("mlbfgs:lr=0.1", "--grid takes NAME:KEY"),
+                                             ("mlbfgs:momentum=[]", "--grid takes NAME:KEY"),
+                                             ("adamw:eps=[1e-8]", "not among the contenders")])
+def test_bad_grid_is_one_line_error(bench: ModuleType, tmp_path: Path, item: str, message: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--tiny", "--grid", item, "--db", str(tmp_path / "e.db"),
                     "--out", str(tmp_path)])
     assert err.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "e.db").exists()
