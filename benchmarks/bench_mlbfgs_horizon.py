@@ -37,7 +37,9 @@ an option (``workload.l2=1e-4``); both are stored in the runs' configs.
 ``--grid NAME:KEY=[V1,V2,...]`` (repeatable; a JSON list) widens contender ``NAME``'s seed-0
 tuning from its lr factors to their product with these values (``--grid
 'sgd-momentum:momentum=[0.9,0.97]'``, ``--grid 'mlbfgs:damping=[[0.5,2,0],[0.01,1e4,0]]'``):
-the chosen configuration, lr and options, then runs on the other seeds. Give every contender
+the chosen configuration, lr and options, then runs on the other seeds. The key ``options``
+takes whole option sets, JSON objects, for settings that go together (``--grid
+'mlbfgs:options=[{}, {"damping": [0.01, 1e4, 0], "max_norm": null}]'``). Give every contender
 as many configurations as any other has, or say why not: the tuning budget is part of the
 comparison.
 
@@ -253,9 +255,26 @@ def parse_grids(items: list[str], names: list[str],
             raise AssertionError  # error() exits
         if name not in names:
             error(f"--grid {item!r}: {name!r} is not among the contenders")
-        grids.setdefault(name, {})[key.strip()] = [
-            tuple(v) if isinstance(v, list) else v for v in values]
+        key = key.strip()
+        if key == "options" and not all(isinstance(v, dict) for v in values):
+            error(f"--grid {item!r}: options takes a list of JSON objects")
+        grids.setdefault(name, {})[key] = [
+            {k: _tuples(x) for k, x in v.items()} if key == "options" else _tuples(v)
+            for v in values]
     return grids
+
+
+def _tuples(value: Any) -> Any:
+    """A JSON list as a tuple, as ``--set`` reads it."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _flat(combo: dict[str, Any]) -> dict[str, Any]:
+    """A grid point's options: an ``options`` set spread out, other keys as they are."""
+    out: dict[str, Any] = {}
+    for key, value in combo.items():
+        out.update(value if key == "options" else {key: value})
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -327,18 +346,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         keys = list(grids.get(name, {}))
         combos = [dict(zip(keys, values, strict=True))
                   for values in itertools.product(*(grids[name][k] for k in keys))] or [{}]
-        grid = [run_one(args, w, replace(c, options={**c.options, **combo}), lr, 0, tag)
+        grid = [run_one(args, w, replace(c, options={**c.options, **_flat(combo)}), lr, 0, tag)
                 for combo in combos for lr in lr_grid(c.lr, factors)]
+        by_trial = {id(t): combo for t, combo in zip(
+            grid, (combo for combo in combos for _ in factors), strict=True)}
         best = min(grid, key=Trial.key)
         tuning += [{"contender": name, "lr": t.lr, "chosen": t is best,
-                    "grid": {k: t.options[k] for k in keys},
+                    "grid": by_trial[id(t)],
                     "step_to_target": None if t.result is None else t.result.step_to_target,
                     "final_objective": None if t.result is None else
                     float(f"{t.result.final_loss:.4g}")} for t in grid]
         c = replace(c, options=best.options)
         trials = [best] + [run_one(args, w, c, best.lr, s, tag) for s in range(1, args.seeds)]
-        rows.append(row(w, trials, args.hard_target) | {"grid": {k: best.options[k]
-                                                                 for k in keys}})
+        rows.append(row(w, trials, args.hard_target) | {"grid": by_trial[id(best)]})
         print(f"{name}: lr {best.lr}, epochs to target {rows[-1]['epochs_to_target']}, "
               f"seconds {rows[-1]['seconds_to_target']}", flush=True)
     ids = {i for r in rows for i in r["run_ids"]}

@@ -139,16 +139,19 @@ def test_grid_tunes_each_contender_over_its_options(bench: ModuleType, tmp_path:
                           "--seeds", "2", "--evals", "2",
                           "--contenders", "sgd-momentum-clip,mlbfgs",
                           "--lr-factors", "1,3", "--grid", "sgd-momentum-clip:max_norm=[0.01,5]",
-                          "--grid", "mlbfgs:damping=[[0.5,2,0],[0.01,1e4,0]]",
+                          "--grid", "mlbfgs:options=[{}, {\"damping\": [0.01, 1e4, 0]}]",
                           "--db", str(tmp_path / "g.db"), "--out", str(tmp_path)])
     tuning = summary["tuning"]
     clip = [t for t in tuning if t["contender"] == "sgd-momentum-clip"]
     assert sorted((t["grid"]["max_norm"], t["lr"]) for t in clip) == [
         (0.01, 0.1), (0.01, 0.3), (5, 0.1), (5, 0.3)]
-    assert {t["grid"]["damping"] for t in tuning if t["contender"] == "mlbfgs"} == {
-        (0.5, 2, 0), (0.01, 1e4, 0)}
+    assert sorted(str(t["grid"]["options"]) for t in tuning if t["contender"] == "mlbfgs") == [
+        "{'damping': (0.01, 10000.0, 0)}", "{'damping': (0.01, 10000.0, 0)}", "{}", "{}"]
     with ResultStore(tmp_path / "g.db") as store:
         runs = [r.config for r in store.runs() if r.config["optimizer"] == "clip-sgd"]
+        dampings = {str(r.config["optimizer_options"].get("damping")) for r in store.runs()
+                    if r.config["optimizer"] == "mlbfgs" and r.config["seed"] == 0}
+    assert dampings == {"None", "[0.01, 10000.0, 0]"}
     assert len(runs) == 5  # 4 on seed 0, the chosen one on seed 1
     chosen = next(t for t in clip if t["chosen"])
     row = next(r for r in summary["rows"] if r["contender"] == "sgd-momentum-clip")
@@ -161,6 +164,7 @@ def test_grid_tunes_each_contender_over_its_options(bench: ModuleType, tmp_path:
 
 @pytest.mark.parametrize(("item", "message"), [("mlbfgs:lr=0.1", "--grid takes NAME:KEY"),
                                              ("mlbfgs:momentum=[]", "--grid takes NAME:KEY"),
+                                             ("mlbfgs:options=[1]", "list of JSON objects"),
                                              ("adamw:eps=[1e-8]", "not among the contenders")])
 def test_bad_grid_is_one_line_error(bench: ModuleType, tmp_path: Path, item: str, message: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:
