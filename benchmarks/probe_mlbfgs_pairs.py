@@ -43,12 +43,15 @@ sys.modules["bench_mlbfgs_horizon"] = bench
 _spec.loader.exec_module(bench)
 
 RATIOS: list[float] = []
+STEPS: list[int] = []  # the optimizer's step at each ratio
 BUILT: list[Any] = []
 
 
 def _recording_damping(original: Any) -> Any:
     def damping_factors(ratio: torch.Tensor, damping: tuple[float, float, float]) -> torch.Tensor:
-        RATIOS.extend(ratio.detach().flatten().tolist())
+        values = ratio.detach().flatten().tolist()
+        RATIOS.extend(values)
+        STEPS.extend([int(BUILT[-1]._global()["step"]) if BUILT else -1] * len(values))
         return original(ratio, damping)
     return damping_factors
 
@@ -116,6 +119,7 @@ def probe(args: argparse.Namespace, w: Any, c: Any, label: str, lrs: list[float]
     rows = []
     for lr in lrs:
         RATIOS.clear()
+        STEPS.clear()
         BUILT.clear()
         t = bench.run_one(args, w, c, lr, 0, tag)
         e82, _ = bench.to_level(w, t, w.target)
@@ -138,6 +142,11 @@ def probe(args: argparse.Namespace, w: Any, c: Any, label: str, lrs: list[float]
             row |= {"raw_ratio_q10_50_90": quantiles(RATIOS), "pairs_formed": len(RATIOS),
                     "below_band": sum(r < sigma_low for r in RATIOS),
                     "above_band": sum(r > sigma_high for r in RATIOS)}
+            # The same by phase of the schedule: up to the first decay, to the second, after.
+            edges = [0, *(int(m * t.steps) for m in args.milestones), t.steps + 1]
+            row["raw_ratio_by_phase"] = [
+                quantiles([r for r, k in zip(RATIOS, STEPS, strict=True) if lo < k <= hi])
+                for lo, hi in itertools.pairwise(edges)]
         elif opt is not None and hasattr(opt, "clip_stats"):
             row |= opt.clip_stats()
         rows.append(row)
