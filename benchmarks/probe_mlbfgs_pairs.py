@@ -103,14 +103,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for label, lrs, options in (v.split("|") for v in args.variants)]
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"probe-{time.strftime('%Y%m%dT%H%M%S')}"
-    _history._damping_factors = _recording_damping(_history._damping_factors)  # type: ignore[attr-defined]
-    train_module.load_optimizer = _capturing(train_module.load_optimizer)  # type: ignore[attr-defined]
+    damping, load = _history._damping_factors, train_module.load_optimizer  # type: ignore[attr-defined]
+    _history._damping_factors = _recording_damping(damping)  # type: ignore[attr-defined]
+    train_module.load_optimizer = _capturing(load)  # type: ignore[attr-defined]
     rows = []
-    for batch, (label, lrs, options) in itertools.product(
-            [int(b) for b in args.batches.split(",")], variants):
-        args.batch = batch  # what run_one reads
-        c = replace(base, options={**base.options, **options})
-        rows += probe(args, w, c, label, [float(v) for v in lrs.split(",")], tag)
+    try:
+        for batch, (label, lrs, options) in itertools.product(
+                [int(b) for b in args.batches.split(",")], variants):
+            args.batch = batch  # what run_one reads
+            c = replace(base, options={**base.options, **options})
+            rows += probe(args, w, c, label, [float(v) for v in lrs.split(",")], tag)
+    finally:  # put back what was recorded through
+        _history._damping_factors, train_module.load_optimizer = damping, load  # type: ignore[attr-defined]
     return rows
 
 
