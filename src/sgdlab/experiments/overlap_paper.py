@@ -134,6 +134,14 @@ class PaperProtocol:
             raise ValueError(f"Invalid link_share: {self.link_share} (in (0, 1])")
 
 
+def _scaled(taus: tuple[int, ...], steps: int, note: str, **kw: Any) -> PaperProtocol:
+    """A scaled protocol to the workload's own target: 3 seeds, an evaluation every 20th of
+    the run on 1000 samples, no long compute-only run (the link's sizing records a short one
+    of ``probe_steps`` = 40; the goal is against Overlap's own compute)."""
+    return PaperProtocol(taus=taus, steps=steps, eval_every=steps // 20, eval_samples=1000,
+                         compute_only=False, probe_steps=40, note=f"scaled: {note}", **kw)
+
+
 PROTOCOLS = {
     "paper": PaperProtocol(),
     # What two shared cores allow in one benchmark invocation (under 15 minutes): tau = 2 only,
@@ -142,67 +150,47 @@ PROTOCOLS = {
                                   eval_samples=1000, target=0.8,
                                   note="scaled: tau 2, seed 0, 400 steps, target 0.80"),
     # Long enough for the workload's own target (0.88), evaluated often enough to resolve the
-    # time to it; only Overlap and blocking Local SGD, no stragglers, and no long compute-only
-    # run (the link's sizing records a short one; the goal is against Overlap's own compute):
-    # three seeds in about 20 minutes of two shared cores, a seed per invocation.
-    "paper-scaled2": PaperProtocol(taus=(2,), steps=600, eval_every=30, eval_samples=1000,
-                                   algos=("local", "overlap"), stragglers=False,
-                                   compute_only=False, probe_steps=40,
-                                   note="scaled: tau 2, 600 steps, Overlap and Local SGD"),
+    # time to it; only Overlap and blocking Local SGD, no stragglers: three seeds in about 20
+    # minutes of two shared cores, a seed per invocation.
+    "paper-scaled2": _scaled((2,), 600, "tau 2, 600 steps, Overlap and Local SGD",
+                             algos=("local", "overlap"), stragglers=False),
     # The same at tau = 8, where an all-reduce is hidden over 8 steps and gloo's per-round CPU
     # is spread over 4x the compute: whether Overlap's wall/compute goal is a matter of tau on
     # two shared cores. 800 steps: Local SGD at tau 8 needs more steps to 0.88.
-    "paper-scaled2-tau8": PaperProtocol(taus=(8,), steps=800, eval_every=40, eval_samples=1000,
-                                        algos=("local", "overlap"), stragglers=False,
-                                        compute_only=False, probe_steps=40,
-                                        note="scaled: tau 8, 800 steps, Overlap and Local SGD"),
+    "paper-scaled2-tau8": _scaled((8,), 800, "tau 8, 800 steps, Overlap and Local SGD",
+                                  algos=("local", "overlap"), stragglers=False),
     # tau = 8's baselines beside Overlap and Local SGD on one invocation's link (runs on links
     # sized in different invocations are not compared): EASGD, CoCoD-SGD and torch's Local SGD
     # to 0.88, and the stragglers, whose slowdown is a time per step, in shorter runs. Sync SGD
     # has its own protocol on this link (paper-scaled3-tau8-sync, below): each of its steps
     # there costs about 9 of Overlap's, so it runs shorter and beside Overlap only.
-    "paper-scaled3-tau8": PaperProtocol(taus=(8,), steps=800, eval_every=40, eval_samples=1000,
-                                        algos=("local", "overlap", "easgd", "cocod",
-                                               "torch-local"),
-                                        straggler_steps=240, compute_only=False,
-                                        probe_steps=40,
-                                        note="scaled: tau 8, 800 steps, every baseline but sync; "
-                                             "stragglers over 240 steps"),
+    "paper-scaled3-tau8": _scaled((8,), 800, "tau 8, 800 steps, every baseline but sync; "
+                                  "stragglers over 240 steps",
+                                  algos=("local", "overlap", "easgd", "cocod", "torch-local"),
+                                  straggler_steps=240),
     # tau = 2, every baseline (sync SGD too: on tau = 2's link its all-reduce costs about 2
     # steps) to 0.88 on one invocation's link, the stragglers in 240-step runs.
-    "paper-scaled3-tau2": PaperProtocol(taus=(2,), steps=600, eval_every=30, eval_samples=1000,
-                                        straggler_steps=240, compute_only=False,
-                                        probe_steps=40,
-                                        note="scaled: tau 2, 600 steps, every baseline; "
-                                             "stragglers over 240 steps"),
+    "paper-scaled3-tau2": _scaled((2,), 600, "tau 2, 600 steps, every baseline; stragglers "
+                                  "over 240 steps", straggler_steps=240),
     # Sync SGD on tau = 8's link, beside Overlap on the same invocation's link: each of its
     # steps waits for an all-reduce that costs about 8 of Overlap's, so 500 steps (sync SGD
     # reaches 0.88 in about 250 at tau 1) take about 3 minutes a run.
-    "paper-scaled3-tau8-sync": PaperProtocol(taus=(8,), steps=500, eval_every=25,
-                                             eval_samples=1000, algos=("sync", "overlap"),
-                                             stragglers=False, compute_only=False,
-                                             probe_steps=40,
-                                             note="scaled: tau 8's link, 500 steps, sync SGD "
-                                                  "and Overlap"),
+    "paper-scaled3-tau8-sync": _scaled((8,), 500, "tau 8's link, 500 steps, sync SGD and "
+                                       "Overlap", algos=("sync", "overlap"), stragglers=False),
     # tau = 8 with slack: the link sized so one all-reduce takes 0.75 of tau's steps, not all
     # of them. At exactly tau steps (paper-scaled3-tau8) Overlap waited 5-6 ms a step for
     # rounds that ran late by jitter and the compute's CPU (wall/compute 1.16): how much of
     # that a link with a quarter's slack removes, and what it leaves of the lead over Local SGD.
-    "paper-scaled3-tau8-slack": PaperProtocol(taus=(8,), steps=800, eval_every=40,
-                                              eval_samples=1000, algos=("local", "overlap"),
-                                              stragglers=False, compute_only=False,
-                                              probe_steps=40, link_share=0.75,
-                                              note="scaled: tau 8, a link with slack (the "
-                                                   "all-reduce in 0.75 tau steps), 800 steps, "
-                                                   "Local SGD and Overlap"),
+    "paper-scaled3-tau8-slack": _scaled((8,), 800, "tau 8, a link with slack (the all-reduce "
+                                        "in 0.75 tau steps), 800 steps, Local SGD and Overlap",
+                                        algos=("local", "overlap"), stragglers=False,
+                                        link_share=0.75),
     # tau = 1: an all-reduce every step, on a link sized so it costs one step; sync SGD,
     # Local SGD (at tau 1 it averages the models where sync averages the gradients) and
     # Overlap, 600 steps to 0.88.
-    "paper-scaled3-tau1": PaperProtocol(taus=(1,), steps=600, eval_every=30, eval_samples=1000,
-                                        algos=("sync", "local", "overlap"), stragglers=False,
-                                        compute_only=False, probe_steps=40,
-                                        note="scaled: tau 1, 600 steps, sync SGD, Local SGD and "
-                                             "Overlap"),
+    "paper-scaled3-tau1": _scaled((1,), 600, "tau 1, 600 steps, sync SGD, Local SGD and "
+                                  "Overlap", algos=("sync", "local", "overlap"),
+                                  stragglers=False),
 }
 
 
