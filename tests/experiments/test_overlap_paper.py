@@ -140,8 +140,9 @@ def _fake_runs(configs: list[Any], launch_options: dict[str, Any] | None = None,
     return runs
 
 
-def test_the_probe_runs_on_the_testbed_and_seeds_merge_across_invocations(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_testbed(monkeypatch: pytest.MonkeyPatch) -> tuple[list[float], Any]:
+    """A testbed that records each link's rate, over :func:`_fake_runs` (no processes), a
+    0.828 MB model and no report: the rates a protocol sizes, and ``link`` to hand it."""
     import contextlib
 
     from sgdlab.experiments import overlap_paper
@@ -156,6 +157,12 @@ def test_the_probe_runs_on_the_testbed_and_seeds_merge_across_invocations(
     monkeypatch.setattr(overlap_paper, "run_dist_many", _fake_runs)
     monkeypatch.setattr(overlap_paper, "averaged_bytes", lambda workload: 828_000)
     monkeypatch.setattr(overlap_paper, "protocol_report", lambda results, p, out: {})
+    return links, link
+
+
+def test_the_probe_runs_on_the_testbed_and_seeds_merge_across_invocations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    links, link = _fake_testbed(monkeypatch)
     name, p = "paper-scaled2", PROTOCOLS["paper-scaled2"]
     run_protocol(name, link, tmp_path, log=lambda _: None, seeds=(0,))
     # On the testbed's own hosts: a compute-only probe's steady 40 ms sizes a first link, on
@@ -202,20 +209,7 @@ def test_a_protocol_with_slack_sizes_the_all_reduce_into_its_share_of_tau(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``link_share`` < 1 leaves slack: the all-reduce is sized into that share of τ's steps,
     a faster link than the issue's sizing of the same measurements."""
-    import contextlib
-
-    from sgdlab.experiments import overlap_paper
-
-    links: list[float] = []
-
-    @contextlib.contextmanager
-    def link(rate: float, burst: int) -> Iterator[dict[str, Any]]:
-        links.append(rate)
-        yield {"testbed": rate}
-
-    monkeypatch.setattr(overlap_paper, "run_dist_many", _fake_runs)
-    monkeypatch.setattr(overlap_paper, "averaged_bytes", lambda workload: 828_000)
-    monkeypatch.setattr(overlap_paper, "protocol_report", lambda results, p, out: {})
+    links, link = _fake_testbed(monkeypatch)
     p = PROTOCOLS["paper-scaled3-tau8-slack"]
     assert p.link_share == 0.75 and p.taus == (8,)
     summary = run_protocol("paper-scaled3-tau8-slack", link, tmp_path, log=lambda _: None,
