@@ -126,10 +126,6 @@ def cast_like(value: Any, param: Tensor) -> Any:
     return value
 
 
-def is_index(key: Any) -> bool:
-    return isinstance(key, int) and not isinstance(key, bool)
-
-
 def check_lam(lam: Any) -> None:
     if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam < math.inf:
         raise ValueError(f"Invalid lam: {lam}")

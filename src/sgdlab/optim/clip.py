@@ -40,22 +40,21 @@ Example:
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable
-from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from sgdlab.optim._inner_step import hooked_load_state_dict, hooked_state_dict, inner_step
+from sgdlab.optim._inner_step import inner_step
+from sgdlab.optim._wrapper import InnerWrapper
 from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
 
 __all__ = ["ClipGradNorm", "clipped_sgd"]
 
 
-class ClipGradNorm(Optimizer):
+class ClipGradNorm(InnerWrapper):
     """Clip the global gradient norm to ``max_norm`` before each step of ``inner``.
 
     Args:
@@ -73,6 +72,8 @@ class ClipGradNorm(Optimizer):
     evaluation's gradient is clipped.
     """
 
+    _settings = ("max_norm", "weight_decay")
+
     def __init__(
         self, inner: Optimizer, max_norm: float | None = 0.3, weight_decay: float = 0.0
     ) -> None:
@@ -87,35 +88,14 @@ class ClipGradNorm(Optimizer):
                 f"Invalid weight_decay: {weight_decay} (decoupled decay needs an inner "
                 f"optimizer that evaluates a closure once, not {type(inner).__name__})"
             )
-        self.inner = inner
         self.max_norm = None if max_norm is None else float(max_norm)
         self.weight_decay = float(weight_decay)
-        # Handed the inner's groups, Optimizer.__init__ adopts them (see add_param_group);
-        # the list itself is then shared, so groups added later show up on both.
-        super().__init__(inner.param_groups, dict(inner.defaults))
-        self.param_groups = inner.param_groups
-
-    # -- the Optimizer contract -------------------------------------------------------------
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the inner optimizer (and so to this one)."""
-        if not any(param_group is group for group in self.inner.param_groups):
-            self.inner.add_param_group(param_group)  # else adopted in __init__
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients through the inner optimizer."""
-        self.inner.zero_grad(set_to_none=set_to_none)
+        super().__init__(inner, dict(inner.defaults))  # shares the inner's groups
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Clip the gradients, decay the parameters, take the inner step; return the loss."""
-        loss = None
-        if closure is not None and type(self.inner) in SINGLE_PASS_OPTIMIZERS:
-            # They evaluate the closure once, before their update: evaluating it here and
-            # stepping on the gradients it left is the same step.
-            with torch.enable_grad():
-                loss = closure()
-            closure = None
+        loss, closure = self._evaluate_once(closure)
         glob = self._global_state()
         glob["step"] += 1
         if closure is None:
@@ -138,28 +118,7 @@ class ClipGradNorm(Optimizer):
         glob = self._global_state()
         return {"steps": int(glob["step"]), "clipped_steps": int(glob["clipped_steps"])}
 
-    def state_dict(self) -> dict[str, Any]:
-        """``{"state", "param_groups", "inner", "config"}``: this wrapper's state (by
-        parameter index, as torch packs it), the shared groups, the inner's state dict and
-        the settings. Tensors are references, as in ``torch.optim``."""
-        return hooked_state_dict(self, self._pack)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`; its ``config`` must match this wrapper's settings."""
-        hooked_load_state_dict(self, state_dict, self._unpack)
-
-    def __getstate__(self) -> dict[str, Any]:
-        keep = ("inner", "max_norm", "weight_decay")
-        return {**super().__getstate__(), **{key: getattr(self, key) for key in keep}}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.param_groups = self.inner.param_groups
-
     # -- the method ----------------------------------------------------------------------
-
-    def _params(self) -> list[Tensor]:
-        return list(chain.from_iterable(group["params"] for group in self.param_groups))
 
     def _config(self) -> dict[str, Any]:
         return {"inner": type(self.inner).__name__, "max_norm": self.max_norm,
@@ -199,45 +158,8 @@ class ClipGradNorm(Optimizer):
             if params:  # float(): a one-element tensor lr is read as a number
                 torch._foreach_mul_(params, 1.0 - float(group["lr"]) * self.weight_decay)
 
-    def _pack(self) -> dict[str, Any]:
-        index = {id(p): i for i, p in enumerate(self._params())}
-        packed = {
-            (index[id(key)] if isinstance(key, Tensor) else key): dict(value)
-            for key, value in self.state.items()
-            if not isinstance(key, Tensor) or id(key) in index
-        }
-        inner = self.inner.state_dict()
-        return {"state": packed, "param_groups": inner["param_groups"], "inner": inner,
-                "config": self._config()}
-
-    def _unpack(self, state_dict: dict[str, Any]) -> None:
-        missing = {"inner", "state", "config"} - set(state_dict)
-        if missing:
-            raise ValueError(f"Not a ClipGradNorm state_dict: missing {sorted(missing)}")
-        ours = self._config()
-        for key, saved in state_dict["config"].items():
-            if ours.get(key) != saved:
-                raise ValueError(f"Invalid state_dict: saved with {key}={saved!r}, this "
-                                 f"optimizer has {key}={ours.get(key)!r}")
-        params = self._params()
-        for i in state_dict["state"]:
-            if isinstance(i, int) and not 0 <= i < len(params):
-                raise ValueError(f"Invalid state_dict: parameter index {i} of {len(params)}")
-        self.inner.load_state_dict({**state_dict["inner"],
-                                    "param_groups": state_dict.get(
-                                        "param_groups", state_dict["inner"]["param_groups"])})
-        # torch's load_state_dict rebuilds the inner's group list: share the new one.
-        self.param_groups = self.inner.param_groups
-        params = self._params()
-        self.state = defaultdict(dict)
-        for i, saved in state_dict["state"].items():
-            if not isinstance(i, int):
-                self.state[i] = dict(saved)
-                continue
-            self.state[params[i]] = {
-                key: value.to(params[i].device) if isinstance(value, Tensor) else value
-                for key, value in saved.items()
-            }
+    def _restore(self, value: Any, param: Tensor) -> Any:
+        return value.to(param.device) if isinstance(value, Tensor) else value
 
 
 def clipped_sgd(

@@ -73,16 +73,14 @@ once, handed the wrapper; the inner step fires its own only (:mod:`sgdlab.optim.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
-from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from sgdlab.optim._inner_step import hooked_load_state_dict, hooked_state_dict, inner_step
+from sgdlab.optim._inner_step import inner_step
 from sgdlab.optim._proximal_kernels import (
     INNER_DECAYS,
     LAM_SCHEDULES,
@@ -93,7 +91,6 @@ from sgdlab.optim._proximal_kernels import (
     check_lam,
     check_settings,
     folds_into_weight_decay,
-    is_index,
     lr_pull,
     proximal_gradients,
     pull_toward_anchors,
@@ -104,15 +101,12 @@ from sgdlab.optim._proximal_kernels import (
     scratch_like,
     warn_if_overshooting,
 )
-from sgdlab.optim.registry import SINGLE_PASS_OPTIMIZERS
+from sgdlab.optim._wrapper import InnerWrapper
 
 __all__ = ["INNER_DECAYS", "LAM_SCHEDULES", "SETTINGS", "Proximal"]
 
-# Their step(closure) evaluates the closure once and returns its value unread.
-_ONE_EVALUATION = SINGLE_PASS_OPTIMIZERS
 
-
-class Proximal(Optimizer):
+class Proximal(InnerWrapper):
     r"""Wrap an optimizer so each window of ``window`` steps solves a proximal problem.
 
     Args:
@@ -164,6 +158,8 @@ class Proximal(Optimizer):
         True
     """
 
+    _settings = SETTINGS
+
     def __init__(
         self,
         inner: Optimizer,
@@ -180,7 +176,6 @@ class Proximal(Optimizer):
             raise TypeError(f"Invalid inner: expected a torch.optim.Optimizer, got {inner!r}")
         check_lam(lam)
         check_settings(window, inner_decay, coupled, lam_schedule, epoch_steps, foreach)
-        self.inner = inner
         self.window = window
         self.inner_decay = inner_decay
         self.coupled = coupled
@@ -189,11 +184,7 @@ class Proximal(Optimizer):
         self.foreach = foreach
         # Scratch for the coupled gradients: not state (rebuilt each step), never checkpointed.
         self._scratch: dict[Tensor, Tensor] = {}
-        # Optimizer.__init__ sets up hooks and our own ``state``; handed the inner's groups, it
-        # calls add_param_group on each, which adopts them (see add_param_group) instead of
-        # copying. The list itself is then shared, so groups added later show up on both.
-        super().__init__(inner.param_groups, {**inner.defaults, "prox_lam": lam})
-        self.param_groups = inner.param_groups
+        super().__init__(inner, {**inner.defaults, "prox_lam": lam})  # shares inner's groups
         pulls = [lr_pull(self.coupled, self.inner_decay) * float(group["lr"]) * 2.0
                  * self._lam_t(group) for group in self.param_groups]
         if not (self.coupled and (window == 1 or not isinstance(inner, torch.optim.SGD))):
@@ -205,27 +196,17 @@ class Proximal(Optimizer):
         """Add a group to the inner optimizer (and so to this one); ``prox_lam`` defaults."""
         param_group.setdefault("prox_lam", self.defaults["prox_lam"])
         check_lam(param_group["prox_lam"])
-        if not any(param_group is group for group in self.inner.param_groups):
-            self.inner.add_param_group(param_group)  # else adopted in __init__: nothing to add
+        super().add_param_group(param_group)
         # eta_0 of lam_schedule="authors": the lr a scheduler started from, else today's.
         param_group.setdefault("prox_lr0", float(param_group.get("initial_lr", param_group["lr"])))
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients through the inner optimizer."""
-        self.inner.zero_grad(set_to_none=set_to_none)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Take one proximal step of the inner optimizer; return the loss (or ``None``)."""
-        loss = None
-        if closure is not None and type(self.inner) in _ONE_EVALUATION:
-            # These evaluate the closure once, before their update, and only hand its loss
-            # back: evaluating it here and stepping on the gradients it left is the same step,
-            # without the proximal penalty on a loss nobody reads (a pass over every parameter,
-            # and a sync) nor the coupled term at k == 0 (exactly zero).
-            with torch.enable_grad():
-                loss = closure()
-            closure = None
+        # A single-pass inner optimizer only hands the closure's loss back: evaluated here, the
+        # step skips the proximal penalty on a loss nobody reads (a pass over every parameter,
+        # and a sync) and the coupled term at k == 0 (exactly zero).
+        loss, closure = self._evaluate_once(closure)
         if self.coupled and closure is None:
             # Refused at every step, before anything moves: the term is zero at k == 0, so
             # the inner optimizer alone would otherwise take a sparse gradient there.
@@ -273,66 +254,13 @@ class Proximal(Optimizer):
         (stored once); ``config`` names the settings a checkpoint must be resumed with.
         Tensors are references, as in ``torch.optim``: save or copy the dict before stepping.
         """
-        return hooked_state_dict(self, self._pack)
+        return super().state_dict()
 
-    def _pack(self) -> dict[str, Any]:
-        index = {id(p): i for i, p in enumerate(self._params())}
-        # As torch.optim packs state: a parameter's entry under its index, any other key as it
-        # is; a tensor that is no longer a parameter (its group was removed) has no index.
-        packed = {
-            (index[id(key)] if isinstance(key, Tensor) else key): dict(value)
-            for key, value in self.state.items()
-            if not isinstance(key, Tensor) or id(key) in index
-        }
-        inner = self.inner.state_dict()
-        return {
-            "state": packed,
-            "param_groups": inner["param_groups"],
-            "inner": inner,
-            "config": self._config(),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`; the settings in its ``config`` must match this wrapper's."""
-        hooked_load_state_dict(self, state_dict, self._unpack)
-
-    def _unpack(self, state_dict: dict[str, Any]) -> None:
-        missing = {"inner", "state", "config"} - set(state_dict)
-        if missing:
-            raise ValueError(f"Not a Proximal state_dict: missing {sorted(missing)}")
-        ours = self._config()
-        for key, saved in state_dict["config"].items():
-            if ours.get(key) != saved:
-                raise ValueError(
-                    f"Invalid state_dict: saved with {key}={saved!r}, this optimizer has "
-                    f"{key}={ours.get(key)!r}"
-                )
-        params = self._params()
-        for i in state_dict["state"]:
-            if is_index(i) and not 0 <= i < len(params):
-                raise ValueError(f"Invalid state_dict: parameter index {i} of {len(params)}")
-        inner = state_dict["inner"]
-        if "param_groups" in state_dict:  # the top-level groups rule (checkpoints before lack them)
-            inner = {**inner, "param_groups": state_dict["param_groups"]}
-        self.inner.load_state_dict(inner)
-        # torch's load_state_dict rebuilds the inner's group list: share the new one.
-        self.param_groups = self.inner.param_groups
-        params = self._params()
-        self.state = defaultdict(dict)
-        for i, saved_state in state_dict["state"].items():
-            if not is_index(i):
-                self.state[i] = dict(saved_state)  # as torch.optim keeps an entry of its own
-                continue
-            p = params[i]
-            self.state[p] = {key: cast_like(value, p) for key, value in saved_state.items()}
-
-    def __getstate__(self) -> dict[str, Any]:
-        keep = ("inner", *SETTINGS)
-        return {**super().__getstate__(), **{key: getattr(self, key) for key in keep}}
+    def _restore(self, value: Any, param: Tensor) -> Any:
+        return cast_like(value, param)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.param_groups = self.inner.param_groups
         self._scratch = {}
 
     # -- the method ----------------------------------------------------------------------
@@ -345,9 +273,6 @@ class Proximal(Optimizer):
         state.setdefault("window_pos", 0)
         state.setdefault("step", 0)
         return state
-
-    def _params(self) -> list[Tensor]:
-        return list(chain.from_iterable(group["params"] for group in self.param_groups))
 
     def _config(self) -> dict[str, Any]:
         return {
