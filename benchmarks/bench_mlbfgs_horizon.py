@@ -346,19 +346,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         keys = list(grids.get(name, {}))
         combos = [dict(zip(keys, values, strict=True))
                   for values in itertools.product(*(grids[name][k] for k in keys))] or [{}]
-        grid = [run_one(args, w, replace(c, options={**c.options, **_flat(combo)}), lr, 0, tag)
+        grid = [(combo, run_one(args, w, replace(c, options={**c.options, **_flat(combo)}), lr,
+                                0, tag))
                 for combo in combos for lr in lr_grid(c.lr, factors)]
-        by_trial = {id(t): combo for t, combo in zip(
-            grid, (combo for combo in combos for _ in factors), strict=True)}
-        best = min(grid, key=Trial.key)
-        tuning += [{"contender": name, "lr": t.lr, "chosen": t is best,
-                    "grid": by_trial[id(t)],
+        best_combo, best = min(grid, key=lambda point: point[1].key())
+        tuning += [{"contender": name, "lr": t.lr, "chosen": t is best, "grid": combo,
                     "step_to_target": None if t.result is None else t.result.step_to_target,
                     "final_objective": None if t.result is None else
-                    float(f"{t.result.final_loss:.4g}")} for t in grid]
+                    float(f"{t.result.final_loss:.4g}")} for combo, t in grid]
         c = replace(c, options=best.options)
         trials = [best] + [run_one(args, w, c, best.lr, s, tag) for s in range(1, args.seeds)]
-        rows.append(row(w, trials, args.hard_target) | {"grid": by_trial[id(best)]})
+        rows.append(row(w, trials, args.hard_target) | {"grid": best_combo})
         print(f"{name}: lr {best.lr}, epochs to target {rows[-1]['epochs_to_target']}, "
               f"seconds {rows[-1]['seconds_to_target']}", flush=True)
     ids = {i for r in rows for i in r["run_ids"]}
