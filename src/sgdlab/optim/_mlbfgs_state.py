@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ _COUNTER_NAMES = {
     "nonfinite_grads": "nonfinite_grads",
 }
 # Options added after checkpoints were written, with the value that reproduces those runs.
-_ADDED_OPTIONS = {"variant": "ours", "history_dtype": None}
+_ADDED_OPTIONS = {"variant": "ours", "history_dtype": None, "secant": "averaged"}
 
 
 def _saved_entries(state_dict: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -271,9 +272,54 @@ class BlockStateOptimizer(torch.optim.Optimizer):
             else:  # M <- beta M + (1 - beta) x as one pass (lerp; weight 1 gives x exactly)
                 torch._foreach_lerp_(avgs, [new[i] for i in index], 1.0 - beta)
 
-    def _form_pairs(self, owned: list[int], grads: list[Tensor], group: dict[str, Any]) -> None:
+    def _gradients_behind(
+        self, owned: list[int], grads: list[Tensor], closure: Callable[[], Any]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The step's gradients, and the gradients of the same batch at :math:`\theta - s`
+        (``secant="same-batch"``), with :math:`s` each block's pending step in its averaged
+        parameters (:math:`M^\theta_t` less its snapshot).
+
+        The closure runs once more with the owned blocks moved back by :math:`s`; the
+        parameters are then copied back from a saved copy (not moved forward again, which
+        would round) and each ``.grad`` is set back to the step's gradient, whatever the
+        closure did to it, also when the closure raises. The step's gradients are returned
+        as copies: a closure that zeroes ``.grad`` in place would otherwise overwrite them.
+        """
+        params = [self._params[i] for b in owned for i in self._blocks[b]]
+        shifts = []
+        for b in owned:
+            s = self._flat_state(b, "param_avg") - self._block_state(b)["param_snapshot"]
+            offset = 0
+            for i in self._blocks[b]:
+                numel = self._params[i].numel()
+                shifts.append(s[offset : offset + numel].view_as(self._params[i]))
+                offset += numel
+        kept = [p.detach().clone() for p in params]
+        had = [p.grad is not None for p in self._params]
+        current = [g.clone() for g in grads]
+        try:
+            torch._foreach_sub_(params, shifts)
+            with torch.enable_grad():
+                closure()
+            behind = [p.grad if p.grad is not None else torch.zeros_like(p)
+                      for p in self._params]
+        finally:
+            torch._foreach_copy_(params, kept)
+            for p, g, has in zip(self._params, current, had, strict=True):
+                p.grad = g if has else None
+        return current, behind
+
+    def _form_pairs(
+        self,
+        owned: list[int],
+        grads: list[Tensor],
+        group: dict[str, Any],
+        behind: list[Tensor] | None = None,
+    ) -> None:
         """A pair for each of the blocks ``owned`` (their decisions taken together, see
-        :func:`~sgdlab.optim._history.add_pairs`)."""
+        :func:`~sgdlab.optim._history.add_pairs`); with ``behind`` (the same batch's gradients
+        at :math:`\theta - s`, ``secant="same-batch"``), :math:`y` is the difference of the
+        two gradients instead of the averages'."""
         authors = group["variant"] == "authors"
         forming, s_list, y_list, grad_averages = [], [], [], []
         for b in owned:
@@ -288,7 +334,10 @@ class BlockStateOptimizer(torch.optim.Optimizer):
                     continue
             forming.append(b)
             s_list.append(m_param - block["param_snapshot"])
-            y_list.append(m_grad - block["grad_snapshot"])
+            if behind is None:
+                y_list.append(m_grad - block["grad_snapshot"])
+            else:
+                y_list.append(self._flat(b, grads) - self._flat(b, behind))
             grad_averages.append(m_grad)
         if not forming:
             return

@@ -1,0 +1,168 @@
+"""mL-BFGS's ``secant="same-batch"`` pairs: y from two gradients of one batch."""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from typing import Any
+
+import pytest
+import torch
+from mlbfgs_toys import backward, batches, mlp
+from torch import Tensor
+
+from sgdlab.optim.mlbfgs import MLBFGS, DirectionExchange
+
+F64 = torch.float64
+OPEN = dict(damping=(0.0, math.inf, 0.0), max_norm=None, update_freq=3)
+
+
+def newest_pair(block: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    m = block["valid"].numel()
+    k = int(block["head"] - 1) % m
+    return block["pairs"][k], block["pairs"][m + k]
+
+
+def noisy_quadratic(secant: str, steps: int = 10) -> tuple[Tensor, Tensor, MLBFGS]:
+    """f_t(x) = x'Ax/2 + n_t'x with a fresh noise n_t each step (the step's "batch")."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 8, generator=g, dtype=F64)
+    a = a @ a.T / 8 + 0.1 * torch.eye(8, dtype=F64)
+    x = torch.nn.Parameter(torch.ones(8, dtype=F64))
+    opt = MLBFGS([x], lr=0.1, secant=secant, **OPEN)
+    for _ in range(steps):
+        noise = torch.randn(8, generator=g, dtype=F64)
+
+        def closure(noise: Tensor = noise) -> Tensor:
+            opt.zero_grad()
+            loss = 0.5 * x @ a @ x + noise @ x
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    return a, x, opt
+
+
+def test_same_batch_pairs_are_exact_secants_where_averaged_ones_carry_the_noise() -> None:
+    for secant, exact in (("same-batch", True), ("averaged", False)):
+        a, x, opt = noisy_quadratic(secant)
+        s, y = newest_pair(opt.state[x]["mlbfgs_block"])
+        assert opt.diagnostics()["pairs_accepted"] == 3
+        assert torch.allclose(y, a @ s, rtol=1e-12, atol=1e-14) == exact, secant
+
+
+def test_parameters_and_grads_come_back_exactly_whatever_the_closure_does_to_grad() -> None:
+    """Zeroing .grad in place or setting it to None: the same trajectory, and after each step
+    .grad is the step's own gradient (the first evaluation), bit for bit."""
+    def closure(model: torch.nn.Module, opt: MLBFGS, batch: tuple[Tensor, Tensor],
+                set_to_none: bool) -> Tensor:
+        opt.zero_grad(set_to_none=set_to_none)
+        loss = ((model(batch[0]) - batch[1]) ** 2).mean()
+        loss.backward()
+        return loss
+
+    runs = []
+    for set_to_none in (True, False):
+        model = mlp()
+        opt = MLBFGS(model.parameters(), secant="same-batch", update_freq=2)
+        for batch in batches(1, 7):
+            twin = mlp()
+            twin.load_state_dict(model.state_dict())
+            backward(twin, batch)
+            opt.step(functools.partial(closure, model, opt, batch, set_to_none))
+            for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+                assert torch.equal(p.grad, q.grad)
+        assert opt.diagnostics()["pairs_accepted"] == 3 * len(opt.blocks)  # steps 3, 5, 7
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for p, q in zip(*runs, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_closure_that_raises_at_the_second_evaluation_leaves_parameters_and_grads() -> None:
+    model = mlp()
+    opt = MLBFGS(model.parameters(), secant="same-batch", update_freq=2)
+    data = batches(2, 3)
+    for batch in data[:2]:
+        opt.step(lambda batch=batch: backward(model, batch))
+    calls = []
+
+    def closure() -> Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            for p in model.parameters():
+                p.grad = None
+            raise FloatingPointError("the second evaluation failed")
+        return backward(model, data[2])
+
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match="second evaluation"):
+        opt.step(closure)  # step 3 is a pair step
+    expected = mlp()
+    expected.load_state_dict(model.state_dict())
+    backward(expected, data[2])
+    for p, b, e in zip(model.parameters(), before, expected.parameters(), strict=True):
+        assert torch.equal(p, b) and torch.equal(p.grad, e.grad)
+
+
+def test_state_dict_round_trip_mid_run_continues_identically() -> None:
+    model = mlp()
+    opt = MLBFGS(model.parameters(), secant="same-batch", update_freq=3)
+    data = batches(3, 14)
+    for batch in data[:8]:
+        opt.step(lambda batch=batch: backward(model, batch))
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    resumed = mlp(seed=5)
+    resumed.load_state_dict(saved["model"])
+    opt2 = MLBFGS(resumed.parameters(), secant="same-batch", update_freq=3)
+    opt2.load_state_dict(saved["opt"])
+    for batch in data[8:]:
+        for m, o in ((model, opt), (resumed, opt2)):
+            o.step(lambda m=m, batch=batch: backward(m, batch))
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert opt.diagnostics() == opt2.diagnostics()
+
+
+def test_a_checkpoint_from_before_the_option_loads_as_averaged() -> None:
+    model = mlp()
+    opt = MLBFGS(model.parameters(), update_freq=2)
+    for batch in batches(4, 3):
+        opt.step(lambda batch=batch: backward(model, batch))
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        del group["secant"]
+    other = MLBFGS(model.parameters(), update_freq=2)
+    other.load_state_dict(old)
+    assert other.param_groups[0]["secant"] == "averaged"
+
+
+class _Exchange(DirectionExchange):
+    rank, world_size = 0, 2
+
+    def gather_directions(self, local: dict[int, Tensor], owners: list[int]) -> dict[int, Tensor]:
+        raise AssertionError("not reached")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(secant="exact"), r"Invalid secant: 'exact' \(one of averaged, same-batch\)"),
+        (dict(secant="same-batch", variant="authors"), r"option of variant='ours'"),
+        (dict(secant="same-batch", exchange=_Exchange()), r"use secant='averaged' with an"),
+    ],
+)
+def test_bad_secant_settings_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MLBFGS(mlp().parameters(), **kwargs)
+
+
+def test_a_step_without_closure_is_refused_from_the_first_step() -> None:
+    model = mlp()
+    opt = MLBFGS(model.parameters(), secant="same-batch")
+    backward(model, batches(5, 1)[0])
+    with pytest.raises(RuntimeError, match="needs a closure"):
+        opt.step()
