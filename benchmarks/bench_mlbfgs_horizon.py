@@ -18,9 +18,13 @@ Every run goes through the project's runner (:class:`sgdlab.run.train.SingleRun`
 the clock excluding evaluation). ``--eval-test``/``--eval-train`` evaluate on fixed seeded
 subsets (the evaluation is outside the clock but not outside the machine's time);
 ``--hard-target`` also reports epochs and seconds to a harder level, read from the same runs'
-evaluations (tuning stays on the target). Reported per contender, median [min, max] over
-seeds: epochs and training seconds to the workload's target (``None``: not reached; a median
-over seeds counts those as infinite), final test accuracy, test loss and training objective.
+evaluations (tuning stays on the target); ``--objective-target`` makes a level of the
+training objective (on the ``--eval-train`` subset, at most the level) the tuning's criterion
+and reports epochs and seconds to it, for a convex workload whose optimum is known, where an
+optimizer's speed shows in the objective long after the test accuracy has levelled. Reported
+per contender, median [min, max] over seeds: epochs and training seconds to the workload's
+target (``None``: not reached; a median over seeds counts those as infinite), final test
+accuracy, test loss and training objective.
 Goal: mL-BFGS in fewer epochs than every baseline and in at most 1.0x the best baseline's
 time.
 
@@ -112,13 +116,15 @@ class Trial:
     result: RunResult | None  # None: diverged
     evals: int  # closure calls (gradient evaluations) over the run
 
-    def key(self) -> tuple[float, float]:
-        """Fewest steps to target, then the lowest final training objective."""
+    def key(self, objective: float | None = None) -> tuple[float, float]:
+        """Fewest steps to target (to the training objective ``objective`` if given), then the
+        lowest final training objective."""
         r = self.result
         if r is None:
             return (math.inf, math.inf)
         final = r.final_loss if math.isfinite(r.final_loss) else math.inf
-        return (math.inf if r.step_to_target is None else float(r.step_to_target), final)
+        step = r.step_to_target if objective is None else _objective_step(self, objective)
+        return (math.inf if step is None else float(step), final)
 
 
 def run_one(args: argparse.Namespace, w: Workload, c: Contender, lr: float, seed: int,
@@ -155,7 +161,39 @@ def to_level(w: Workload, t: Trial, level: float) -> tuple[float | None, float |
     return first["step"] * t.batch / w.num_train, first["train_seconds"]
 
 
-def row(w: Workload, trials: list[Trial], hard: float | None = None) -> dict[str, Any]:
+def _objective_row(t: Trial, level: float) -> dict[str, Any] | None:
+    """The first evaluation of ``t`` whose training objective is at most ``level``."""
+    if t.result is None:
+        return None
+    return next((e for e in t.result.evaluations
+                 if math.isfinite(e["train_loss"]) and e["train_loss"] <= level), None)
+
+
+def _objective_step(t: Trial, level: float) -> int | None:
+    first = _objective_row(t, level)
+    return None if first is None else int(first["step"])
+
+
+def to_objective(w: Workload, t: Trial, level: float) -> tuple[float | None, float | None]:
+    """Epochs and training seconds of ``t`` at its first evaluation with the training objective
+    at most ``level`` (``None, None``: never, or diverged)."""
+    first = _objective_row(t, level)
+    if first is None:
+        return None, None
+    return first["step"] * t.batch / w.num_train, first["train_seconds"]
+
+
+def _level_columns(suffix: str, pairs: list[tuple[float | None, float | None]]) -> dict[str, Any]:
+    epochs, seconds = zip(*pairs, strict=True)
+    return {f"reached_{suffix}": sum(e is not None for e in epochs),
+            f"epochs_to_{suffix}": str(spread(epochs)),
+            f"seconds_to_{suffix}": str(spread(seconds)),
+            f"median_epochs_{suffix}": _median_inf(list(epochs)),
+            f"median_seconds_{suffix}": _median_inf(list(seconds))}
+
+
+def row(w: Workload, trials: list[Trial], hard: float | None = None,
+        objective: float | None = None) -> dict[str, Any]:
     t0 = trials[0]
     res = [t.result for t in trials if t.result is not None]
     epochs = [None if t.result is None or t.result.step_to_target is None
@@ -163,11 +201,9 @@ def row(w: Workload, trials: list[Trial], hard: float | None = None) -> dict[str
     seconds = [None if t.result is None else t.result.time_to_target for t in trials]
     extra: dict[str, Any] = {}
     if hard is not None:
-        e_h, s_h = zip(*(to_level(w, t, hard) for t in trials), strict=True)
-        extra = {"reached_hard": sum(e is not None for e in e_h),
-                 "epochs_to_hard": str(spread(e_h)), "seconds_to_hard": str(spread(s_h)),
-                 "median_epochs_hard": _median_inf(list(e_h)),
-                 "median_seconds_hard": _median_inf(list(s_h))}
+        extra |= _level_columns("hard", [to_level(w, t, hard) for t in trials])
+    if objective is not None:
+        extra |= _level_columns("objective", [to_objective(w, t, objective) for t in trials])
     return {
         "contender": t0.contender, "lr": t0.lr, "options": t0.options, "batch": t0.batch,
         "steps": t0.steps,
@@ -186,7 +222,8 @@ def row(w: Workload, trials: list[Trial], hard: float | None = None) -> dict[str
 
 
 def goals(rows: list[dict[str, Any]], suffix: str = "") -> dict[str, Any]:
-    """The two goals at the target (``suffix`` ``""``) or at the harder level (``"_hard"``)."""
+    """The two goals at the target (``suffix`` ``""``), at the harder level (``"_hard"``) or at
+    the training-objective level (``"_objective"``)."""
     ours = next(r for r in rows if r["contender"] == "mlbfgs")
     others = [r for r in rows if not r["contender"].startswith("mlbfgs")]
     best_e = min((r["median_epochs" + suffix] for r in others), default=math.inf)
@@ -208,18 +245,23 @@ def markdown(summary: dict[str, Any]) -> str:
             "test_loss", "final_objective"]
     if summary.get("hard_target") is not None:
         keys[7:7] = ["reached_hard", "epochs_to_hard", "seconds_to_hard"]
+    if summary.get("objective_target") is not None:
+        keys[7:7] = ["reached_objective", "epochs_to_objective", "seconds_to_objective"]
     lines = ["| " + " | ".join(k.replace("_", " ") for k in keys) + " |",
              "|" + "---|" * len(keys)]
     for r in summary["rows"]:
         cells = [f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
         cells[keys.index("reached")] = f"{r['reached']}/{r['runs']}"
-        if "reached_hard" in keys:
-            cells[keys.index("reached_hard")] = f"{r['reached_hard']}/{r['runs']}"
+        for key in ("reached_hard", "reached_objective"):
+            if key in keys:
+                cells[keys.index(key)] = f"{r[key]}/{r['runs']}"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Tuning (seed 0): " + "; ".join(
         f"{t['contender']} lr={t['lr']}"
         + "".join(f" {k}={json.dumps(v)}" for k, v in t.get("grid", {}).items())
-        + f": step {t['step_to_target']}, final {t['final_objective']}"
+        + f": step {t['step_to_target']}"
+        + (f", objective at step {t['step_to_objective']}" if "step_to_objective" in t else "")
+        + f", final {t['final_objective']}"
         + (" (chosen)" if t["chosen"] else "")
         for t in summary["tuning"])]
     chosen = [r for r in summary["rows"] if r.get("grid")]
@@ -231,6 +273,9 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary.get("hard_target") is not None:
         lines += ["", f"Goals at the harder level {summary['hard_target']}: "
                   + json.dumps(summary["goals_hard"])]
+    if summary.get("objective_target") is not None:
+        lines += ["", f"Goals at the training objective {summary['objective_target']} "
+                  "(the tuning's criterion): " + json.dumps(summary["goals_objective"])]
     return "\n".join(lines) + "\n"
 
 
@@ -290,6 +335,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--hard-target", type=float, default=None,
                    help="also report epochs and seconds to this harder level, read from the "
                         "same runs (tuning stays on --target)")
+    p.add_argument("--objective-target", type=float, default=None,
+                   help="tune on the steps to this training objective (on the --eval-train "
+                        "subset, at most this value) instead of the target, and report epochs "
+                        "and seconds to it")
     p.add_argument("--max-norm", default=None,
                    help="mL-BFGS's clip for the mlbfgs contender ('none': no clip; default 0.3)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -349,14 +398,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grid = [(combo, run_one(args, w, replace(c, options={**c.options, **_flat(combo)}), lr,
                                 0, tag))
                 for combo in combos for lr in lr_grid(c.lr, factors)]
-        best_combo, best = min(grid, key=lambda point: point[1].key())
+        best_combo, best = min(grid, key=lambda point: point[1].key(args.objective_target))
         tuning += [{"contender": name, "lr": t.lr, "chosen": t is best, "grid": combo,
                     "step_to_target": None if t.result is None else t.result.step_to_target,
+                    **({} if args.objective_target is None else
+                       {"step_to_objective": _objective_step(t, args.objective_target)}),
                     "final_objective": None if t.result is None else
                     float(f"{t.result.final_loss:.4g}")} for combo, t in grid]
         c = replace(c, options=best.options)
         trials = [best] + [run_one(args, w, c, best.lr, s, tag) for s in range(1, args.seeds)]
-        rows.append(row(w, trials, args.hard_target) | {"grid": best_combo})
+        rows.append(row(w, trials, args.hard_target, args.objective_target)
+                    | {"grid": best_combo})
         print(f"{name}: lr {best.lr}, epochs to target {rows[-1]['epochs_to_target']}, "
               f"seconds {rows[-1]['seconds_to_target']}", flush=True)
     ids = {i for r in rows for i in r["run_ids"]}
@@ -367,7 +419,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "suite": tag, "workload": w.name, "workload_options": args.workload_options,
         "mlbfgs_options": mlbfgs_sets, "grids": grids, "lr_factors": list(factors),
         "target": w.target, "epochs": args.epochs, "batch": args.batch,
-        "hard_target": args.hard_target, "eval_test": len(w.y_test),
+        "hard_target": args.hard_target, "objective_target": args.objective_target,
+        "eval_test": len(w.y_test),
         "eval_train": w.train_eval_size,
         "compute_seconds": time.perf_counter() - started, "plot": str(plot),
         "rows": [{k: v for k, v in r.items() if not k.startswith("median")}
@@ -376,6 +429,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tuning": tuning,
         "goals": _finite(goals(rows)),
         "goals_hard": None if args.hard_target is None else _finite(goals(rows, "_hard")),
+        "goals_objective": (None if args.objective_target is None
+                            else _finite(goals(rows, "_objective"))),
     }
     (args.out / "summary.md").write_text(markdown(summary))
     print(markdown(summary))

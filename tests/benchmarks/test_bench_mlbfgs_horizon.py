@@ -101,6 +101,30 @@ def test_harder_level_and_eval_subsets(bench: ModuleType, tmp_path: Path) -> Non
     assert "epochs to hard" in (tmp_path / "b" / "summary.md").read_text()
 
 
+def test_objective_target_is_the_tuning_criterion(bench: ModuleType, tmp_path: Path) -> None:
+    """``--objective-target`` reads the first evaluation with the training objective at most
+    the level (any level above the start: the evaluation before the first step; below zero:
+    never), chooses each contender's configuration by it, and reports its goals."""
+    common = ["--workload", "logreg-breast-cancer", "--epochs", "2", "--batch", "64",
+              "--seeds", "1", "--evals", "2", "--contenders", "sgd-momentum,mlbfgs",
+              "--lr-factors", "0.1,1", "--eval-train", "40"]
+    high = bench.main([*common, "--objective-target", "1e9", "--db", str(tmp_path / "a.db"),
+                       "--out", str(tmp_path / "a")])
+    assert all(r["reached_objective"] == 1 and r["median_epochs_objective"] == 0.0
+               for r in high["rows"])
+    assert all(t["step_to_objective"] == 0 for t in high["tuning"])
+    # Every lr ties at step 0: the lowest final objective chooses, as on the target.
+    for name in ("sgd-momentum", "mlbfgs"):
+        trials = [t for t in high["tuning"] if t["contender"] == name]
+        assert next(t for t in trials if t["chosen"])["final_objective"] == min(
+            t["final_objective"] for t in trials)
+    low = bench.main([*common, "--objective-target", "-1", "--db", str(tmp_path / "b.db"),
+                      "--out", str(tmp_path / "b")])
+    assert all(r["reached_objective"] == 0 for r in low["rows"])
+    assert low["goals_objective"]["epochs_goal_met"] is False
+    assert "epochs to objective" in (tmp_path / "b" / "summary.md").read_text()
+
+
 def test_sets_reach_mlbfgs_and_the_workload(bench: ModuleType, tmp_path: Path) -> None:
     """``--set KEY=VALUE`` sets an mlbfgs-contender hyperparameter (JSON: a list becomes a
     tuple, ``null`` None) and ``--set workload.KEY=VALUE`` a workload option; both are stored in
