@@ -35,22 +35,24 @@ of the caller's loss (weight decay *not* included):
    :math:`s^\top y \le 0` or :math:`s = 0` after damping is *rejected* (the history is kept).
 
    **Same-batch secants** (``secant="same-batch"``, an option beyond the paper): the
-   averaged :math:`y` above differs gradients of *different* batches, so where the gradient
-   noise between batches is larger than the change of the gradient along :math:`s`, the pair
-   measures the noise (on logistic regression over Fashion-MNIST the raw ratio
-   :math:`s^\top y / s^\top s` had a median of 0.0004-0.06 and a negative tenth percentile in
-   most settings, on a convex loss). With this option :math:`y = g(\theta_t; B_t) -
-   g(\theta_t - s; B_t)`, both on the step's batch :math:`B_t`: the closure is evaluated once
-   more at each pair step, at :math:`\theta_t - s`, so :math:`y` is the batch loss's exact
-   secant along :math:`s` (:math:`y = A_B s` on a quadratic; :math:`s^\top y \ge 0` on a
-   convex loss), as in online L-BFGS (Schraudolph, Yu and Günter, AISTATS 2007) and in the
-   stochastic quasi-Newton method of Byrd, Hansen, Nocedal and Singer (SIAM J. Optim. 2016,
-   with a Hessian-vector product where we take a gradient difference). It costs one more
-   forward and backward pass every ``update_freq`` steps, needs a closure that evaluates
-   the same batch each time it is called (dropout masks redrawn per call break the secant),
-   and runs on a single process (a sharded rank holds only its own blocks' :math:`s`).
-   Such a pair carries the loss's own curvature scale, so a band around 1 (the default
-   ``damping``) rescales it; widen the band with this option.
+   averaged :math:`y` above differs gradients of *different* batches, so it carries the
+   gradient noise between them beside the change of the gradient along :math:`s`. With this
+   option :math:`y = g(\theta_t; B_t) - g(\theta_t - s; B_t)`, both on the step's batch
+   :math:`B_t`: the closure is evaluated once more at each pair step, at
+   :math:`\theta_t - s`, so :math:`y` is the batch loss's exact secant along :math:`s`
+   (:math:`y = A_B s` on a quadratic; :math:`s^\top y \ge 0` on a convex loss over the whole
+   vector, while one block's share :math:`s_b^\top y_b = s_b^\top (A_{bb} s_b + A_{bc} s_c)`
+   carries its coupling to the blocks that moved with it and can be negative), as in online
+   L-BFGS (Schraudolph, Yu and Günter, AISTATS 2007) and in the stochastic quasi-Newton method
+   of Byrd, Hansen, Nocedal and Singer (SIAM J. Optim. 2016, with a Hessian-vector product
+   where we take a gradient difference). It costs one more forward and backward pass every
+   ``update_freq`` steps, needs a closure that evaluates the same batch each time it is
+   called (dropout masks redrawn per call break the secant), and runs on a single process (a
+   sharded rank holds only its own blocks' :math:`s`). Such a pair carries the loss's own
+   curvature scale, which a band around 1 (the default ``damping``) rescales; widen the band
+   with this option. (On logistic regression over Fashion-MNIST at batch 2048 its ratios
+   :math:`s^\top y / s^\top s` were about as small as the averaged pairs', medians 0.01-0.03,
+   and it reached no target sooner: ``benchmarks/results/mlbfgs_horizon-logreg-fmnist-secant.md``.)
 
 3. **Direction** (every step): per block, :math:`d_b = H_b g_b`, the L-BFGS product of the
    two-loop recursion (Nocedal & Wright, Alg. 7.4), computed in the compact form of Byrd,
