@@ -242,25 +242,24 @@ def test_a_copied_optimizer_steps_like_the_original(how: str) -> None:
     assert twin_opt.diagnostics()["pairs_accepted"] == opt.diagnostics()["pairs_accepted"]
 
 
-def test_state_dict_round_trip_mid_run_continues_identically() -> None:
+@pytest.mark.parametrize("secant", ["averaged", "same-batch"])
+def test_state_dict_round_trip_mid_run_continues_identically(secant: str) -> None:
     model = mlp()
-    opt = MLBFGS(model.parameters(), **CONTRACT)
+    opt = MLBFGS(model.parameters(), secant=secant, **CONTRACT)
     data = batches(1, 20)
     for batch in data[:8]:  # pairs at steps 4 and 7; step 8 is between pair steps
-        backward(model, batch)
-        opt.step()
+        opt.step(functools.partial(backward, model, batch))
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     resumed = mlp(seed=99)
     resumed.load_state_dict(saved["model"])
-    opt2 = MLBFGS(resumed.parameters(), **CONTRACT)
+    opt2 = MLBFGS(resumed.parameters(), secant=secant, **CONTRACT)
     opt2.load_state_dict(saved["opt"])
     for batch in data[8:]:
         for m, o in ((model, opt), (resumed, opt2)):
-            backward(m, batch)
-            o.step()
+            o.step(functools.partial(backward, m, batch))
         for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
             assert torch.equal(a, b)
     assert opt.diagnostics() == opt2.diagnostics()
