@@ -282,8 +282,11 @@ class BlockStateOptimizer(torch.optim.Optimizer):
         The closure runs once more with the owned blocks moved back by :math:`s`; the
         parameters are then copied back from a saved copy (not moved forward again, which
         would round) and each ``.grad`` is set back to the step's gradient, whatever the
-        closure did to it, also when the closure raises. The step's gradients are returned
-        as copies: a closure that zeroes ``.grad`` in place would otherwise overwrite them.
+        closure did to it, also when the closure raises (the step counter and the averages
+        have advanced by then, as ``torch.optim.LBFGS``'s state has when its closure raises
+        mid-step: restore the optimizer's ``state_dict()`` to retry the step, as the runner's
+        ``--on-nonfinite skip`` does). The step's gradients are returned as copies: a closure
+        that zeroes ``.grad`` in place would otherwise overwrite them.
         """
         params = [self._params[i] for b in owned for i in self._blocks[b]]
         shifts = []
