@@ -52,7 +52,8 @@ of the caller's loss (weight decay *not* included):
    curvature scale, which a band around 1 (the default ``damping``) rescales; widen the band
    with this option. (On logistic regression over Fashion-MNIST at batch 2048 its ratios
    :math:`s^\top y / s^\top s` were about as small as the averaged pairs', medians
-   0.010-0.025 against 0.025-0.037, and it reached no target sooner: ``benchmarks/results/mlbfgs_horizon-logreg-fmnist-secant.md``.)
+   0.010-0.025 against 0.025-0.037, and it reached no target sooner; see
+   ``benchmarks/results/mlbfgs_horizon-logreg-fmnist-secant.md``.)
 
 3. **Direction** (every step): per block, :math:`d_b = H_b g_b`, the L-BFGS product of the
    two-loop recursion (Nocedal & Wright, Alg. 7.4), computed in the compact form of Byrd,
