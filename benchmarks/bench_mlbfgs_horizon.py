@@ -152,13 +152,18 @@ def _median_inf(values: list[float | None]) -> float:
     return float(statistics.median([math.inf if v is None else v for v in values]))
 
 
-def to_level(w: Workload, t: Trial, level: float) -> tuple[float | None, float | None]:
-    """Epochs and training seconds of ``t`` at its first evaluation whose metric reached
-    ``level`` (``None, None``: never, or diverged)."""
-    first = None if t.result is None else first_reaching(t.result.evaluations, w.metric, level)
+def _when(w: Workload, t: Trial, first: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """Epochs and training seconds of ``t`` at its evaluation ``first`` (``None, None``: none)."""
     if first is None:
         return None, None
     return first["step"] * t.batch / w.num_train, first["train_seconds"]
+
+
+def to_level(w: Workload, t: Trial, level: float) -> tuple[float | None, float | None]:
+    """Epochs and training seconds of ``t`` at its first evaluation whose metric reached
+    ``level`` (``None, None``: never, or diverged)."""
+    return _when(w, t, None if t.result is None
+                 else first_reaching(t.result.evaluations, w.metric, level))
 
 
 def _objective_row(t: Trial, level: float) -> dict[str, Any] | None:
@@ -177,10 +182,7 @@ def _objective_step(t: Trial, level: float) -> int | None:
 def to_objective(w: Workload, t: Trial, level: float) -> tuple[float | None, float | None]:
     """Epochs and training seconds of ``t`` at its first evaluation with the training objective
     at most ``level`` (``None, None``: never, or diverged)."""
-    first = _objective_row(t, level)
-    if first is None:
-        return None, None
-    return first["step"] * t.batch / w.num_train, first["train_seconds"]
+    return _when(w, t, _objective_row(t, level))
 
 
 def _level_columns(suffix: str, pairs: list[tuple[float | None, float | None]]) -> dict[str, Any]:
