@@ -1,9 +1,11 @@
-"""The small float64 regression problem the mL-BFGS tests share: a tanh MLP, its batches, and
-one backward pass (imported by the test files; ``conftest.py`` puts this folder on the path)."""
+"""The small float64 regression problem the mL-BFGS tests share: a tanh MLP, its batches, one
+backward pass, and the newest pair of a block's history (imported by the test files;
+``conftest.py`` puts this folder on the path)."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,3 +36,10 @@ def backward(model: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     loss = ((model(batch[0]) - batch[1]) ** 2).mean()
     loss.backward()
     return loss
+
+
+def newest_pair(block: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The newest kept pair of a block's ring buffer."""
+    m = block["valid"].numel()
+    k = int(block["head"] - 1) % m
+    return block["pairs"][k], block["pairs"][m + k]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from mlbfgs_toys import backward, batches, mlp
+from mlbfgs_toys import backward, batches, mlp, newest_pair
 from torch import Tensor
 
 from sgdlab.errors import CheckpointError
@@ -50,13 +50,6 @@ def cross_entropy_with_logits(z: Tensor, y: Tensor) -> Tensor:
 
 def logistic_loss(w: Tensor, b: Tensor, x: Tensor, y: Tensor) -> Tensor:
     return cross_entropy_with_logits(x @ w + b, y)
-
-
-def newest_pair(block: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """The newest kept pair of a block's ring buffer."""
-    m = block["valid"].numel()
-    k = int(block["head"] - 1) % m
-    return block["pairs"][k], block["pairs"][m + k]
 
 
 def textbook_direction(g: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from mlbfgs_toys import backward, batches, mlp
+from mlbfgs_toys import backward, batches, mlp, newest_pair
 from torch import Tensor
 
 from sgdlab.optim.mlbfgs import MLBFGS, DirectionExchange
@@ -20,12 +20,6 @@ OPEN = dict(damping=(0.0, math.inf, 0.0), max_norm=None, update_freq=3)
 def steps(opt: MLBFGS, model: torch.nn.Module, data: list[tuple[Tensor, Tensor]]) -> None:
     for batch in data:
         opt.step(functools.partial(backward, model, batch))
-
-
-def newest_pair(block: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    m = block["valid"].numel()
-    k = int(block["head"] - 1) % m
-    return block["pairs"][k], block["pairs"][m + k]
 
 
 def noisy_quadratic(secant: str, steps: int = 10) -> tuple[Tensor, Tensor, MLBFGS]:
