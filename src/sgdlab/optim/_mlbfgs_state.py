@@ -272,57 +272,58 @@ class BlockStateOptimizer(torch.optim.Optimizer):
             else:  # M <- beta M + (1 - beta) x as one pass (lerp; weight 1 gives x exactly)
                 torch._foreach_lerp_(avgs, [new[i] for i in index], 1.0 - beta)
 
-    def _gradients_behind(
-        self, owned: list[int], grads: list[Tensor], closure: Callable[[], Any]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """The step's gradients, and the gradients of the same batch at :math:`\theta - s`
-        (``secant="same-batch"``), with :math:`s` each block's pending step in its averaged
-        parameters (:math:`M^\theta_t` less its snapshot).
+    def _same_batch_secants(
+        self,
+        owned: list[int],
+        s_list: list[Tensor],
+        grads: list[Tensor],
+        closure: Callable[[], Any],
+    ) -> list[Tensor]:
+        """Each owned block's :math:`y = g(\theta; B) - g(\theta - s; B)` for its flat
+        :math:`s` in ``s_list`` (``secant="same-batch"``): the closure runs once more with the
+        blocks moved back by :math:`s`.
 
-        The closure runs once more with the owned blocks moved back by :math:`s`; the
-        parameters are then copied back from a saved copy (not moved forward again, which
-        would round) and each ``.grad`` is set back to the step's gradient, whatever the
-        closure did to it, also when the closure raises (the step counter and the averages
-        have advanced by then, as ``torch.optim.LBFGS``'s state has when its closure raises
-        mid-step: restore the optimizer's ``state_dict()`` to retry the step, as the runner's
-        ``--on-nonfinite skip`` does). The step's gradients are returned as copies: a closure
-        that zeroes ``.grad`` in place would otherwise overwrite them.
+        Afterwards the parameters are copied back from a saved copy (not moved forward again,
+        which would round), and each ``.grad`` is the step's gradient again, the same tensor
+        with the same values (``grads`` stays valid whether the closure set ``.grad`` to
+        ``None`` or zeroed it in place), also when the closure raises (the step counter and
+        the averages have advanced by then, as ``torch.optim.LBFGS``'s state has when its
+        closure raises mid-step: restore the optimizer's ``state_dict()`` to retry the step,
+        as the runner's ``--on-nonfinite skip`` does).
         """
-        params = [self._params[i] for b in owned for i in self._blocks[b]]
-        shifts = []
-        for b in owned:
-            s = self._flat_state(b, "param_avg") - self._block_state(b)["param_snapshot"]
-            offset = 0
+        params, shifts = [], []
+        for b, s in zip(owned, s_list, strict=True):
             for i in self._blocks[b]:
-                numel = self._params[i].numel()
-                shifts.append(s[offset : offset + numel].view_as(self._params[i]))
-                offset += numel
+                p, offset = self._params[i], self._where[i][1]
+                params.append(p)
+                shifts.append(s[offset : offset + p.numel()].view_as(p))
         kept = [p.detach().clone() for p in params]
-        had = [p.grad is not None for p in self._params]
-        current = [g.clone() for g in grads]
+        originals = [p.grad for p in self._params]
+        saved = [g.clone() for g in grads]
         try:
             torch._foreach_sub_(params, shifts)
             with torch.enable_grad():
                 closure()
             behind = [p.grad if p.grad is not None else torch.zeros_like(p)
                       for p in self._params]
+            return [self._flat(b, saved) - self._flat(b, behind) for b in owned]
         finally:
             torch._foreach_copy_(params, kept)
-            for p, g, has in zip(self._params, current, had, strict=True):
-                p.grad = g if has else None
-        return current, behind
+            torch._foreach_copy_(grads, saved)
+            for p, original in zip(self._params, originals, strict=True):
+                p.grad = original
 
     def _form_pairs(
         self,
         owned: list[int],
         grads: list[Tensor],
         group: dict[str, Any],
-        behind: list[Tensor] | None = None,
+        closure: Callable[[], Any] | None = None,
     ) -> None:
         """A pair for each of the blocks ``owned`` (their decisions taken together, see
-        :func:`~sgdlab.optim._history.add_pairs`); with ``behind`` (the same batch's gradients
-        at :math:`\theta - s`, ``secant="same-batch"``), :math:`y` is the difference of the
-        two gradients instead of the averages'."""
+        :func:`~sgdlab.optim._history.add_pairs`); with ``closure`` (``secant="same-batch"``),
+        :math:`y` is the difference of two gradients of the step's batch instead of the
+        averages' (:meth:`_same_batch_secants`)."""
         authors = group["variant"] == "authors"
         forming, s_list, y_list, grad_averages = [], [], [], []
         for b in owned:
@@ -337,13 +338,13 @@ class BlockStateOptimizer(torch.optim.Optimizer):
                     continue
             forming.append(b)
             s_list.append(m_param - block["param_snapshot"])
-            if behind is None:
+            if closure is None:
                 y_list.append(m_grad - block["grad_snapshot"])
-            else:
-                y_list.append(self._flat(b, grads) - self._flat(b, behind))
             grad_averages.append(m_grad)
         if not forming:
             return
+        if closure is not None:
+            y_list = self._same_batch_secants(forming, s_list, grads, closure)
         bad = add_pairs([self._block_state(b) for b in forming], s_list, y_list,
                         group["damping"], group["pair_momentum"], blend_damped=authors)
         for b, bad_b, m_grad in zip(forming, bad.unbind(), grad_averages, strict=True):

@@ -424,11 +424,7 @@ class MLBFGS(BlockStateOptimizer):
                 self._seed_block(b, grads, snapshot=not authors)
         self._average(seeded, grads, group0["beta_param"], group0["beta_grad"], authors)
         if (t if authors else t - 1) % period == 0:
-            behind = None
-            if same_batch and seeded:
-                assert closure is not None
-                grads, behind = self._gradients_behind(seeded, grads, closure)
-            self._form_pairs(seeded, grads, group0, behind)
+            self._form_pairs(seeded, grads, group0, closure if same_batch else None)
 
         # The first pair was formed at step 1 + T (the authors': 2T).
         curvature = t >= 2 * period if authors else t > period
